@@ -1,0 +1,1 @@
+"""Prefect flows and deployments only: they order work that lives in the other packages."""

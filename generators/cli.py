@@ -1,0 +1,215 @@
+"""``synthface generator ...``: train and sample diffusion face generators, make anchors.
+
+torch, diffusers and accelerate are imported inside the commands so ``synthface --help``
+stays fast.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli import add_group, add_json_flag, emit
+
+
+def _threads(args: argparse.Namespace) -> None:
+    if getattr(args, "threads", None):
+        import torch
+
+        torch.set_num_threads(args.threads)
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from generators.config import GeneratorConfig
+    from generators.training import train_generator
+    from pipeline.config import load_config
+
+    _threads(args)
+    cfg = load_config(args.config, GeneratorConfig, args.set)
+
+    def log(rec: dict) -> None:
+        if not args.json:
+            print(
+                " ".join(
+                    f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in rec.items()
+                ),
+                flush=True,
+            )
+
+    result = train_generator(cfg, steps=args.steps, resume=not args.no_resume, log=log)
+    summary = {
+        "step": result["step"],
+        "final": str(result["final"]) if result["final"] else None,
+        "output_dir": cfg.train.output_dir,
+    }
+    emit(
+        args, summary, f"trained to step {summary['step']}; generator: {summary['final'] or 'n/a'}"
+    )
+    return 0
+
+
+def sample_config(args: argparse.Namespace):
+    """The ``GenerateConfig`` that ``generator sample`` runs (the same as the flow's)."""
+    from pipeline.config import validate_config
+    from pipeline.generate_plan import GenerateConfig
+
+    gen = {
+        "checkpoint": args.checkpoint,
+        "encoder": args.encoder,
+        "device": args.device,
+        "allow_cpu_fallback": False,
+        "precision": args.precision,
+    }
+    for key in ("sampler", "steps", "guidance_scale", "id_guidance_scale", "batch_size"):
+        if getattr(args, key) is not None:
+            gen[key] = getattr(args, key)
+    data = {
+        "generator": gen,
+        "identities": {
+            "count": args.identities,
+            "samples_per_identity": args.per_identity,
+            "seed": args.seed,
+            "anchors": args.anchors,
+        },
+        "output": {
+            "dir": args.out,
+            "image_format": args.ext,
+            "max_samples_per_shard": args.max_samples_per_shard,
+        },
+        "qc": {"recognizer": args.qc_recognizer},
+        "report": {"enabled": not args.no_report},
+    }
+    if args.threads:
+        data["runner"] = {"torch_threads": args.threads}
+    return validate_config(data, GenerateConfig, "generator sample")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from generators.produce import generate_dataset
+
+    cfg = sample_config(args)
+    summary = generate_dataset(cfg)
+    info = {
+        "out": args.out,
+        "identities": summary["num_identities"],
+        "per_identity": args.per_identity,
+        "shards": summary["num_shards"],
+        **summary,
+    }
+    emit(
+        args,
+        info,
+        f"wrote {summary['num_identities']} x {args.per_identity} images "
+        f"({summary['num_shards']} shards) to {args.out}",
+    )
+    return 0
+
+
+def cmd_anchors(args: argparse.Namespace) -> int:
+    import time
+
+    from generators.id3.anchors import (
+        packing_stats,
+        random_unit_vectors,
+        save_anchors,
+        tammes_anchors,
+    )
+
+    _threads(args)
+    t0 = time.perf_counter()
+    anchors = tammes_anchors(
+        args.n,
+        args.dim,
+        iterations=args.iterations,
+        block=args.block,
+        seed=args.seed,
+        device=args.device,
+    )
+    seconds = time.perf_counter() - t0
+    save_anchors(args.out, anchors)
+    ours = packing_stats(anchors, args.block)
+    rand = packing_stats(random_unit_vectors(args.n, args.dim, args.seed + 12345), args.block)
+    data = {
+        "n": args.n,
+        "dim": args.dim,
+        "seconds": round(seconds, 2),
+        "out": args.out,
+        "anchors": ours,
+        "random": rand,
+    }
+    text = (
+        f"{args.n} x {args.dim} anchors in {seconds:.1f}s -> {args.out}\n"
+        f"  anchors: min angle {ours['min_angle_deg']:.2f} deg, max NN cos {ours['max_nn_cos']:.4f}, "
+        f"mean NN cos {ours['mean_nn_cos']:.4f}\n"
+        f"  random:  min angle {rand['min_angle_deg']:.2f} deg, max NN cos {rand['max_nn_cos']:.4f}, "
+        f"mean NN cos {rand['mean_nn_cos']:.4f}"
+    )
+    emit(args, data, text)
+    return 0
+
+
+def _positive(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1 (got {value})")
+    return value
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    sub = add_group(groups, "generator", "train and sample diffusion face generators")
+
+    c = sub.add_parser("train", help="train (or resume) a generator from a config")
+    c.add_argument("config", help="configs/generators/*.yaml")
+    c.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
+    )
+    c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
+    c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_train)
+
+    c = sub.add_parser("sample", help="render an identity-set dataset (shards) from a checkpoint")
+    c.add_argument("checkpoint", help="generator directory (train's final/ or a checkpoint)")
+    c.add_argument("--identities", type=_positive, required=True)
+    c.add_argument("--per-identity", type=_positive, required=True)
+    c.add_argument("--out", required=True, help="output dataset directory")
+    c.add_argument("--anchors", help=".npy of identity anchors (default: Tammes anchors)")
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"])
+    c.add_argument("--steps", type=_positive)
+    c.add_argument("--guidance-scale", type=float)
+    c.add_argument("--id-guidance-scale", type=float)
+    c.add_argument(
+        "--encoder",
+        help="identity encoder for identity guidance (and QC when --qc-recognizer is not given)",
+    )
+    c.add_argument("--batch-size", type=_positive)
+    c.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    c.add_argument("--ext", choices=["jpg", "png"], default="png")
+    c.add_argument("--max-samples-per-shard", type=_positive, default=10000)
+    c.add_argument(
+        "--device",
+        choices=["cpu", "cuda", "auto"],
+        default="auto",
+        help="default auto: cuda when available",
+    )
+    c.add_argument(
+        "--qc-recognizer",
+        help="evaluation recognizer for QC (default: the generator's identity encoder)",
+    )
+    c.add_argument("--no-report", action="store_true", help="skip the contact sheet report")
+    c.add_argument("--threads", type=_positive, help="torch CPU threads (default 1)")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser("anchors", help="Tammes identity anchors on the unit hypersphere")
+    c.add_argument("--n", type=_positive, required=True, help="number of identities")
+    c.add_argument("--dim", type=_positive, default=512)
+    c.add_argument("--out", required=True, help="output .npy")
+    c.add_argument("--iterations", type=int, default=200)
+    c.add_argument("--block", type=_positive, default=4096)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_anchors)

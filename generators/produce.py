@@ -1,0 +1,494 @@
+"""Produce a synthetic identity set: prepare (anchors + shard plan), one shard, or all of it.
+
+These are plain functions; the ``generate-synthetic`` Prefect flow only orders them.
+``produce_shard`` is the unit of work and of resume: it generates every image of its
+identities, embeds them with the evaluation recognizer, scores them (``pipeline.qc``),
+writes the QC sidecar and then the shard atomically. A shard that
+``completed_shards`` vouches for is skipped, so re-runs and retried tasks only redo
+missing or corrupt shards; everything a shard contains is a function of the config and
+the shard's index, so the finished dataset is byte-identical to an uninterrupted run.
+
+Models are loaded once per worker process (:func:`load_producer` caches them), not once
+per shard.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import logging
+import os
+import re
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ConfigError, InputError
+from pipeline.generate_plan import (
+    GenerateConfig,
+    ShardWork,
+    anchors_path,
+    dataset_config,
+    plan_generation,
+    read_plan,
+    write_plan,
+)
+from pipeline.qc import read_shard_qc, score_identity, write_shard_qc
+from pipeline.shards import Sample, begin_dataset, encode_image, write_shard
+from pipeline.shards.atomic import atomic_write_bytes
+from pipeline.shards.manifest import config_hash
+
+log = logging.getLogger(__name__)
+
+
+# --------------------------------------------------------------------------- checks
+def resolve_device(requested: str, allow_cpu_fallback: bool = False) -> str:
+    """``cpu``/``cuda``/``auto`` -> a usable torch device, or a clear error."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    has_gpu = torch.cuda.is_available()
+    if requested == "auto":
+        return "cuda" if has_gpu else "cpu"
+    if has_gpu:
+        return "cuda"
+    if allow_cpu_fallback:
+        log.warning("generator.device is cuda but no GPU is visible; falling back to the CPU")
+        return "cpu"
+    raise ConfigError(
+        "generator.device: cuda requested but torch sees no GPU "
+        "(set generator.allow_cpu_fallback: true to run on the CPU instead)"
+    )
+
+
+def _checkpoint_dir(cfg: GenerateConfig) -> Path:
+    path = Path(cfg.generator.checkpoint)
+    if not (path / "config.json").is_file():
+        what = "no such directory" if not path.exists() else "no config.json in it"
+        raise InputError(
+            f"generator.checkpoint: {path}: not a generator checkpoint ({what}); "
+            "train one (`make demo` builds the demo's) or point generator.checkpoint at one"
+        )
+    return path
+
+
+def checkpoint_sha256(path: str | Path) -> str:
+    """Hash of a generator checkpoint's config and weights (its identity, not its path)."""
+    h = hashlib.sha256()
+    for name in ("config.json", "model.safetensors", "attribute_prior.json"):
+        f = Path(path) / name
+        if f.is_file():
+            h.update(name.encode())
+            with open(f, "rb") as fh:
+                while block := fh.read(1 << 20):
+                    h.update(block)
+    return h.hexdigest()
+
+
+def _generator_name(cfg: GenerateConfig, ckpt_cfg) -> str:
+    from generators.base import GENERATORS, _register_builtin
+
+    _register_builtin()
+    if cfg.generator.name is not None:
+        GENERATORS.get(cfg.generator.name)  # unknown name -> ConfigError listing known ones
+        if cfg.generator.name != ckpt_cfg.generator:
+            raise ConfigError(
+                f"generator.name: {cfg.generator.name!r} but checkpoint {cfg.generator.checkpoint} "
+                f"holds a {ckpt_cfg.generator!r} generator"
+            )
+    GENERATORS.get(ckpt_cfg.generator)
+    return ckpt_cfg.generator
+
+
+def _encoder_path(cfg: GenerateConfig, ckpt_cfg) -> str | None:
+    return cfg.generator.encoder or ckpt_cfg.encoder.path
+
+
+def _qc_recognizer_path(cfg: GenerateConfig, ckpt_cfg) -> str:
+    path = cfg.qc.recognizer or _encoder_path(cfg, ckpt_cfg)
+    if path is None:
+        raise ConfigError(
+            "qc.recognizer: not set and the generator checkpoint names no encoder; "
+            "give an evaluation recognizer (checkpoint directory or .onnx)"
+        )
+    if not Path(path).exists():
+        field = "qc.recognizer" if cfg.qc.recognizer else "generator.encoder"
+        raise InputError(f"{field}: {path}: no such recognizer")
+    return path
+
+
+def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
+    """Identity guidance needs the conditioning encoder: say so before anything is written."""
+    from generators.base import GENERATORS
+
+    guidance = cfg.generator.id_guidance_scale
+    if guidance is None:
+        guidance = ckpt_cfg.sampler.id_guidance_scale
+    uses = getattr(GENERATORS.get(name), "uses_identity_guidance", True)
+    if uses and guidance > 0 and _encoder_path(cfg, ckpt_cfg) is None:
+        raise ConfigError(
+            f"generator.id_guidance_scale: identity guidance ({guidance}) needs --encoder / "
+            "generator.encoder or the checkpoint's encoder.path; set it to 0 to sample without"
+        )
+
+
+# --------------------------------------------------------------------------- anchors
+def load_anchors(path: str | Path, dim: int, count: int | None = None) -> np.ndarray:
+    """Identity anchors from a ``.npy`` (N x ``dim``), L2-normalised, first ``count`` rows.
+
+    Never unpickles: an object array is refused like any other unreadable file.
+    """
+    path = Path(path)
+    try:
+        arr = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"identities.anchors: {path}: cannot read anchors ({exc})") from None
+    if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
+        raise InputError(
+            f"identities.anchors: {path}: anchors must be a numeric (N, {dim}) array "
+            f"(got shape {arr.shape}, dtype {arr.dtype})"
+        )
+    if count is not None:
+        if arr.shape[0] < count:
+            raise InputError(
+                f"identities.anchors: {path}: holds {arr.shape[0]} anchors, need {count}"
+            )
+        arr = arr[:count]
+    arr = arr.astype(np.float64)
+    if not np.isfinite(arr).all():
+        raise InputError(f"identities.anchors: {path}: anchors contain NaN or infinite values")
+    norms = np.linalg.norm(arr, axis=1, keepdims=True)
+    if (norms == 0).any():
+        raise InputError(f"identities.anchors: {path}: anchors contain an all-zero row")
+    return np.ascontiguousarray(arr / norms, dtype=np.float32)
+
+
+def _anchors_sha256(anchors: np.ndarray) -> str:
+    return hashlib.sha256(np.ascontiguousarray(anchors, np.float32).tobytes()).hexdigest()
+
+
+def _store_anchors(path: Path, anchors: np.ndarray) -> None:
+    buf = io.BytesIO()
+    np.save(buf, anchors, allow_pickle=False)
+    data = buf.getvalue()
+    if path.is_file() and path.read_bytes() == data:
+        return
+    path.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(path, data)
+
+
+# --------------------------------------------------------------------------- prepare
+_TMP_RE = re.compile(r"^\..+\.tmp-(\d+)$")
+
+
+def remove_stale_temporaries(dataset_dir: Path) -> list[Path]:
+    """Delete half-written files (``.NAME.tmp-PID``) left by processes that were killed.
+
+    Only files whose writer process no longer exists are removed, so a concurrent
+    writer's temporary file is never touched.
+    """
+    removed = []
+    for sub in ("shards", "records", "qc", "plan", "views", "report", "."):
+        folder = dataset_dir / sub
+        if not folder.is_dir():
+            continue
+        for path in folder.iterdir():
+            m = _TMP_RE.match(path.name)
+            if m is None or not path.is_file():
+                continue
+            try:
+                os.kill(int(m.group(1)), 0)
+                continue  # writer still alive
+            except ProcessLookupError:
+                pass
+            except PermissionError:
+                continue
+            path.unlink(missing_ok=True)
+            removed.append(path)
+    return removed
+
+
+@dataclass(frozen=True)
+class Prepared:
+    dataset_dir: Path
+    dataset_config: dict
+    work: list[ShardWork]
+    generator_name: str
+
+    @property
+    def num_samples(self) -> int:
+        return sum(w.num_samples for w in self.work)
+
+
+def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
+    """Check every input, claim the output directory, fix the anchors and the shard plan.
+
+    Fails before any generation on: missing checkpoint, unknown generator, missing
+    recognizer or gallery, GPU requested but absent, output holding another dataset.
+    Anchors are computed once and stored (``plan/anchors.npy``); a resumed run reuses
+    them rather than recomputing, so they cannot drift with thread counts. With
+    ``identities.anchors`` the given file is validated and its first ``count`` rows are
+    stored instead (the dataset's identity then includes their hash, not the path).
+    """
+    from generators.checkpoint import read_generator_config
+
+    ckpt = _checkpoint_dir(cfg)
+    ckpt_cfg = read_generator_config(ckpt)
+    name = _generator_name(cfg, ckpt_cfg)
+    _check_identity_guidance(cfg, ckpt_cfg, name)
+    resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
+    _qc_recognizer_path(cfg, ckpt_cfg)
+    if cfg.qc.gallery is not None and not Path(cfg.qc.gallery).is_file():
+        raise InputError(f"qc.gallery: {cfg.qc.gallery}: no such embeddings file")
+    enc = _encoder_path(cfg, ckpt_cfg)
+    if enc is not None and not Path(enc).exists():
+        raise InputError(f"generator.encoder: {enc}: no such identity encoder")
+    dim = ckpt_cfg.conditioning.identity_dim
+    given = None
+    if cfg.identities.anchors is not None:
+        given = load_anchors(cfg.identities.anchors, dim, cfg.identities.count)
+
+    dataset_dir = Path(cfg.output.dir)
+    remove_stale_temporaries(dataset_dir)
+    dcfg = dataset_config(
+        cfg,
+        checkpoint_sha256=checkpoint_sha256(ckpt),
+        generator_name=name,
+        anchors_sha256=None if given is None else _anchors_sha256(given),
+    )
+    begin_dataset(dataset_dir, config=dcfg, split=cfg.output.split)
+    work = plan_generation(cfg)
+    digest = config_hash(dcfg)
+    stored = read_plan(dataset_dir)
+    apath = anchors_path(dataset_dir)
+    anchors = None
+    if given is not None:
+        _store_anchors(apath, given)
+        anchors = given
+    elif stored is not None and stored[0] == digest and apath.is_file():
+        try:
+            anchors = np.load(apath, allow_pickle=False)
+        except (OSError, ValueError):
+            anchors = None
+        if anchors is not None and anchors.shape != (cfg.identities.count, dim):
+            anchors = None
+    if anchors is None:
+        from generators.id3.anchors import tammes_anchors
+
+        iters = cfg.identities.anchor_iterations
+        if iters is None:
+            iters = ckpt_cfg.id3.anchor_iterations
+        anchors = tammes_anchors(
+            cfg.identities.count,
+            dim,
+            iterations=iters,
+            block=ckpt_cfg.id3.anchor_block,
+            seed=cfg.identities.seed,
+            progress=progress,
+        )
+        anchors = np.ascontiguousarray(anchors.cpu().numpy(), dtype=np.float32)
+        _store_anchors(apath, anchors)
+    write_plan(dataset_dir, dcfg, work)
+    return Prepared(dataset_dir, dcfg, work, name)
+
+
+# --------------------------------------------------------------------------- producer
+@dataclass
+class Producer:
+    """Models one worker keeps loaded across the shards it produces."""
+
+    generator: object
+    embedder: object
+    anchors_comparable: bool  # QC embeddings live in the anchors' space
+    device: str
+
+
+_CACHE: dict[tuple, Producer] = {}
+_LOCK = threading.Lock()
+
+
+def load_producer(cfg: GenerateConfig) -> Producer:
+    """The generator + QC embedder for ``cfg``, loaded once per process (thread-safe)."""
+    from generators.checkpoint import read_generator_config
+
+    ckpt = _checkpoint_dir(cfg)
+    ckpt_cfg = read_generator_config(ckpt)
+    device = resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
+    enc_path = _encoder_path(cfg, ckpt_cfg)
+    qc_path = _qc_recognizer_path(cfg, ckpt_cfg)
+    key = (str(ckpt.resolve()), checkpoint_sha256(ckpt), enc_path, qc_path, device)
+    with _LOCK:
+        if key in _CACHE:
+            return _CACHE[key]
+        import torch
+
+        from generators.base import load_generator
+        from generators.encoder import load_identity_encoder
+        from recognition import load_embedder
+
+        torch.set_num_threads(cfg.runner.torch_threads)
+        guidance = cfg.generator.id_guidance_scale
+        if guidance is None:
+            guidance = ckpt_cfg.sampler.id_guidance_scale
+        # The encoder only matters for identity guidance; QC has its own embedder.
+        encoder = None
+        if enc_path is not None and guidance > 0:
+            encoder = load_identity_encoder(enc_path, differentiable=True)
+        generator = load_generator(ckpt, encoder=encoder, device=device)
+        embedder = load_embedder(qc_path, device=device)
+        same_space = Path(qc_path).resolve() == Path(enc_path).resolve() if enc_path else False
+        producer = Producer(generator, embedder, same_space, device)
+        _CACHE[key] = producer
+        return producer
+
+
+def clear_producer_cache() -> None:
+    with _LOCK:
+        _CACHE.clear()
+
+
+def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    from PIL import Image
+
+    h, w = size
+    return np.stack(
+        [np.asarray(Image.fromarray(im).resize((w, h), Image.BILINEAR)) for im in images]
+    )
+
+
+@dataclass(frozen=True)
+class ShardResult:
+    index: int
+    num_samples: int
+    sha256: str
+    skipped: bool
+    seconds: float
+
+    def to_dict(self) -> dict:
+        return {
+            "index": self.index,
+            "num_samples": self.num_samples,
+            "sha256": self.sha256,
+            "skipped": self.skipped,
+            "seconds": round(self.seconds, 3),
+        }
+
+
+def _r(x: float, digits: int = 6) -> float:
+    return round(float(x), digits)
+
+
+def shard_complete(dataset_dir: Path, split: str, index: int):
+    """The record of shard ``index`` if its tar matches it (size and sha256), else ``None``.
+
+    ``completed_shards`` answers the same for every shard at once; a shard task only needs
+    its own, and hashing all shards in every task would make a run quadratic in I/O.
+    """
+    from pipeline.shards.atomic import file_sha256
+    from pipeline.shards.writer import SHARDS_DIR, read_record, record_path
+
+    record = read_record(record_path(dataset_dir, split, index))
+    if record is None or record.index != index or record.split != split:
+        return None
+    tar = dataset_dir / SHARDS_DIR / record.name
+    try:
+        if tar.stat().st_size != record.bytes or file_sha256(tar)[0] != record.sha256:
+            return None
+    except OSError:
+        return None
+    return record
+
+
+def produce_shard(
+    cfg: GenerateConfig, work: ShardWork, *, producer: Producer | None = None
+) -> ShardResult:
+    """Generate, embed, score and write shard ``work.index`` (skipped when already complete)."""
+    dataset_dir = Path(cfg.output.dir)
+    done = shard_complete(dataset_dir, work.split, work.index)
+    if done is not None and read_shard_qc(dataset_dir, work.split, work.index) is not None:
+        return ShardResult(work.index, done.num_samples, done.sha256, True, 0.0)
+    t0 = time.perf_counter()
+    producer = producer or load_producer(cfg)
+    gen, emb = producer.generator, producer.embedder
+    if not hasattr(gen, "dataset_conditions"):
+        raise ConfigError(f"generator {gen.name!r} cannot sample dataset conditions")
+    anchors = np.load(anchors_path(dataset_dir), mmap_mode="r", allow_pickle=False)
+    m = work.samples_per_identity
+    chunk = max(1, cfg.generator.batch_size // m)
+    attr_names = list(gen.attribute_names)
+    samples: list[Sample] = []
+    scores = []
+    for a in range(work.first_identity, work.last_identity + 1, chunk):
+        b = min(a + chunk, work.last_identity + 1)
+        cond = gen.dataset_conditions(np.asarray(anchors[a:b]), m, seed=work.seed, first_identity=a)
+        n = (b - a) * m
+        ident = cond["identity"].reshape(n, -1)
+        attrs = cond["attributes"].reshape(n, -1) if attr_names else None
+        seeds = cond["seeds"].reshape(n)
+        images = gen.generate(
+            ident,
+            attrs,
+            seeds.tolist(),
+            sampler=cfg.generator.sampler,
+            steps=cfg.generator.steps,
+            guidance_scale=cfg.generator.guidance_scale,
+            id_guidance_scale=cfg.generator.id_guidance_scale,
+            batch_size=cfg.generator.batch_size,
+            precision=cfg.generator.precision,
+        )
+        vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
+        for k, identity in enumerate(range(a, b)):
+            rows = slice(k * m, (k + 1) * m)
+            anchor = np.asarray(anchors[identity]) if producer.anchors_comparable else None
+            per_sample, summary = score_identity(identity, vectors[rows], cfg.qc, anchor=anchor)
+            scores.append(summary)
+            for j in range(m):
+                i = k * m + j
+                meta = {
+                    "generator": gen.name,
+                    "seed": int(seeds[i]),
+                    "condition_cos": _r(cond["cos"][k, j]),
+                    "qc": per_sample[j],
+                }
+                if attr_names:
+                    meta["attributes"] = {
+                        name: _r(cond["attributes"][k, j, t], 4)
+                        for t, name in enumerate(attr_names)
+                    }
+                samples.append(
+                    Sample(
+                        identity=identity,
+                        index=j,
+                        image=encode_image(
+                            images[i], cfg.output.image_format, cfg.output.jpeg_quality
+                        ),
+                        ext=cfg.output.image_format,
+                        meta=meta,
+                        embedding=vectors[i] if cfg.output.store_embeddings else None,
+                    )
+                )
+    # Sidecar first: a shard that completed_shards vouches for always has its scores.
+    write_shard_qc(dataset_dir, work.split, work.index, scores)
+    record = write_shard(dataset_dir, work.index, samples, split=work.split)
+    return ShardResult(
+        work.index, record.num_samples, record.sha256, False, time.perf_counter() - t0
+    )
+
+
+def generate_dataset(cfg: GenerateConfig) -> dict:
+    """Everything, sequentially, without Prefect: prepare, every shard, finalize."""
+    from pipeline.generate_finalize import finalize_generation
+
+    prepared = prepare_generation(cfg)
+    producer = None
+    for work in prepared.work:
+        result = produce_shard(cfg, work, producer=producer)
+        if not result.skipped and producer is None:
+            producer = load_producer(cfg)
+    return finalize_generation(cfg, prepared.dataset_config, prepared.work)

@@ -1,0 +1,378 @@
+"""Training loop on accelerate: denoising loss + the ID³ time-weighted identity term.
+
+Loss (our reading of ID³'s Fig. 1 caption, whose signs were lost in the quoted text):
+
+    L = || eps - eps_theta(x_t, t, y, s) ||^2
+        + w_id * lambda_t * (1 - cos(f(x0_hat), y)),   x0_hat = (x_t - sqrt(1-a_t) eps_theta) / sqrt(a_t)
+    lambda_t = 0.5 * (1 - 1 / (1 + exp(-t/T)))
+
+* The inner-product term must *reward* alignment of the one-step reconstruction with the
+  condition (the paper maximises a bound on an identity-adjusted likelihood), so it enters
+  the minimised loss with a minus sign: -lambda_t <f(x0_hat), y>. Writing it as
+  lambda_t (1 - cos) is the same gradient plus the "constant" the caption mentions, and
+  keeps the term in [0, 2 lambda_t].
+* lambda_t must be positive to be a weight. Read as 0.5 (1 - 1/(1 + exp(-t/T))) it is
+  0.25 at t = 0 and falls to 0.5 (1 - 1/(1 + e^-1)) = 0.134 at t = T: it trusts x0_hat most
+  when there is little noise, which is the regime where a one-step reconstruction is a
+  face the recognizer can read. (The other sign of the exponent would give 0.25 -> 0.366,
+  weighting the noisiest, least informative reconstructions most, so we reject it.)
+* Samples that drew the null condition (classifier-free dropout) get no identity term:
+  there is no y for them to match.
+
+Exact resume: model, EMA, optimizer and the fitted attribute histogram are checkpointed;
+every per-step random draw (timesteps, noise, dropout, flips) comes from a generator
+seeded by (seed, step), and the data stream is positioned at step * batch_size, so a
+resumed run reproduces the uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from contextlib import nullcontext
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from generators.autoencoder import build_autoencoder
+from generators.base import GENERATORS, _register_builtin
+from generators.checkpoint import (
+    generator_config_json,
+    load_tensors,
+    load_weights,
+    new_tmp_dir,
+    replace_dir_atomic,
+    save_tensors_atomic,
+    write_json_atomic,
+)
+from generators.config import GeneratorConfig
+from generators.data import attribute_row, open_source, sample_stream
+from generators.denoiser import ConditionalDenoiser
+from generators.ema import EMA
+from generators.id3.attributes import AttributePrior
+from generators.sampling import make_scheduler
+from pipeline.config import config_hash
+from pipeline.errors import ConfigError, InputError
+
+# Fields that may change between a run and its resumption.
+_RESUMABLE = {"steps", "checkpoint_every", "log_every", "keep_checkpoints", "output_dir"}
+
+
+def identity_weight(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
+    """lambda_t = 0.5 (1 - sigmoid(t / T)) (see the module docstring for the reading)."""
+    return 0.5 * (1.0 - torch.sigmoid(t.float() / num_train_timesteps))
+
+
+def resume_hash(cfg: GeneratorConfig) -> str:
+    data = cfg.model_dump(mode="json")
+    for key in _RESUMABLE:
+        data["train"].pop(key, None)
+    data.pop("sampler", None)
+    return config_hash(data)
+
+
+def _step_generator(seed: int, step: int) -> torch.Generator:
+    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+
+
+def _images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
+    shapes = {im.shape for im in images}
+    if len(shapes) != 1:
+        x = [torch.from_numpy(np.ascontiguousarray(im)).permute(2, 0, 1).float() for im in images]
+        x = torch.stack(
+            [
+                F.interpolate(v[None], size=(size, size), mode="bilinear", antialias=True)[0]
+                for v in x
+            ]
+        )
+    else:
+        x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float()
+        if x.shape[-1] != size or x.shape[-2] != size:
+            x = F.interpolate(x, size=(size, size), mode="bilinear", antialias=True)
+    return x / 127.5 - 1.0
+
+
+class Batch:
+    """Tensors of one training batch (images in [-1,1], unit embeddings, scaled attributes)."""
+
+    def __init__(self, images, identity, attributes, raw_attributes) -> None:
+        self.images = images
+        self.identity = identity
+        self.attributes = attributes
+        self.raw_attributes = raw_attributes
+
+
+def make_batch(samples: Sequence[dict[str, Any]], cfg: GeneratorConfig, encoder) -> Batch:
+    names = [a.name for a in cfg.conditioning.attributes]
+    scales = np.array([a.scale for a in cfg.conditioning.attributes], dtype=np.float32)
+    images = [s["image"] for s in samples]
+    for s in samples:
+        im = s["image"]
+        if not (isinstance(im, np.ndarray) and im.ndim == 3 and im.shape[2] == 3):
+            raise InputError(f"sample {s.get('__key__')!r}: image must be HxWx3 uint8")
+    if cfg.data.use_cached_embeddings:
+        embs = []
+        for s in samples:
+            e = s.get("embedding")
+            if e is None:
+                raise InputError(
+                    f"sample {s.get('__key__')!r}: no cached embedding (.npy) but "
+                    "data.use_cached_embeddings is true"
+                )
+            embs.append(np.asarray(e, dtype=np.float32).reshape(-1))
+        identity = torch.from_numpy(np.stack(embs))
+    else:
+        shapes = {im.shape for im in images}
+        if len(shapes) == 1:
+            identity = torch.from_numpy(encoder.embed_uint8(np.stack(images)))
+        else:
+            identity = torch.from_numpy(
+                np.concatenate([encoder.embed_uint8(im[None]) for im in images])
+            )
+    if identity.shape[1] != cfg.conditioning.identity_dim:
+        raise InputError(
+            f"identity embeddings have dimension {identity.shape[1]}, the generator expects "
+            f"conditioning.identity_dim={cfg.conditioning.identity_dim}"
+        )
+    if not torch.isfinite(identity).all():
+        raise InputError("identity embeddings of the batch contain NaN or infinite values")
+    raw = np.array(
+        [attribute_row(s.get("meta") or {}, names, s.get("__key__", "?")) for s in samples],
+        dtype=np.float32,
+    ).reshape(len(samples), len(names))
+    attrs = torch.from_numpy(raw / scales) if names else None
+    return Batch(_images_to_tensor(images, cfg.image_size), identity, attrs, raw)
+
+
+def training_loss(
+    model,
+    autoencoder,
+    encoder,
+    batch: Batch,
+    cfg: GeneratorConfig,
+    gen: torch.Generator,
+    *,
+    scheduler,
+    use_identity_loss: bool,
+    autocast=None,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """One batch's loss; all randomness comes from ``gen``."""
+    device = next(model.parameters()).device
+    n = batch.images.shape[0]
+    T = cfg.diffusion.num_train_timesteps
+    images = batch.images
+    if cfg.data.hflip:
+        flip = torch.rand(n, generator=gen) < 0.5
+        images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
+    t = torch.randint(0, T, (n,), generator=gen)
+    drop = torch.rand(n, generator=gen) < cfg.conditioning.p_uncond
+    images, t, drop = images.to(device), t.to(device), drop.to(device)
+    x0 = autoencoder.encode(images)
+    noise = torch.randn(x0.shape, generator=gen).to(device)
+    xt = scheduler.add_noise(x0, noise, t)
+    identity = batch.identity.to(device)
+    attrs = None if batch.attributes is None else batch.attributes.to(device)
+
+    def ctx():
+        return autocast() if autocast is not None else nullcontext()
+
+    with ctx():
+        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop)
+    eps = eps.float()
+    mse = F.mse_loss(eps, noise)
+    parts = {"mse": float(mse.detach())}
+    loss = mse
+    if use_identity_loss:
+        ab = scheduler.alphas_cumprod.to(device)[t].view(n, 1, 1, 1)
+        x0_hat = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+        with ctx():
+            emb = encoder(autoencoder.decode(x0_hat))
+        cos = (emb.float() * F.normalize(identity.float(), dim=1)).sum(1)
+        keep = (~drop).float()
+        lam = identity_weight(t, T)
+        id_term = (lam * (1 - cos) * keep).sum() / n
+        loss = loss + cfg.id3.id_loss_weight * id_term
+        parts["id"] = float(id_term.detach())
+        parts["cos"] = float((cos.detach() * keep).sum() / keep.sum().clamp(min=1))
+    parts["loss"] = float(loss.detach())
+    return loss, parts
+
+
+def latest_checkpoint(run_dir: Path) -> Path | None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    ckpts = [c for c in ckpts if (c / "training" / "state.json").is_file()]
+    return ckpts[-1] if ckpts else None
+
+
+def _prune(run_dir: Path, keep: int) -> None:
+    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
+    for old in ckpts[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _save_checkpoint(
+    final: Path,
+    cfg: GeneratorConfig,
+    raw_model,
+    ema: EMA,
+    opt,
+    prior: AttributePrior | None,
+    step: int,
+) -> None:
+    """A checkpoint is a complete generator directory (EMA weights) plus ``training/``."""
+    tmp = new_tmp_dir(final)
+    write_json_atomic(tmp / "config.json", generator_config_json(cfg))
+    save_tensors_atomic(tmp / "model.safetensors", ema.state_dict())
+    if prior is not None and prior.total:
+        write_json_atomic(tmp / "attribute_prior.json", prior.to_dict())
+    tr = tmp / "training"
+    tr.mkdir()
+    save_tensors_atomic(tr / "raw.safetensors", raw_model.state_dict())
+    torch.save(opt.state_dict(), tr / "optimizer.pt")
+    state = {
+        "step": step,
+        "resume_hash": resume_hash(cfg),
+        "prior": prior.to_dict() if prior is not None else None,
+    }
+    write_json_atomic(tr / "state.json", state)
+    replace_dir_atomic(tmp, final)
+
+
+def _require_encoder(cfg: GeneratorConfig, encoder, use_id: bool) -> None:
+    if use_id and (encoder is None or not getattr(encoder, "differentiable", False)):
+        raise ConfigError(
+            "the identity loss needs a differentiable identity encoder (a torch recognizer "
+            "checkpoint in encoder.path); an ONNX recognizer can only provide cached "
+            "embeddings. Set id3.id_loss_weight: 0 or use generator: plain to train without"
+        )
+    if not cfg.data.use_cached_embeddings and encoder is None:
+        raise ConfigError(
+            "no identity encoder: set encoder.path (recognizer checkpoint or .onnx) to embed "
+            "training images, or data.use_cached_embeddings: true to read the shards' .npy"
+        )
+
+
+def train_generator(
+    cfg: GeneratorConfig,
+    *,
+    data=None,
+    encoder=None,
+    steps: int | None = None,
+    resume: bool = True,
+    log: Callable[[dict], None] | None = None,
+) -> dict[str, Any]:
+    """Train (or resume) the configured generator; returns the run summary.
+
+    ``data``: a sequence of sample dicts or a shards pipeline (default: ``cfg.data``);
+    ``encoder``: the frozen identity encoder (default: loaded from ``cfg.encoder.path``);
+    ``steps``: stop after this global step (default ``cfg.train.steps``), e.g. to test
+    resumption.
+    """
+    from accelerate import Accelerator
+
+    _register_builtin()
+    gen_cls = GENERATORS.get(cfg.generator)
+    use_id = bool(gen_cls.uses_identity_loss and cfg.id3.id_loss_weight > 0)
+    if encoder is None and cfg.encoder.path is not None:
+        from generators.encoder import load_identity_encoder
+
+        encoder = load_identity_encoder(cfg.encoder.path, differentiable=use_id)
+    _require_encoder(cfg, encoder, use_id)
+    if data is None:
+        data = open_source(cfg)
+    tc = cfg.train
+    total = min(steps or tc.steps, tc.steps)
+    run_dir = Path(tc.output_dir)
+    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
+    device = accelerator.device
+
+    torch.manual_seed(tc.seed)
+    model = ConditionalDenoiser(cfg)
+    ema = EMA(model, tc.ema_decay)
+    opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    names = [a.name for a in cfg.conditioning.attributes]
+    prior = (
+        AttributePrior.empty(names, [a.range for a in cfg.conditioning.attributes])
+        if names
+        else None
+    )
+    start = 0
+    ckpt = latest_checkpoint(run_dir) if resume else None
+    if ckpt is not None:
+        state = json.loads((ckpt / "training" / "state.json").read_text())
+        if state.get("resume_hash") != resume_hash(cfg):
+            raise ConfigError(
+                f"{ckpt}: checkpoint was trained with a different config; use a new "
+                "train.output_dir or restore the config (only train.steps and logging may change)"
+            )
+        load_weights(model, ckpt / "training" / "raw.safetensors")
+        ema.load_state_dict(load_tensors(ckpt / "model.safetensors"))
+        opt.load_state_dict(
+            torch.load(ckpt / "training" / "optimizer.pt", map_location="cpu", weights_only=True)
+        )
+        if prior is not None and state.get("prior"):
+            prior = AttributePrior.from_dict(state["prior"])
+        start = int(state["step"])
+    if encoder is not None and hasattr(encoder, "to"):
+        encoder = encoder.to(device)
+    autoencoder = build_autoencoder(cfg.autoencoder).to(device)
+    scheduler = make_scheduler("ddpm", cfg.diffusion)
+    model, opt = accelerator.prepare(model, opt)
+    raw_model = accelerator.unwrap_model(model)
+    stream = sample_stream(data, seed=tc.seed, skip=start * tc.batch_size)
+    model.train()
+    history: list[dict] = []
+    t0 = time.perf_counter()
+    step = start
+    for step in range(start, total):
+        samples = [next(stream) for _ in range(tc.batch_size)]
+        batch = make_batch(samples, cfg, encoder)
+        if prior is not None:
+            prior.add(batch.raw_attributes)
+        loss, parts = training_loss(
+            model,
+            autoencoder,
+            encoder,
+            batch,
+            cfg,
+            _step_generator(tc.seed, step),
+            scheduler=scheduler,
+            use_identity_loss=use_id,
+            autocast=accelerator.autocast,
+        )
+        if not torch.isfinite(loss):
+            raise InputError(f"training loss became {float(loss)} at step {step}")
+        opt.zero_grad(set_to_none=True)
+        accelerator.backward(loss)
+        accelerator.clip_grad_norm_(model.parameters(), tc.grad_clip)
+        opt.step()
+        ema.update(raw_model, step)
+        parts["step"] = step + 1
+        history.append(parts)
+        if log is not None and ((step + 1) % tc.log_every == 0 or step + 1 == total):
+            rate = (step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
+            log({**parts, "steps_per_s": round(rate, 3)})
+        done = step + 1
+        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
+            _save_checkpoint(
+                run_dir / "checkpoints" / f"step-{done:08d}", cfg, raw_model, ema, opt, prior, done
+            )
+            _prune(run_dir, tc.keep_checkpoints)
+    final = None
+    if accelerator.is_main_process and start < total and total == tc.steps:
+        final = run_dir / "final"
+        export = ConditionalDenoiser(cfg)
+        ema.copy_to(export)
+        generator = gen_cls(
+            cfg,
+            denoiser=export,
+            autoencoder=autoencoder,
+            attribute_prior=prior if prior is not None and prior.total else None,
+        )
+        generator.save_pretrained(final)
+    return {"step": max(start, total), "final": final, "history": history}

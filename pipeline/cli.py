@@ -1,0 +1,91 @@
+"""The ``synthface`` command.
+
+Command groups are found through the ``synthface.cli`` entry-point group: each
+entry is a ``register(subparsers)`` function in the package that owns the work,
+so this module never imports the heavy stages (torch, diffusers) until a command
+of theirs runs. Exit codes: 0 ok, 1 failure, 2 usage (argparse's own).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from importlib.metadata import entry_points
+from typing import Any
+
+from pipeline import __version__
+from pipeline.errors import SynthfaceError
+
+ENTRY_POINT_GROUP = "synthface.cli"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="synthface",
+        description="Synthetic face datasets for face recognition.",
+        epilog="Add --debug anywhere for a traceback on errors.",
+    )
+    parser.add_argument("--version", action="version", version=f"synthface {__version__}")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
+    for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+        ep.load()(groups)
+    return parser
+
+
+def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:
+    """Print ``data`` as JSON under ``--json``, else ``text`` (or a JSON dump)."""
+    if getattr(args, "json", False) or text is None:
+        print(json.dumps(data, indent=2, sort_keys=True, default=str))
+    else:
+        print(text)
+
+
+def add_group(
+    groups: argparse._SubParsersAction, name: str, help: str
+) -> argparse._SubParsersAction:
+    """Add a command group ``synthface NAME`` and return its sub-command parsers."""
+    parser = groups.add_parser(name, help=help, description=help)
+    return parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+
+def add_json_flag(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv
+    argv = [a for a in argv if a != "--debug"]
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        code = args.func(args)
+    except SynthfaceError as exc:
+        if debug:
+            raise
+        print(f"synthface: error: {exc}", file=sys.stderr)
+        return 1
+    except BrokenPipeError:
+        # The reader (e.g. `| head`) went away: not an error of ours. Point stdout at
+        # devnull so the interpreter's final flush does not complain either.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    except KeyboardInterrupt:
+        print("synthface: interrupted", file=sys.stderr)
+        return 130
+    except Exception as exc:  # the CLI is the last line of defence
+        if debug:
+            raise
+        print(
+            f"synthface: error: {type(exc).__name__}: {exc} (run with --debug for the traceback)",
+            file=sys.stderr,
+        )
+        return 1
+    return int(code or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""On-disk data formats shared across the project (verification .bin, RecordIO, ...)."""

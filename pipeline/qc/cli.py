@@ -1,0 +1,49 @@
+"""``synthface qc ...``: re-filter a generated dataset under other QC thresholds"""
+
+from __future__ import annotations
+
+import argparse
+
+from pipeline.cli import add_group, add_json_flag, emit
+
+
+def cmd_view(args: argparse.Namespace) -> int:
+    from pipeline.config import apply_overrides, validate_config
+    from pipeline.generate_finalize import write_filtered_view
+    from pipeline.qc.config import QCConfig
+    from pipeline.shards import split_manifest
+
+    entry = split_manifest(args.dataset, args.split)
+    data = dict(entry["config"].get("qc") or {})  # the thresholds the dataset was made with
+    data["view"] = args.name
+    if args.gallery:
+        data["gallery"] = args.gallery
+    qc = validate_config(apply_overrides(data, args.set), QCConfig, "qc")
+    out = write_filtered_view(args.dataset, qc, split=args.split)
+    text = (
+        f"{out['view']}: {out['num_identities']} identities, {out['num_samples']} samples kept "
+        f"({len(out['excluded_identities'])} identities, {len(out['excluded_samples'])} samples left out)"
+    )
+    emit(args, {k: v for k, v in out.items() if k != "summary"}, text)
+    return 0
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    sub = add_group(groups, "qc", "quality and privacy control of generated identity sets")
+    c = sub.add_parser(
+        "view",
+        help="write views/NAME.json under other thresholds (shards are never changed)",
+        description="Re-audit a generated dataset from its QC sidecars and write a filtered view.",
+    )
+    c.add_argument("dataset", help="dataset directory written by generate-synthetic")
+    c.add_argument("--name", required=True, help="view name: views/NAME.json")
+    c.add_argument("--gallery", help="real-identity embeddings .npy for the leakage audit")
+    c.add_argument("--split", default="train")
+    c.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="QC threshold, e.g. --set min_identity_consistency=0.5 (repeatable)",
+    )
+    add_json_flag(c)
+    c.set_defaults(func=cmd_view)

@@ -1,0 +1,217 @@
+"""A dataset's QC report: markdown, similarity histograms and a contact sheet (PNG).
+
+One streaming pass over the shards: per-sample scores are accumulated into fixed-bin
+histograms (memory does not grow with the dataset) and only the images of the few
+identities picked for the contact sheet are decoded. Output bytes are a function of the
+dataset and the seed (PNG written without timestamps), so re-runs reproduce the report.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import numpy as np
+
+from pipeline.errors import ShardError
+from pipeline.shards import decode_image, load_identity_array, split_manifest
+from pipeline.shards.atomic import atomic_write_bytes
+
+REPORT_DIR = "report"
+BINS = np.linspace(-1.0, 1.0, 101)
+MIN_TILE = 64  # pixels
+
+
+def _png(fig) -> bytes:
+    buf = io.BytesIO()
+    fig.savefig(buf, format="png", dpi=100, metadata={"Software": None})
+    return buf.getvalue()
+
+
+def _histogram_png(series: list[tuple[str, np.ndarray, bool]], title: str) -> bytes:
+    """``series``: (label, counts over BINS or raw values, is_counts)."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.6))
+    ax = fig.add_subplot()
+    centers = 0.5 * (BINS[1:] + BINS[:-1])
+    width = BINS[1] - BINS[0]
+    for label, data, is_counts in series:
+        counts = data if is_counts else np.histogram(data[np.isfinite(data)], BINS)[0]
+        total = max(int(counts.sum()), 1)
+        ax.bar(
+            centers,
+            counts / total,
+            width=width,
+            alpha=0.55,
+            label=f"{label} (n={int(counts.sum())})",
+        )
+    ax.set_xlabel("cosine similarity")
+    ax.set_ylabel("fraction")
+    ax.set_title(title)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _contact_sheet_png(rows: dict[int, list[np.ndarray]], cols: int) -> bytes:
+    from PIL import Image
+
+    first = next(iter(rows.values()))[0]
+    # Small images (the CPU demo's 32 px) are enlarged by pixel repetition to be visible.
+    scale = max(1, -(-MIN_TILE // first.shape[0]))
+    rows = {k: [np.repeat(np.repeat(im, scale, 0), scale, 1) for im in v] for k, v in rows.items()}
+    h, w = first.shape[0] * scale, first.shape[1] * scale
+    sheet = np.full((len(rows) * (h + 2), cols * (w + 2), 3), 255, dtype=np.uint8)
+    for r, identity in enumerate(sorted(rows)):
+        for c, img in enumerate(rows[identity][:cols]):
+            if img.shape[:2] != (h, w):
+                img = np.asarray(Image.fromarray(img).resize((w, h)))
+            sheet[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = img
+    buf = io.BytesIO()
+    Image.fromarray(sheet).save(buf, "PNG", compress_level=6, optimize=False)
+    return buf.getvalue()
+
+
+def _fmt(x) -> str:
+    return "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+def write_report(
+    dataset_dir: str | Path,
+    *,
+    split: str = "train",
+    contact_identities: int = 8,
+    contact_samples: int = 8,
+    seed: int = 0,
+) -> dict[str, Path]:
+    """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``."""
+    from pipeline.shards import iter_samples
+
+    dataset_dir = Path(dataset_dir)
+    entry = split_manifest(dataset_dir, split)
+    qc = entry.get("extra", {}).get("qc")
+    classes = int(entry["num_identities"])
+    rng = np.random.default_rng(seed)
+    picked = set(rng.choice(classes, size=min(contact_identities, classes), replace=False).tolist())
+
+    hist = {
+        "centroid_cos": np.zeros(len(BINS) - 1, np.int64),
+        "anchor_cos": np.zeros(len(BINS) - 1, np.int64),
+    }
+    pending: dict[str, list[float]] = {k: [] for k in hist}
+
+    def flush() -> None:
+        for k, values in pending.items():
+            if values:
+                hist[k] += np.histogram(values, BINS)[0]
+                values.clear()
+
+    sheet: dict[int, list[np.ndarray]] = {}
+    for s in iter_samples(dataset_dir, split, decode=False):
+        q = s["meta"].get("qc", {})
+        for k in hist:
+            if k in q:
+                pending[k].append(q[k])
+        if len(pending["centroid_cos"]) >= 8192:
+            flush()
+        label = s["label"]
+        if label in picked and len(sheet.setdefault(label, [])) < contact_samples:
+            sheet[label].append(decode_image(s["image"], s["__key__"]))
+    flush()
+    genuine, anchor = hist["centroid_cos"], hist["anchor_cos"]
+
+    def array(name: str) -> np.ndarray | None:
+        try:
+            return load_identity_array(dataset_dir, name, split)
+        except ShardError:
+            return None
+
+    separation = array("qc_separation")
+    gallery = array("qc_gallery_similarity")
+    series: list[tuple[str, np.ndarray, bool]] = []
+    if genuine.sum():
+        series.append(("sample to own centroid", genuine, True))
+    if anchor.sum():
+        series.append(("sample to own anchor", anchor, True))
+    if separation is not None:
+        series.append(("centroid to nearest other identity", separation, False))
+    if gallery is not None:
+        series.append(("centroid to nearest real identity", gallery, False))
+
+    out = dataset_dir / REPORT_DIR
+    out.mkdir(parents=True, exist_ok=True)
+    paths = {"markdown": out / "report.md"}
+    if series:
+        paths["similarity"] = out / "similarity.png"
+        atomic_write_bytes(
+            paths["similarity"], _histogram_png(series, f"{dataset_dir.name}: similarities")
+        )
+    if sheet:
+        paths["contact_sheet"] = out / "contact_sheet.png"
+        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet, contact_samples))
+
+    lines = [
+        f"# QC report: {dataset_dir.name} ({split})",
+        "",
+        f"{entry['num_identities']} identities, {entry['num_samples']} samples, "
+        f"{entry['num_shards']} shards, {entry['bytes']} bytes.",
+        "",
+    ]
+    if qc:
+        lines += [
+            "## Identity-level scores",
+            "",
+            "| score | mean | min | p05 | median | max |",
+            "|---|---|---|---|---|---|",
+        ]
+        for key, label in (
+            ("identity_consistency", "consistency (mean cos to centroid)"),
+            ("identity_diversity", "diversity (1 - mean pairwise cos)"),
+            ("nearest_identity_similarity", "nearest other identity (cos)"),
+            ("anchor_cos", "sample to anchor (cos)"),
+            ("gallery_similarity", "nearest real identity (cos)"),
+        ):
+            st = qc.get(key)
+            if st and st.get("mean") is not None:
+                lines.append(
+                    f"| {label} | "
+                    + " | ".join(_fmt(st[k]) for k in ("mean", "min", "p05", "median", "max"))
+                    + " |"
+                )
+        th = qc["thresholds"]
+        lines += [
+            "",
+            "## Flags",
+            "",
+            "| flag | count | threshold |",
+            "|---|---|---|",
+            f"| identities: low_consistency | {qc['flagged_identities']['low_consistency']} | mean cos < {th['min_identity_consistency']} |",
+            f"| identities: not_separated | {qc['flagged_identities']['not_separated']} | nearest other > {th['max_neighbour_similarity']} |",
+            f"| identities: leak | {qc['flagged_identities']['leak']} | real gallery > {th['max_gallery_similarity']} ({'no gallery' if th['gallery'] is None else th['leakage_action']}) |",
+            f"| identities: too_few_samples | {qc['flagged_identities']['too_few_samples']} | kept < {th['min_samples']} |",
+            f"| samples: low_consistency | {qc['flagged_samples']['low_consistency']} | cos to centroid < {th['min_sample_consistency']} |",
+            f"| samples: duplicate | {qc['flagged_samples']['duplicate']} | pair cos > {th['duplicate_similarity']} |",
+            "",
+            f"Filtered view `views/{qc['view']['name']}.json` leaves out "
+            f"{qc['view']['excluded_identities']} identities and {qc['view']['excluded_samples']} "
+            "further samples; the shards themselves are unchanged.",
+            "",
+        ]
+    if "similarity" in paths:
+        lines += ["## Similarities", "", "![similarities](similarity.png)", ""]
+    if "contact_sheet" in paths:
+        lines += [
+            "## Contact sheet",
+            "",
+            f"Rows: identities {', '.join(str(i) for i in sorted(sheet))} (seed {seed}); "
+            f"columns: their first {contact_samples} samples.",
+            "",
+            "![contact sheet](contact_sheet.png)",
+            "",
+        ]
+    atomic_write_bytes(paths["markdown"], "\n".join(lines).encode())
+    return paths

@@ -1,0 +1,66 @@
+"""Raw tar members of one sample -> the reader's sample dict (shared by every reader)."""
+
+from __future__ import annotations
+
+import io
+import json
+from typing import Any
+
+import numpy as np
+
+from pipeline.errors import ShardError
+from pipeline.shards.sample import decode_image
+
+
+def image_member(raw: dict[str, Any]) -> str:
+    for ext in ("jpg", "png"):
+        if ext in raw:
+            return ext
+    raise ShardError(
+        f"sample {raw.get('__key__')!r} ({raw.get('__url__', '?')}): no .jpg or .png member"
+    )
+
+
+def to_sample(raw: dict[str, Any], decode: bool = True) -> dict[str, Any]:
+    """``{"__key__", "image", "label", "meta", "embedding"}`` from a raw member dict."""
+    key = raw["__key__"]
+    ext = image_member(raw)
+    image = raw[ext]
+    try:
+        label = int(raw["cls"])
+        meta = json.loads(raw["json"]) if "json" in raw else {}
+    except (KeyError, ValueError) as exc:
+        raise ShardError(
+            f"sample {key!r} ({raw.get('__url__', '?')}): bad .cls/.json member ({exc})"
+        ) from None
+    embedding = np.load(io.BytesIO(raw["npy"]), allow_pickle=False) if "npy" in raw else None
+    return {
+        "__key__": key,
+        "image": decode_image(image, key) if decode else bytes(image),
+        "label": label,
+        "meta": meta,
+        "embedding": embedding,
+    }
+
+
+def collate_samples(batch: list[dict[str, Any]]) -> dict[str, Any]:
+    """DataLoader ``collate_fn`` for sample dicts: stacks images/labels, keeps meta as a list.
+
+    torch's default collate cannot take ``embedding=None`` nor metadata dicts whose keys
+    differ between samples, hence this one.
+    """
+    import torch
+
+    images = [b["image"] for b in batch]
+    out: dict[str, Any] = {
+        "__key__": [b["__key__"] for b in batch],
+        "label": torch.tensor([b["label"] for b in batch], dtype=torch.long),
+        "meta": [b["meta"] for b in batch],
+    }
+    if all(isinstance(im, np.ndarray) for im in images):
+        out["image"] = torch.from_numpy(np.stack(images))
+    else:
+        out["image"] = images
+    embs = [b["embedding"] for b in batch]
+    out["embedding"] = None if any(e is None for e in embs) else torch.from_numpy(np.stack(embs))
+    return out

@@ -1,0 +1,216 @@
+"""Image-folder converters: ``SRC/<identity>/<image>`` <-> identity-set shards.
+
+Byte policy: JPEG and PNG files are stored **as they are** (same bytes, so
+folder -> shards -> folder is lossless and cheap). Other image formats PIL can read
+(BMP, WebP, TIFF, GIF, PPM) are decoded and stored as lossless PNG; their ``.json`` records
+``converted_from`` and ``to-folder`` writes them back with a ``.png`` extension. Corrupt
+images, non-image files and nested folders are errors that name the file (hidden entries,
+names starting with ``.``, are ignored).
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path, PurePosixPath
+
+import numpy as np
+
+from pipeline.errors import InputError, ShardError
+from pipeline.shards.atomic import atomic_write_bytes
+from pipeline.shards.dataset_writer import DatasetWriter
+from pipeline.shards.manifest import shard_paths
+from pipeline.shards.sample import Sample, decode_image, encode_image, image_format, parse_key
+
+AS_IS = {".jpg", ".jpeg", ".png"}
+CONVERTED = {".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
+
+
+def _name(path: Path) -> str:
+    name = path.name
+    try:
+        name.encode("utf-8")
+    except UnicodeEncodeError:
+        raise InputError(f"{path}: name is not valid UTF-8; rename it") from None
+    return name
+
+
+def _visible(entries: list[os.DirEntry]) -> list[os.DirEntry]:
+    return sorted((e for e in entries if not e.name.startswith(".")), key=lambda e: e.name)
+
+
+def list_identities(src: Path, skip_non_images: bool = False) -> list[Path]:
+    if not src.is_dir():
+        raise InputError(f"{src}: source is not a directory")
+    folders = []
+    with os.scandir(src) as it:
+        for e in _visible(list(it)):
+            if e.is_dir():
+                folders.append(Path(e.path))
+            elif not skip_non_images:
+                raise InputError(
+                    f"{e.path}: a file at the top of SRC; expected one sub-folder per identity "
+                    "(or pass --skip-non-images)"
+                )
+    if not folders:
+        raise InputError(f"{src}: empty source: no identity sub-folders")
+    for f in folders:
+        _name(f)
+    return folders
+
+
+def _image_files(folder: Path, skip_non_images: bool) -> list[Path]:
+    files = []
+    with os.scandir(folder) as it:
+        for e in _visible(list(it)):
+            path = Path(e.path)
+            if e.is_dir():
+                raise InputError(
+                    f"{path}: nested folder inside identity folder; expected image files only"
+                )
+            suffix = path.suffix.lower()
+            if suffix in AS_IS or suffix in CONVERTED:
+                _name(path)
+                files.append(path)
+            elif not skip_non_images:
+                raise InputError(
+                    f"{path}: not an image file (known: {', '.join(sorted(AS_IS | CONVERTED))}); "
+                    "remove it or pass --skip-non-images"
+                )
+    if not files:
+        raise InputError(f"{folder}: identity folder holds no images")
+    return files
+
+
+def _sample(identity: int, index: int, name: str, path: Path) -> Sample:
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
+    if not data:
+        raise InputError(f"{path}: empty file, not an image")
+    meta = {"identity_name": name, "source": f"{name}/{path.name}"}
+    fmt = image_format(data)
+    if fmt is None and path.suffix.lower() in AS_IS:
+        raise InputError(f"{path}: corrupt image (not {path.suffix.lower()[1:].upper()} data)")
+    pixels = decode_image(data, str(path))  # raises InputError on corrupt data
+    if fmt is None:
+        meta["converted_from"] = path.suffix.lower()[1:]
+        meta["source"] = f"{name}/{path.stem}.png"
+        data, fmt = encode_image(pixels, "png"), "png"
+    return Sample(identity=identity, index=index, image=data, ext=fmt, meta=meta)
+
+
+def iter_folder_samples(src: Path, skip_non_images: bool = False) -> Iterator[Sample]:
+    for identity, folder in enumerate(list_identities(src, skip_non_images)):
+        files = _image_files(folder, skip_non_images)
+        if len(files) > 10000:
+            raise InputError(f"{folder}: {len(files)} images; at most 10000 per identity")
+        for index, path in enumerate(files):
+            yield _sample(identity, index, folder.name, path)
+
+
+def from_folder(
+    src: str | Path,
+    out: str | Path,
+    *,
+    max_samples: int = 10000,
+    max_bytes: int = 1 << 30,
+    skip_non_images: bool = False,
+    split: str = "train",
+) -> dict:
+    """Convert an identity-folder tree to a dataset; labels follow sorted folder names."""
+    src = Path(src)
+    names = [f.name for f in list_identities(src, skip_non_images)]
+    config = {
+        "converter": "from-folder",
+        "source": str(src.resolve()),
+        "max_samples": max_samples,
+        "max_bytes": max_bytes,
+        "skip_non_images": skip_non_images,
+    }
+    writer = DatasetWriter(
+        out, config=config, split=split, max_samples=max_samples, max_bytes=max_bytes
+    )
+    with writer:
+        for sample in iter_folder_samples(src, skip_non_images):
+            writer.add(sample)
+        return writer.close(identity_arrays={"names": np.array(names, dtype=str)})
+
+
+def safe_relpath(rel: str, where: str) -> PurePosixPath:
+    """A relative path that cannot leave its root (no absolute, no '..', no empty parts)."""
+    p = PurePosixPath(rel)
+    bad = (
+        not rel
+        or "\x00" in rel
+        or "\\" in rel
+        or p.is_absolute()
+        or any(part in ("", ".", "..") for part in rel.split("/"))
+    )
+    if bad:
+        raise ShardError(f"{where}: output name {rel!r} would escape OUT; refusing to write it")
+    return p
+
+
+def _target(raw_key: str, meta: dict, ext: str, where: str) -> PurePosixPath:
+    source = meta.get("source")
+    if isinstance(source, str):
+        return safe_relpath(source, where)
+    parsed = parse_key(raw_key)
+    if parsed is None:
+        raise ShardError(
+            f"{where}: member name {raw_key!r} is not a sample key; refusing to write it"
+        )
+    name = meta.get("identity_name", f"{parsed[0]:08d}")
+    if not isinstance(name, str):
+        name = f"{parsed[0]:08d}"
+    if "/" in name or "\\" in name:
+        raise ShardError(
+            f"{where}: identity name {name!r} contains a path separator; refusing to write it"
+        )
+    return safe_relpath(f"{name}/{parsed[1]:04d}.{ext}", where)
+
+
+def to_folder(dataset_dir: str | Path, out: str | Path, *, split: str = "train") -> dict:
+    """Write every image to ``OUT/<identity>/<file>``; re-runs skip files already identical."""
+    import json
+
+    from pipeline.shards.index_reader import iter_raw
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    root = out.resolve()
+    written = skipped = 0
+    seen: set[PurePosixPath] = set()
+    for shard in shard_paths(dataset_dir, split):
+        for raw in iter_raw(shard):
+            where = f"{shard}: sample {raw['__key__']!r}"
+            ext = "jpg" if "jpg" in raw else "png" if "png" in raw else None
+            if ext is None:
+                raise ShardError(f"{where}: no .jpg/.png member")
+            try:
+                meta = json.loads(raw.get("json", b"{}"))
+            except ValueError:
+                raise ShardError(f"{where}: .json member does not parse") from None
+            rel = _target(raw["__key__"], meta if isinstance(meta, dict) else {}, ext, where)
+            if rel in seen:
+                raise ShardError(f"{where}: two samples map to the same output file {rel}")
+            seen.add(rel)
+            dest = out / rel
+            dest.parent.mkdir(parents=True, exist_ok=True)
+            if not dest.parent.resolve().is_relative_to(root):
+                raise ShardError(
+                    f"{where}: output name {str(rel)!r} would escape OUT (symlink); refusing"
+                )
+            data = raw[ext]
+            if dest.exists():
+                if dest.read_bytes() != data:
+                    raise ShardError(
+                        f"{dest}: exists with different content; refusing to overwrite"
+                    )
+                skipped += 1
+                continue
+            atomic_write_bytes(dest, data)
+            written += 1
+    return {"written": written, "unchanged": skipped, "out": str(out)}

@@ -1,0 +1,311 @@
+"""The dataset manifest ``dataset.json`` and the side files derived from it.
+
+``finalize_dataset`` gathers the per-shard sidecar records, checks that they form one
+gap-free dataset, writes identity-level arrays, the wids index and timm's ``_info.json``,
+and writes ``dataset.json`` **last** and atomically: a directory with a manifest is a
+finished dataset; one without is a run in progress.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import json
+import re
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pipeline import __version__
+from pipeline.errors import InputError, ShardError
+from pipeline.shards.atomic import atomic_write_bytes
+from pipeline.shards.writer import (
+    RECORDS_DIR,
+    SHARDS_DIR,
+    ShardRecord,
+    check_split,
+    completed_shards,
+)
+
+FORMAT_NAME = "synthface-identity-shards"
+SCHEMA_VERSION = 1
+MANIFEST = "dataset.json"
+INFO = "_info.json"
+ARRAY_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+# Names that may sit in a dataset directory besides the split-prefixed ones.
+OWN_NAMES = {MANIFEST, INFO, SHARDS_DIR, RECORDS_DIR}
+
+
+def _json_bytes(data: Any) -> bytes:
+    return (json.dumps(data, indent=1, sort_keys=True, ensure_ascii=False) + "\n").encode("utf-8")
+
+
+def _config_dict(config: Any) -> dict:
+    data = config.model_dump(mode="json") if hasattr(config, "model_dump") else config
+    if not isinstance(data, dict):
+        raise InputError(f"dataset config must be a mapping (got {type(data).__name__})")
+    return json.loads(json.dumps(data, sort_keys=True))
+
+
+def config_hash(config: Any) -> str:
+    text = json.dumps(_config_dict(config), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def array_file(split: str, name: str) -> str:
+    """``identities.npy`` for the train split, ``{split}-identities.npy`` for the others."""
+    return f"{name}.npy" if split == "train" else f"{split}-{name}.npy"
+
+
+def wids_file(split: str) -> str:
+    return f"{split}-wids.json"
+
+
+def _pending_path(dataset_dir: Path, split: str) -> Path:
+    return dataset_dir / RECORDS_DIR / f"{split}-config.json"
+
+
+def _is_own(name: str) -> bool:
+    return name in OWN_NAMES or name.endswith((".npy", "-wids.json"))
+
+
+def begin_dataset(dataset_dir: str | Path, *, config: Any, split: str = "train") -> str:
+    """Claim ``dataset_dir`` for ``config`` before writing shards; returns the config hash.
+
+    Refuses (``ShardError``) a directory that holds a different dataset for this split
+    (other config hash), or that holds files which are not a synthface dataset, so that a
+    typo in an output path never mixes two datasets or clobbers unrelated files.
+    """
+    dataset_dir = Path(dataset_dir)
+    check_split(split)
+    digest = config_hash(config)
+    if dataset_dir.exists() and not dataset_dir.is_dir():
+        raise ShardError(f"{dataset_dir}: output path exists and is not a directory")
+    manifest_file = dataset_dir / MANIFEST
+    pending = _pending_path(dataset_dir, split)
+    if manifest_file.exists():
+        old = load_manifest(dataset_dir).get("splits", {}).get(split)
+        if old is not None and old.get("config_hash") != digest:
+            raise ShardError(
+                f"{dataset_dir}: already holds a different '{split}' dataset (config hash "
+                f"{old.get('config_hash', '?')[:12]} != {digest[:12]}); use a new directory or delete it"
+            )
+    elif pending.exists():
+        try:
+            old_hash = json.loads(pending.read_text())["config_hash"]
+        except (OSError, ValueError, KeyError, TypeError):
+            old_hash = "?"
+        if old_hash != digest:
+            raise ShardError(
+                f"{dataset_dir}: holds an unfinished '{split}' dataset of another config (hash "
+                f"{old_hash[:12]} != {digest[:12]}); use a new directory or delete it"
+            )
+    elif dataset_dir.is_dir():
+        foreign = sorted(p.name for p in dataset_dir.iterdir() if not _is_own(p.name))
+        if foreign:
+            raise ShardError(
+                f"{dataset_dir}: not empty and holds no synthface dataset (found {foreign[0]!r}); "
+                "choose an empty or new directory"
+            )
+    (dataset_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
+    atomic_write_bytes(
+        pending, _json_bytes({"config": _config_dict(config), "config_hash": digest})
+    )
+    return digest
+
+
+def _npy_bytes(name: str, arr: np.ndarray) -> bytes:
+    arr = np.asarray(arr)
+    if arr.dtype == object:
+        raise InputError(
+            f"identity array {name!r}: object arrays are not allowed (need a numeric or str dtype)"
+        )
+    buf = io.BytesIO()
+    np.save(buf, np.ascontiguousarray(arr), allow_pickle=False)
+    return buf.getvalue()
+
+
+def _check_records(
+    dataset_dir: Path, split: str, records: dict[int, ShardRecord]
+) -> list[ShardRecord]:
+    if not records:
+        raise ShardError(f"{dataset_dir}: no complete '{split}' shards to finalize")
+    missing = sorted(set(range(max(records) + 1)) - set(records))
+    if missing:
+        listed = ", ".join(str(i) for i in missing[:10])
+        raise ShardError(
+            f"{dataset_dir}: '{split}' shard indices have gaps (missing or incomplete: {listed}); "
+            "write them before finalizing"
+        )
+    ordered = [records[i] for i in range(len(records))]
+    expected = 0
+    for r in ordered:
+        if r.first_identity != expected:
+            raise ShardError(
+                f"{dataset_dir}: identities not contiguous: {r.name} starts at identity "
+                f"{r.first_identity}, expected {expected}"
+            )
+        expected = r.last_identity + 1
+    listed_names = {r.name for r in ordered}
+    shards_dir = dataset_dir / SHARDS_DIR
+    strays = sorted(p.name for p in shards_dir.glob(f"{split}-*.tar") if p.name not in listed_names)
+    if strays:
+        raise ShardError(
+            f"{shards_dir / strays[0]}: shard without a complete record (interrupted write?); "
+            "rewrite or delete it before finalizing"
+        )
+    return ordered
+
+
+def finalize_dataset(
+    dataset_dir: str | Path,
+    *,
+    config: Any,
+    num_classes: int | None = None,
+    identity_arrays: dict[str, np.ndarray] | None = None,
+    split: str = "train",
+    extra: dict | None = None,
+) -> dict:
+    """Publish the dataset: arrays, wids index, ``_info.json``, then ``dataset.json``."""
+    dataset_dir = Path(dataset_dir)
+    check_split(split)
+    digest = begin_dataset(dataset_dir, config=config, split=split)
+    ordered = _check_records(
+        dataset_dir, split, completed_shards(dataset_dir, split=split, check_sha=False)
+    )
+    classes = ordered[-1].last_identity + 1
+    if num_classes is not None and num_classes != classes:
+        raise ShardError(
+            f"{dataset_dir}: num_classes={num_classes} but the shards hold {classes} identities"
+        )
+    counts = np.array([c for r in ordered for c in r.identity_counts], dtype=np.int64)
+    if len(counts) != classes:
+        raise ShardError(
+            f"{dataset_dir}: shard records hold {len(counts)} identity counts for {classes} identities"
+        )
+
+    arrays = {"identity_counts": counts}
+    for name, arr in (identity_arrays or {}).items():
+        if not ARRAY_NAME_RE.match(name) or name == "identity_counts":
+            raise InputError(
+                f"identity array name {name!r} must match {ARRAY_NAME_RE.pattern} (not identity_counts)"
+            )
+        arr = np.asarray(arr)
+        if arr.ndim == 0 or arr.shape[0] != classes:
+            raise InputError(
+                f"identity array {name!r}: first dimension must be {classes} (got shape {arr.shape})"
+            )
+        arrays[name] = arr
+    array_entries = {}
+    for name in sorted(arrays):
+        data = _npy_bytes(name, arrays[name])
+        fname = array_file(split, name)
+        atomic_write_bytes(dataset_dir / fname, data)
+        array_entries[name] = {
+            "file": fname,
+            "dtype": str(arrays[name].dtype),
+            "shape": list(arrays[name].shape),
+            "sha256": hashlib.sha256(data).hexdigest(),
+        }
+
+    shard_entries = []
+    for r in ordered:
+        d = r.to_dict()
+        d.pop("identity_counts")
+        shard_entries.append(d)
+    wids = {
+        "__kind__": "wids-shard-index-v1",
+        "wids_version": 1,
+        "name": split,
+        "shardlist": [
+            {"url": f"{SHARDS_DIR}/{r.name}", "nsamples": r.num_samples, "filesize": r.bytes}
+            for r in ordered
+        ],
+    }
+    atomic_write_bytes(dataset_dir / wids_file(split), _json_bytes(wids))
+
+    old = _load_json(dataset_dir / MANIFEST) if (dataset_dir / MANIFEST).exists() else None
+    splits = dict(old.get("splits", {})) if isinstance(old, dict) else {}
+    splits[split] = {
+        "config": _config_dict(config),
+        "config_hash": digest,
+        "num_samples": int(counts.sum()),
+        "num_identities": classes,
+        "num_shards": len(ordered),
+        "bytes": sum(r.bytes for r in ordered),
+        "members": sorted({m for r in ordered for m in r.members}),
+        "shards": shard_entries,
+        "arrays": array_entries,
+        "wids_index": wids_file(split),
+        "extra": extra or {},
+    }
+    info = {
+        "name": dataset_dir.name,
+        "splits": {
+            name: {
+                "name": name,
+                "num_samples": s["num_samples"],
+                "filenames": [f"{SHARDS_DIR}/{e['name']}" for e in s["shards"]],
+                "shard_lengths": [e["num_samples"] for e in s["shards"]],
+            }
+            for name, s in sorted(splits.items())
+        },
+    }
+    atomic_write_bytes(dataset_dir / INFO, _json_bytes(info))
+    manifest = {
+        "format": FORMAT_NAME,
+        "schema_version": SCHEMA_VERSION,
+        "code_version": __version__,
+        "splits": splits,
+    }
+    atomic_write_bytes(dataset_dir / MANIFEST, _json_bytes(manifest))
+    return manifest
+
+
+def _load_json(path: Path) -> Any:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except FileNotFoundError:
+        raise ShardError(f"{path}: no manifest (not a finished synthface dataset)") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:
+        raise ShardError(f"{path}: unreadable manifest ({exc})") from None
+
+
+def load_manifest(dataset_dir: str | Path) -> dict:
+    """The parsed ``dataset.json``; ``ShardError`` if missing, invalid or of a newer schema."""
+    path = Path(dataset_dir) / MANIFEST
+    data = _load_json(path)
+    if not isinstance(data, dict) or data.get("format") != FORMAT_NAME:
+        raise ShardError(f"{path}: not a synthface dataset manifest (format != {FORMAT_NAME!r})")
+    version = data.get("schema_version")
+    if not isinstance(version, int) or version > SCHEMA_VERSION or version < 1:
+        raise ShardError(
+            f"{path}: schema_version {version!r} is not supported (this code reads 1..{SCHEMA_VERSION})"
+        )
+    if not isinstance(data.get("splits"), dict) or not data["splits"]:
+        raise ShardError(f"{path}: manifest lists no splits")
+    return data
+
+
+def split_manifest(dataset_dir: str | Path, split: str = "train") -> dict:
+    manifest = load_manifest(dataset_dir)
+    if split not in manifest["splits"]:
+        known = ", ".join(sorted(manifest["splits"]))
+        raise ShardError(f"{Path(dataset_dir) / MANIFEST}: no split {split!r} (has: {known})")
+    return manifest["splits"][split]
+
+
+def shard_paths(dataset_dir: str | Path, split: str = "train") -> list[Path]:
+    """Shard files of ``split`` in manifest order."""
+    entry = split_manifest(dataset_dir, split)
+    return [Path(dataset_dir) / SHARDS_DIR / s["name"] for s in entry["shards"]]
+
+
+def load_identity_array(dataset_dir: str | Path, name: str, split: str = "train") -> np.ndarray:
+    entry = split_manifest(dataset_dir, split)
+    if name not in entry["arrays"]:
+        raise ShardError(
+            f"{dataset_dir}: no identity array {name!r} (has: {', '.join(sorted(entry['arrays']))})"
+        )
+    return np.load(Path(dataset_dir) / entry["arrays"][name]["file"], allow_pickle=False)

@@ -1,0 +1,41 @@
+"""Face recognizers: backbones, margin heads, training, evaluation, FRCSyn, privacy modules.
+
+May import ``pipeline``; never ``generators`` or ``flows``.
+
+The public model API is re-exported lazily, so ``import recognition`` (done by the CLI
+for every command) does not import torch:
+
+``create_backbone``, ``create_head``, ``HeadOutput``, ``save_recognizer``,
+``load_recognizer``, ``load_weights``, ``load_embedder``, ``Embedder``, ``export_onnx``.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+_LAZY = {
+    "create_backbone": "recognition.backbones",
+    "list_backbones": "recognition.backbones",
+    "create_head": "recognition.heads",
+    "list_heads": "recognition.heads",
+    "HeadOutput": "recognition.heads",
+    "save_recognizer": "recognition.checkpoint",
+    "load_recognizer": "recognition.checkpoint",
+    "load_weights": "recognition.checkpoint",
+    "load_embedder": "recognition.embedder",
+    "Embedder": "recognition.embedder",
+    "export_onnx": "recognition.export",
+}
+
+__all__ = sorted(_LAZY)
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module 'recognition' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted([*globals(), *_LAZY])

@@ -1,0 +1,138 @@
+"""Backbone registry: ``create_backbone("ir50", input_size=112, input_channels=3)``.
+
+Every backbone maps NCHW float input in [-1, 1] (RGB, or DCT channels) of a fixed
+``input_size`` to an un-normalised ``N x embedding_dim`` feature. Registered names:
+``ir18 ir34 ir50 ir100 ir200`` (arcface_torch iResNets), ``mobilefacenet``
+(arcface_torch ``mbf``) and ``tiny`` (a 4-block iResNet for tests and CPU runs).
+
+Each registered constructor lists its keyword arguments explicitly so configs can be
+checked against its signature before a run starts.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from pipeline.errors import ConfigError
+from pipeline.registry import Registry
+from recognition.backbones._base import Backbone, as_hw
+from recognition.backbones.iresnet import ARCH_LAYERS, TINY_LAYERS, TINY_WIDTHS, IResNet
+from recognition.backbones.mobilefacenet import MobileFaceNet
+
+__all__ = ["BACKBONES", "Backbone", "IResNet", "MobileFaceNet", "create_backbone", "list_backbones"]
+
+BACKBONES: Registry[Backbone] = Registry("backbone")
+
+
+def _iresnet(arch: str):
+    def build(
+        *,
+        input_size: int | Sequence[int] = 112,
+        input_channels: int = 3,
+        embedding_dim: int = 512,
+        dropout: float = 0.0,
+        zero_init_residual: bool = False,
+    ) -> IResNet:
+        return IResNet(
+            ARCH_LAYERS[arch],
+            input_size=input_size,
+            input_channels=input_channels,
+            embedding_dim=embedding_dim,
+            dropout=dropout,
+            zero_init_residual=zero_init_residual,
+        )
+
+    build.__name__ = arch
+    build.__doc__ = (
+        f"iResNet-{arch[2:]} (arcface_torch ``r{arch[2:]}``), stage depths {ARCH_LAYERS[arch]}."
+    )
+    return build
+
+
+for _arch in ARCH_LAYERS:
+    BACKBONES.register(_arch)(_iresnet(_arch))
+
+
+@BACKBONES.register("tiny")
+def tiny(
+    *,
+    input_size: int | Sequence[int] = 112,
+    input_channels: int = 3,
+    embedding_dim: int = 512,
+    widths: Sequence[int] = TINY_WIDTHS,
+    layers: Sequence[int] = TINY_LAYERS,
+    dropout: float = 0.0,
+) -> IResNet:
+    """One block per stage, widths 16-128: seconds per epoch on a CPU, for tests."""
+    return IResNet(
+        tuple(layers),
+        tuple(widths),
+        input_size=input_size,
+        input_channels=input_channels,
+        embedding_dim=embedding_dim,
+        dropout=dropout,
+    )
+
+
+@BACKBONES.register("mobilefacenet")
+def mobilefacenet(
+    *,
+    input_size: int | Sequence[int] = 112,
+    input_channels: int = 3,
+    embedding_dim: int = 512,
+    blocks: Sequence[int] = (1, 4, 6, 2),
+    scale: int = 2,
+) -> MobileFaceNet:
+    """arcface_torch ``mbf`` (blocks 1-4-6-2, width x2); ``scale=4, blocks=(2,8,12,4)`` = ``mbf_large``."""
+    return MobileFaceNet(
+        tuple(blocks),
+        scale,
+        input_size=input_size,
+        input_channels=input_channels,
+        embedding_dim=embedding_dim,
+    )
+
+
+def _jsonable(value: Any) -> Any:
+    if isinstance(value, (tuple, list)):
+        return [_jsonable(v) for v in value]
+    return value
+
+
+def create_backbone(
+    name: str,
+    *,
+    input_size: int | Sequence[int] = 112,
+    input_channels: int = 3,
+    embedding_dim: int = 512,
+    **kwargs: Any,
+) -> Backbone:
+    """Build a registered backbone; ``model.spec`` records how, for checkpoints.
+
+    Raises:
+        ConfigError: unknown name (the message lists the known ones), an argument the
+            backbone does not take, or an invalid value.
+    """
+    hw = as_hw(input_size)
+    build = BACKBONES.get(name)
+    try:
+        model = build(
+            input_size=hw, input_channels=input_channels, embedding_dim=embedding_dim, **kwargs
+        )
+    except TypeError as exc:
+        raise ConfigError(f"backbone {name!r}: {exc}") from None
+    except ValueError as exc:
+        raise ConfigError(f"backbone {name!r}: {exc}") from None
+    model.spec = {
+        "name": name,
+        "input_size": list(hw),
+        "input_channels": input_channels,
+        "embedding_dim": embedding_dim,
+        **{k: _jsonable(v) for k, v in sorted(kwargs.items())},
+    }
+    return model
+
+
+def list_backbones() -> list[str]:
+    return BACKBONES.names()

@@ -1,0 +1,166 @@
+"""``synthface frcsyn ...``: FRCSyn scoring, submission packaging and validation"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from pipeline.cli import add_group, add_json_flag, emit
+
+
+def _csv(text: str) -> list[str]:
+    return [t.strip() for t in text.split(",") if t.strip()]
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    sub = add_group(groups, "frcsyn", "FRCSyn scoring, submission packaging and validation")
+
+    c = sub.add_parser("rules", help="list sub-tasks with their training-data rules and metrics")
+    c.add_argument("--edition", choices=["wacv2024", "cvpr2024"], help="only this edition")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_rules)
+
+    c = sub.add_parser(
+        "score",
+        help="score proposed + baseline systems on a comparison tree; thresholds from calibration",
+        description=(
+            "Trees are DIR/images/<relpath> + DIR/comparisons/{dataset}_comparison.txt. The "
+            "decision threshold of each system is chosen on --calibration, a tree built from "
+            "training-side data (with *_ground_truth.txt), never on the evaluation tree."
+        ),
+    )
+    c.add_argument("--subtask", required=True, help="e.g. 1.1, 2.3")
+    c.add_argument("--edition", default="cvpr2024", choices=["wacv2024", "cvpr2024"])
+    c.add_argument("--eval-tree", type=Path, required=True, help="evaluation comparison tree")
+    c.add_argument("--calibration", type=Path, required=True, help="training-side calibration tree")
+    c.add_argument("--proposed", required=True, help="proposed system: checkpoint dir or .onnx")
+    c.add_argument("--baseline", required=True, help="real-data baseline: checkpoint dir or .onnx")
+    c.add_argument("--out", type=Path, required=True, help="run directory to write")
+    c.add_argument("--datasets", type=_csv, help="comma list (default: the task's datasets)")
+    c.add_argument(
+        "--threshold-method", choices=["min_fnmr_fmr", "target_fmr"], default="min_fnmr_fmr"
+    )
+    c.add_argument("--target-fmr", type=float, default=0.01, help="for target_fmr (0.01)")
+    c.add_argument("--device", default="cpu")
+    c.add_argument("--batch-size", type=int, default=64)
+    c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_score)
+
+    c = sub.add_parser(
+        "package", help="write <subtask>/<dataset>/{proposed,baseline}.txt and <subtask>.zip"
+    )
+    c.add_argument("run", type=Path, help="run directory from 'frcsyn score'")
+    c.add_argument("--out", type=Path, required=True, help="submission folder")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_package)
+
+    c = sub.add_parser(
+        "validate",
+        help="check a submission zip against the comparison files; exit 1 on any defect",
+    )
+    c.add_argument("zip", type=Path)
+    c.add_argument("--comparisons", type=Path, required=True, help="folder of *_comparison.txt")
+    c.add_argument("--run", type=Path, help="run directory: also check thresholds and line order")
+    c.add_argument("--subtask", help="default: from the run, or the zip name (<subtask>.zip)")
+    c.add_argument("--edition", default="cvpr2024", choices=["wacv2024", "cvpr2024"])
+    c.add_argument("--datasets", type=_csv, help="comma list (default: the task's datasets)")
+    c.add_argument("--no-range-check", action="store_true", help="allow scores outside [-1, 1]")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_validate)
+
+
+def cmd_rules(args: argparse.Namespace) -> int:
+    from recognition.frcsyn.rules import list_subtasks
+
+    rows = [
+        {
+            "edition": st.edition,
+            "subtask": st.id,
+            "task": st.task,
+            "goal": st.goal,
+            "datasets": list(st.datasets),
+            "ranking_metric": st.ranking_metric,
+            "rule": st.rule,
+            "source": st.source,
+        }
+        for st in list_subtasks(args.edition)
+    ]
+    text = "\n".join(
+        f"{r['edition']} {r['subtask']} [{r['ranking_metric']} on {', '.join(r['datasets'])}]: {r['rule']}"
+        for r in rows
+    )
+    emit(args, rows, text)
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    from recognition import load_embedder
+    from recognition.frcsyn.rules import get_subtask
+    from recognition.frcsyn.scoring import embed_tree_images, score_run
+
+    st = get_subtask(args.subtask, args.edition)
+    systems, models = {}, {}
+    for system, path in (("proposed", args.proposed), ("baseline", args.baseline)):
+        emb = load_embedder(path, device=args.device)
+        systems[system] = lambda images_dir, relpaths, emb=emb: embed_tree_images(
+            images_dir, relpaths, emb, batch_size=args.batch_size
+        )
+        models[system] = str(path)
+    run = score_run(
+        st,
+        args.eval_tree,
+        args.calibration,
+        systems,
+        args.out,
+        datasets=args.datasets,
+        method=args.threshold_method,
+        target_fmr=args.target_fmr,
+        models=models,
+        plots=not args.no_plots,
+    )
+    m = run["metrics"]
+    if m:
+        p, b = m["systems"]["proposed"], m["systems"]["baseline"]
+        text = (
+            f"{st.edition} {st.id}: {st.ranking_metric} proposed {p['ranking_value']:.2f} / "
+            f"baseline {b['ranking_value']:.2f}, GAP {m['GAP']:.2f} %; rule: {st.rule}; "
+            f"report: {args.out / 'report.md'}"
+        )
+    else:
+        text = f"scored {', '.join(run['datasets'])} (no ground truth); run: {args.out}"
+    emit(args, run, text)
+    return 0
+
+
+def cmd_package(args: argparse.Namespace) -> int:
+    import hashlib
+
+    from recognition.frcsyn.package import package_run
+
+    zip_path = package_run(args.run, args.out)
+    digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
+    emit(args, {"zip": str(zip_path), "sha256": digest}, f"{zip_path} sha256 {digest}")
+    return 0
+
+
+def cmd_validate(args: argparse.Namespace) -> int:
+    from recognition.frcsyn.package import validate_package
+
+    report = validate_package(
+        args.zip,
+        args.comparisons,
+        subtask=args.subtask,
+        edition=args.edition,
+        datasets=args.datasets,
+        run_dir=args.run,
+        score_range=None if args.no_range_check else (-1.0, 1.0),
+    )
+    if report.ok:
+        text = f"{args.zip}: valid {report.edition} {report.subtask} package ({len(report.checked)} files)"
+    else:
+        text = "\n".join(
+            [f"{args.zip}: INVALID ({len(report.problems)} problems)", *report.problems]
+        )
+    emit(args, report.to_dict(), text)
+    return 0 if report.ok else 1

@@ -1,0 +1,27 @@
+"""``python -m recognition.training CONFIG [--set K=V] [--resume latest]``.
+
+The same command as ``synthface recognition train``, importable as a module so that
+``accelerate launch -m recognition.training`` can start one process per GPU.
+"""
+
+import argparse
+import sys
+
+from pipeline.errors import SynthfaceError
+from recognition.cli import add_train_command
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m recognition.training")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_train_command(sub)
+    args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return args.func(args)
+    except SynthfaceError as exc:
+        print(f"synthface: error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

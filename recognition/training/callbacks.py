@@ -1,0 +1,251 @@
+"""Side work of the training loop, each a callable ``callback(global_step, run)``.
+
+As in arcface_torch, the loop body only trains; metrics, progress, verification and
+checkpoints hang off it here and run only when their interval comes up. Callbacks run
+in list order after every optimizer step; ``close(global_step, run)`` runs once at the
+end (final validation, final checkpoint).
+"""
+
+from __future__ import annotations
+
+import csv
+import sys
+import time
+from pathlib import Path
+from typing import TYPE_CHECKING, Protocol
+
+import numpy as np
+import torch
+
+from pipeline.errors import ConfigError, InputError
+
+if TYPE_CHECKING:
+    from recognition.training.loop import Run
+
+
+class Callback(Protocol):
+    def __call__(self, step: int, run: Run) -> None: ...
+
+    def close(self, step: int, run: Run) -> None: ...
+
+
+class _CsvLog:
+    """Append rows to a CSV; on resume, drop rows past the resumed step (they were lost)."""
+
+    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int) -> None:
+        self.path, self.fields = path, fields
+        path.parent.mkdir(parents=True, exist_ok=True)
+        rows = []
+        if resume_step > 0 and path.is_file():
+            with open(path, newline="") as fh:
+                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
+        with open(path, "w", newline="") as fh:
+            writer = csv.DictWriter(fh, fieldnames=fields)
+            writer.writeheader()
+            writer.writerows(rows)
+
+    def write(self, row: dict) -> None:
+        with open(self.path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=self.fields).writerow(row)
+
+
+class MetricsLogger:
+    """Loss, training accuracy, learning rate and images/s every ``logging.every_steps``.
+
+    Writes ``metrics.csv`` (and TensorBoard scalars if asked) and drives the progress
+    bar. Reading the loss here is also where a NaN is noticed: the check syncs with the
+    device only at these steps, so the loop itself never waits on the GPU.
+    """
+
+    FIELDS = ("step", "epoch", "loss", "accuracy", "lr", "images_per_s", "elapsed_s")
+
+    def __init__(self, run: Run, start_step: int) -> None:
+        cfg = run.cfg.logging
+        self.every = cfg.every_steps
+        self.main = run.accelerator.is_main_process
+        self.csv = (
+            _CsvLog(run.output_dir / "metrics.csv", self.FIELDS, start_step)
+            if (cfg.csv and self.main)
+            else None
+        )
+        self.tb = None
+        if cfg.tensorboard and self.main:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError:
+                raise ConfigError(
+                    "logging.tensorboard: needs the tensorboard package (pip install tensorboard)"
+                ) from None
+            self.tb = SummaryWriter(str(run.output_dir / "tensorboard"), purge_step=start_step)
+        self.bar = None
+        if cfg.progress and self.main:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=run.total_steps, initial=start_step, unit="step", file=sys.stderr)
+        self.start = time.perf_counter()
+        self.window_start = (start_step, self.start)
+        self.last: dict = {}
+
+    def __call__(self, step: int, run: Run) -> None:
+        if self.bar is not None:
+            self.bar.update(1)
+        if step % self.every and step != run.total_steps:
+            return
+        self.flush(step, run)
+
+    def flush(self, step: int, run: Run) -> None:
+        run.monitor.check(step, run)
+        loss, acc = run.monitor.pop_means()
+        if loss is None:
+            return
+        now = time.perf_counter()
+        s0, t0 = self.window_start
+        ips = (step - s0) * run.global_batch / max(now - t0, 1e-9)
+        self.window_start = (step, now)
+        row = {
+            "step": step,
+            "epoch": round(step / run.steps_per_epoch, 4),
+            "loss": round(loss, 6),
+            "accuracy": round(acc, 6),
+            "lr": f"{run.lr:.6g}",
+            "images_per_s": round(ips, 1),
+            "elapsed_s": round(now - self.start, 2),
+        }
+        self.last = row
+        if self.csv is not None:
+            self.csv.write(row)
+        if self.tb is not None:
+            for key in ("loss", "accuracy", "images_per_s"):
+                self.tb.add_scalar(f"train/{key}", row[key], step)
+            self.tb.add_scalar("train/lr", run.lr, step)
+        if self.bar is not None:
+            self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr:.3g}", img_s=f"{ips:.0f}")
+
+    def close(self, step: int, run: Run) -> None:
+        if step != self.window_start[0]:
+            self.flush(step, run)
+        if self.bar is not None:
+            self.bar.close()
+        if self.tb is not None:
+            self.tb.close()
+
+
+class Validator:
+    """10-fold verification on ``.bin`` pair sets every ``validation.every_steps``.
+
+    Embedding happens here (the live backbone, flip-sum as insightface does); the
+    metric is :func:`recognition.evaluation.verification.evaluate_embeddings`, the
+    project's one implementation of the protocol. Runs on the main process only; the
+    others wait, so DDP collectives stay aligned.
+    """
+
+    FIELDS = ("step", "set", "accuracy", "accuracy_std", "num_pairs")
+
+    def __init__(self, run: Run, start_step: int) -> None:
+        from pipeline.formats.verification_bin import read_bin
+
+        cfg = run.cfg.validation
+        self.every = cfg.every_steps
+        self.sets: list[tuple[str, list[bytes], np.ndarray]] = []
+        for path in cfg.sets:
+            p = Path(path)
+            if not p.is_file():
+                raise InputError(f"validation.sets: {path}: no such file")
+            images, issame = read_bin(p)
+            self.sets.append((p.stem, images, np.asarray(issame, dtype=bool)))
+        self.csv = (
+            _CsvLog(run.output_dir / "validation.csv", self.FIELDS, start_step)
+            if run.accelerator.is_main_process and self.sets
+            else None
+        )
+        self.last_step = -1
+        self.results: dict[str, float] = {}
+
+    def __call__(self, step: int, run: Run) -> None:
+        if self.sets and self.every and step % self.every == 0:
+            self.validate(step, run)
+
+    def close(self, step: int, run: Run) -> None:
+        if self.sets and self.last_step != step and step >= run.total_steps:
+            self.validate(step, run)
+
+    def validate(self, step: int, run: Run) -> None:
+        from recognition.evaluation.verification import evaluate_embeddings
+
+        run.monitor.check(step, run)
+        self.last_step = step
+        if run.accelerator.is_main_process:
+            backbone = run.backbone()
+            was_training = backbone.training
+            backbone.eval()
+            try:
+                for name, images, issame in self.sets:
+                    emb = embed_encoded(backbone, images, run)
+                    res = evaluate_embeddings(
+                        emb, issame, name=name, nfolds=run.cfg.validation.folds
+                    )
+                    self.results[name] = res.accuracy
+                    if self.csv is not None:
+                        self.csv.write(
+                            {
+                                "step": step,
+                                "set": name,
+                                "accuracy": round(res.accuracy, 6),
+                                "accuracy_std": round(res.accuracy_std, 6),
+                                "num_pairs": res.num_pairs,
+                            }
+                        )
+                    run.say(f"step {step}: {res.summary()}")
+            finally:
+                backbone.train(was_training)
+        run.accelerator.wait_for_everyone()
+
+
+@torch.no_grad()
+def embed_encoded(backbone: torch.nn.Module, images: list[bytes], run: Run) -> np.ndarray:
+    """Flip-summed raw embeddings (float64) of encoded images, decoded batch by batch."""
+    from pipeline.shards import decode_image
+    from recognition.training.data import to_model_input
+
+    cfg = run.cfg
+    out = []
+    bs = cfg.validation.batch_size
+    for lo in range(0, len(images), bs):
+        batch = np.stack([decode_image(b) for b in images[lo : lo + bs]])
+        x = to_model_input(
+            torch.from_numpy(batch).to(run.accelerator.device),
+            cfg.model.input_size,
+            channels_last=cfg.model.channels_last,
+        )
+        with run.accelerator.autocast():
+            feats = backbone(x).float()
+            if cfg.validation.flip:
+                feats = feats + backbone(x.flip(-1)).float()
+        out.append(feats.cpu().double().numpy())
+    return np.concatenate(out)
+
+
+class Checkpointer:
+    """``save_state`` every ``checkpoint.every_steps`` and at the end of the run."""
+
+    def __init__(self, run: Run, start_step: int) -> None:
+        self.every = run.cfg.checkpoint.every_steps
+        self.last_step = start_step if start_step > 0 else -1  # a resumed run's checkpoint
+
+    def __call__(self, step: int, run: Run) -> None:
+        if self.every and step % self.every == 0:
+            self.save(step, run)
+
+    def close(self, step: int, run: Run) -> None:
+        if self.last_step != step:
+            self.save(step, run)
+
+    def save(self, step: int, run: Run) -> None:
+        from recognition.training.checkpoints import save_checkpoint
+
+        run.monitor.check(step, run)  # never publish weights that saw a NaN
+        save_checkpoint(
+            run.accelerator, run.output_dir, step, run.trainer_state(step), run.cfg.checkpoint.keep
+        )
+        self.last_step = step
+        run.last_checkpoint = step

@@ -1,0 +1,111 @@
+"""Training checkpoints: ``accelerator.save_state`` directories published atomically.
+
+A checkpoint is ``OUTPUT/checkpoints/step-NNNNNNNN/`` holding accelerate's state (model
+weights as safetensors, optimizer, grad scaler, per-process RNG states) plus
+``trainer_state.json`` with the step and the resolved config. It is written under a
+hidden temporary name and renamed only when complete, so a crash mid-save never leaves
+a directory that ``--resume latest`` would pick up. accelerate reads the optimizer and
+RNG files with ``torch.load(weights_only=True)``; nothing here unpickles.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from pipeline.errors import InputError
+
+CHECKPOINTS = "checkpoints"
+STATE_FILE = "trainer_state.json"
+_NAME = re.compile(r"^step-(\d{8})$")
+
+
+def checkpoint_root(output_dir: str | Path) -> Path:
+    return Path(output_dir) / CHECKPOINTS
+
+
+def list_checkpoints(output_dir: str | Path) -> list[tuple[int, Path]]:
+    """Complete checkpoints, oldest first."""
+    root = checkpoint_root(output_dir)
+    if not root.is_dir():
+        return []
+    found = []
+    for entry in root.iterdir():
+        m = _NAME.match(entry.name)
+        if m and (entry / STATE_FILE).is_file():
+            found.append((int(m.group(1)), entry))
+    return sorted(found)
+
+
+def read_state(path: str | Path) -> dict[str, Any]:
+    file = Path(path) / STATE_FILE
+    try:
+        state = json.loads(file.read_text())
+    except FileNotFoundError:
+        raise InputError(f"{path}: not a training checkpoint (no {STATE_FILE})") from None
+    except (OSError, json.JSONDecodeError) as exc:
+        raise InputError(f"{file}: unreadable trainer state ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("global_step"), int):
+        raise InputError(f"{file}: no integer global_step")
+    return state
+
+
+def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
+    """``None`` -> fresh run; ``"latest"`` -> newest complete checkpoint or fresh; else a path."""
+    if resume is None:
+        return None
+    if resume == "latest":
+        found = list_checkpoints(output_dir)
+        return found[-1][1] if found else None
+    path = Path(resume)
+    read_state(path)  # validates
+    return path
+
+
+def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
+    """Save on every process (accelerate needs each one's RNG state), publish on the main one."""
+    root = checkpoint_root(output_dir)
+    final = root / f"step-{step:08d}"
+    tmp = root / f".tmp-step-{step:08d}"
+    if accelerator.is_main_process:
+        root.mkdir(parents=True, exist_ok=True)
+        shutil.rmtree(tmp, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    accelerator.save_state(str(tmp), safe_serialization=True)
+    accelerator.wait_for_everyone()
+    if accelerator.is_main_process:
+        data = json.dumps({**state, "global_step": step}, indent=2, sort_keys=True)
+        with open(tmp / STATE_FILE, "w") as fh:
+            fh.write(data)
+            fh.flush()
+            os.fsync(fh.fileno())
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        dir_fd = os.open(root, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+        for _, old in list_checkpoints(output_dir)[:-keep]:
+            shutil.rmtree(old, ignore_errors=True)
+    accelerator.wait_for_everyone()
+    return final
+
+
+def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
+    """Restore model, optimizer, scaler and RNG states; return the trainer state."""
+    state = read_state(path)
+    try:
+        accelerator.load_state(str(path))
+    except RuntimeError as exc:
+        # load_state_dict(strict=True) names the missing/unexpected keys; keep that text.
+        first = str(exc).strip().splitlines()
+        raise InputError(
+            f"{path}: checkpoint does not fit this model: {' '.join(first)[:500]}"
+        ) from None
+    return state

@@ -1,0 +1,334 @@
+"""The flow against a real ``prefect server start``: served deployments, the Prefect CLI,
+schedules, SIGKILL-and-resume, and the Dask task runner.
+
+One server (temporary PREFECT_HOME, loopback only) is shared by the whole module: its
+first start runs the database migrations, which is the slow part.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import random
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+import yaml
+
+from generators.produce import generate_dataset
+from pipeline.shards import load_manifest
+from tests.flows_helpers import make_tiny_models, tiny_config
+from tests.test_flows_units import tree_hashes
+
+BIN = Path(sys.executable).parent
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _stop(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    home = tmp_path_factory.mktemp("prefect-home")
+    port = _free_port()
+    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    base.update(
+        PREFECT_HOME=str(home),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
+        PREFECT_RUNNER_POLL_FREQUENCY="2",
+        OMP_NUM_THREADS="1",
+    )
+    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
+        env=base,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    url = f"http://127.0.0.1:{port}/api"
+    deadline = time.monotonic() + 180
+    while True:
+        with contextlib.suppress(httpx.HTTPError):
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        if proc.poll() is not None or time.monotonic() > deadline:
+            _stop(proc)
+            pytest.fail(
+                "prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
+            )
+        time.sleep(0.5)
+    yield {"url": url, "env": {**base, "PREFECT_API_URL": url}, "home": home}
+    _stop(proc)
+    log.close()
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_models(root)
+    return root
+
+
+def _config_file(path: Path, cfg) -> Path:
+    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    return path
+
+
+def _prefect(server, *args, timeout=300) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [BIN / "prefect", *args], env=server["env"], capture_output=True, text=True, timeout=timeout
+    )
+
+
+def _wait_for(predicate, timeout: float, what: str, proc: subprocess.Popen | None = None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        value = predicate()
+        if value:
+            return value
+        if proc is not None and proc.poll() is not None:
+            pytest.fail(f"{what}: process exited with {proc.returncode}")
+        time.sleep(1)
+    pytest.fail(f"timed out waiting for {what}")
+
+
+@pytest.fixture(scope="module")
+def served(server, models, tmp_path_factory):
+    """``synthface flows serve`` with a manual and a scheduled (every 10 s) deployment."""
+    root = tmp_path_factory.mktemp("served")
+    manual = _config_file(root / "tiny.yaml", tiny_config(models, root / "manual"))
+    sched_cfg = tiny_config(
+        models,
+        root / "scheduled",
+        identities={"count": 2, "samples_per_identity": 2},
+        report={"enabled": False},
+    ).model_copy(update={"name": "tiny-scheduled"})
+    sched_cfg = sched_cfg.model_copy(
+        update={"schedule": sched_cfg.schedule.model_copy(update={"interval_seconds": 10})}
+    )
+    scheduled = _config_file(root / "scheduled.yaml", sched_cfg)
+    log = open(root / "serve.log", "wb")  # noqa: SIM115 - closed at teardown
+    proc = subprocess.Popen(
+        [BIN / "synthface", "flows", "serve", "--config", manual, "--config", scheduled],
+        env=server["env"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+        cwd=root,
+    )
+
+    def registered():
+        r = httpx.get(server["url"] + "/deployments/name/generate-synthetic/tiny-scheduled")
+        return r.status_code == 200
+
+    _wait_for(registered, 120, "deployments to be registered", proc)
+    yield {"root": root, "proc": proc}
+    _stop(proc)
+    log.close()
+
+
+def test_scheduled_run_executes(server, served):
+    dep = httpx.get(server["url"] + "/deployments/name/generate-synthetic/tiny-scheduled").json()
+
+    def runs(state: str):
+        r = httpx.post(
+            server["url"] + "/flow_runs/filter",
+            json={
+                "deployments": {"id": {"any_": [dep["id"]]}},
+                "flow_runs": {"state": {"type": {"any_": [state]}}},
+            },
+        )
+        return r.json() if r.status_code == 200 else []
+
+    try:
+        done = _wait_for(
+            lambda: runs("COMPLETED"), 150, "a scheduled run to complete", served["proc"]
+        )
+    finally:
+        # Stop the 10 s schedule so that it does not compete with the other tests for CPU.
+        httpx.post(server["url"] + f"/deployments/{dep['id']}/pause_deployment")
+        for run in runs("SCHEDULED"):
+            httpx.delete(server["url"] + f"/flow_runs/{run['id']}")
+    assert done[0]["auto_scheduled"] is True
+    assert load_manifest(served["root"] / "scheduled")["splits"]["train"]["num_samples"] == 4
+
+
+def test_deployment_run_through_the_prefect_cli(server, served):
+    out = served["root"] / "cli-run"
+    res = _prefect(
+        server,
+        "deployment",
+        "run",
+        "generate-synthetic/tiny",
+        "--param",
+        "identities=4",
+        "--param",
+        f"output_dir={out}",
+        "--watch",
+        "--watch-timeout",
+        "240",
+    )
+    assert res.returncode == 0, res.stdout + res.stderr
+    split = load_manifest(out)["splits"]["train"]
+    assert split["num_identities"] == 4 and split["num_samples"] == 12 and split["num_shards"] == 2
+    assert sorted(p.name for p in (out / "shards").iterdir()) == [
+        "train-000000.tar",
+        "train-000001.tar",
+    ]
+    keys = ["generate-progress", "generate-shards", "generate-qc-flags", "generate-summary"]
+    arts = httpx.post(
+        server["url"] + "/artifacts/filter", json={"artifacts": {"key": {"any_": keys}}}
+    ).json()
+    assert {a["key"] for a in arts} == set(keys)
+    progress = [a for a in arts if a["key"] == "generate-progress"]
+    assert all(float(a["data"]) == 100.0 for a in progress)  # updated as shards finished
+    assert any(a["key"] == "generate-summary" and str(out) in a["data"] for a in arts)
+
+
+def test_bad_parameter_fails_fast_naming_the_field(server, served):
+    t0 = time.monotonic()
+    res = _prefect(
+        server, "deployment", "run", "generate-synthetic/tiny", "--param", "identities=-3"
+    )
+    assert res.returncode != 0
+    assert "identities" in res.stdout + res.stderr
+    assert time.monotonic() - t0 < 60
+
+
+SECTIONS = {"identities": {"count": 10, "samples_per_identity": 3}}
+
+
+@pytest.fixture(scope="module")
+def reference(models, tmp_path_factory) -> dict[str, str]:
+    """File hashes of the dataset an uninterrupted, in-process, thread-runner run writes."""
+    ref = tmp_path_factory.mktemp("reference") / "ds"
+    generate_dataset(tiny_config(models, ref, **SECTIONS))
+    return tree_hashes(ref)
+
+
+def test_sigkill_at_random_points_then_resume_is_byte_identical(
+    server, models, reference, tmp_path
+):
+    out = tmp_path / "run" / "ds"
+    config = _config_file(tmp_path / "kill.yaml", tiny_config(models, out, **SECTIONS))
+    cmd = [BIN / "synthface", "flows", "run", "generate", "--config", config]
+    rng = random.Random(int(os.environ.get("SYNTHFACE_KILL_SEED", "0")))
+    records = out / "records"
+
+    def shards_done() -> int:
+        return len(list(records.glob("train-0*.json"))) if records.is_dir() else 0
+
+    kills = 0
+    for _ in range(3):
+        before = shards_done()
+        if before >= 4:
+            break
+        proc = subprocess.Popen(
+            cmd,
+            env=server["env"],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        # Kill at a random moment after this run has written at least one new shard.
+        deadline = time.monotonic() + 120
+        while shards_done() <= before and proc.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(rng.uniform(0.0, 0.6))
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills >= 1, "the runs finished before they could be killed"
+    assert not (out / "dataset.json").exists()
+    res = subprocess.run(cmd, env=server["env"], capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert tree_hashes(out) == reference
+
+
+def test_dask_task_runner_with_two_local_workers(server, models, reference, tmp_path):
+    pytest.importorskip("prefect_dask")
+    out = tmp_path / "run" / "ds"
+    cfg = tiny_config(models, out, runner={"kind": "dask", "dask_workers": 2}, **SECTIONS)
+    config = _config_file(tmp_path / "dask.yaml", cfg)
+    res = subprocess.run(
+        [BIN / "synthface", "flows", "run", "generate", "--config", config],
+        env=server["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "LocalCluster" in res.stdout + res.stderr  # the shard tasks ran on Dask workers
+    assert tree_hashes(out) == reference
+
+
+def test_frcsyn_benchmark_flow_scores_packages_and_validates(server, tmp_path):
+    """The benchmarking flow wraps recognition.frcsyn: tiny untrained models, tiny trees."""
+    import json
+
+    import numpy as np
+    import torch
+    from PIL import Image
+
+    from recognition import create_backbone, save_recognizer
+    from recognition.frcsyn.comparisons import read_comparisons
+    from tests.test_frcsyn import make_tree
+
+    for name, seed in (("prop", 0), ("base", 1)):
+        torch.manual_seed(seed)
+        model = create_backbone("tiny", input_size=32, embedding_dim=8).eval()
+        save_recognizer(model, tmp_path / name, {})
+    rng = np.random.default_rng(0)
+    for tree, ds in (("eval", "bupt"), ("cal", "hold")):
+        root = make_tree(tmp_path / tree, [ds], subjects=2, per=2, prefix=tree, seed=len(tree))
+        for rel in read_comparisons(root / "comparisons", ds).images():
+            img = rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)
+            Image.fromarray(img).save(root / "images" / rel)
+    args = {
+        "proposed": str(tmp_path / "prop"),
+        "baseline": str(tmp_path / "base"),
+        "eval_tree": str(tmp_path / "eval"),
+        "calibration_tree": str(tmp_path / "cal"),
+        "out_dir": str(tmp_path / "run"),
+        "subtask": "1.1",
+        "datasets": ["bupt"],
+    }
+    code = (
+        "import json, sys; from flows.training import frcsyn_benchmark; "
+        "print('RESULT', json.dumps(frcsyn_benchmark(**json.loads(sys.argv[1]))))"
+    )
+    res = subprocess.run(
+        [sys.executable, "-c", code, json.dumps(args)],
+        env=server["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        cwd=tmp_path,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads(res.stdout.split("RESULT ", 1)[1])
+    assert out["valid"] is True and out["zip"].endswith(".zip")
+    assert "TO" in out["metrics"]["systems"]["proposed"]

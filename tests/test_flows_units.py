@@ -1,0 +1,250 @@
+"""Generation without a Prefect server: the plain functions the flow orders, and bad input."""
+
+from __future__ import annotations
+
+import errno
+import hashlib
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from generators.produce import generate_dataset, prepare_generation, produce_shard
+from pipeline.config import load_config
+from pipeline.errors import ConfigError, InputError, ShardError
+from pipeline.generate_plan import GenerateConfig
+from pipeline.shards import completed_shards, load_identity_array, load_manifest
+from tests.flows_helpers import make_tiny_models, tiny_config
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("models")
+    make_tiny_models(root)
+    return root
+
+
+def tree_hashes(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+def test_generate_writes_scored_shards_manifest_view_and_report(models, tmp_path):
+    cfg = tiny_config(models, tmp_path / "ds")
+    summary = generate_dataset(cfg)
+    assert summary["num_identities"] == 6 and summary["num_samples"] == 18
+    assert summary["num_shards"] == 3  # 6 samples per shard = 2 identities
+    ds = tmp_path / "ds"
+    split = load_manifest(ds)["splits"]["train"]
+    assert split["extra"]["qc"]["num_samples"] == 18
+    assert {"anchors", "centroids", "qc_consistency", "qc_separation", "qc_flags"} <= set(
+        split["arrays"]
+    )
+    assert load_identity_array(ds, "qc_consistency").shape == (6,)
+    from pipeline.shards import iter_samples
+
+    first = next(iter_samples(ds, decode=True))
+    assert first["image"].shape == (16, 16, 3)
+    assert {"centroid_cos", "anchor_cos", "flags"} <= set(first["meta"]["qc"])
+    assert first["embedding"].shape == (32,)
+    assert json.loads((ds / "views" / "qc.json").read_text())["num_identities"] <= 6
+    assert (ds / "report" / "contact_sheet.png").is_file()
+
+
+def test_resume_redoes_only_missing_or_corrupt_shards_and_matches_bytes(models, tmp_path):
+    ref = tmp_path / "ref" / "ds"
+    generate_dataset(tiny_config(models, ref))
+    cfg = tiny_config(models, tmp_path / "run" / "ds")
+    prepared = prepare_generation(cfg)
+    for work in prepared.work:
+        produce_shard(cfg, work)
+    run = tmp_path / "run" / "ds"
+    (run / "shards" / "train-000001.tar").unlink()
+    shard2 = run / "shards" / "train-000002.tar"
+    data = bytearray(shard2.read_bytes())
+    mid = len(data) // 2
+    data[mid : mid + 64] = bytes(b ^ 0xFF for b in data[mid : mid + 64])  # same size, wrong bytes
+    shard2.write_bytes(bytes(data))
+    assert sorted(completed_shards(run)) == [0]
+    results = [produce_shard(cfg, w) for w in prepared.work]
+    assert [r.skipped for r in results] == [True, False, False]
+    generate_dataset(cfg)
+    assert tree_hashes(run) == tree_hashes(ref)
+
+
+def test_full_disk_leaves_no_counted_shard(models, tmp_path, monkeypatch):
+    from pipeline.shards import writer
+
+    cfg = tiny_config(models, tmp_path / "ds")
+    prepared = prepare_generation(cfg)
+    real = writer.ShardWriter._member
+
+    def full(self, name, data):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(writer.ShardWriter, "_member", full)
+    with pytest.raises(ShardError, match="No space left on device"):
+        produce_shard(cfg, prepared.work[0])
+    assert completed_shards(tmp_path / "ds") == {}
+    assert not list((tmp_path / "ds" / "shards").glob("*"))  # temporary file removed too
+    monkeypatch.setattr(writer.ShardWriter, "_member", real)
+    assert not produce_shard(cfg, prepared.work[0]).skipped
+    assert sorted(completed_shards(tmp_path / "ds")) == [0]
+
+
+def test_bad_input_fails_before_generating(models, tmp_path):
+    out = tmp_path / "ds"
+    with pytest.raises(
+        InputError, match=r"generator\.checkpoint: .*nope: not a generator checkpoint"
+    ):
+        prepare_generation(
+            tiny_config(models, out, generator={"checkpoint": str(tmp_path / "nope")})
+        )
+    with pytest.raises(ConfigError, match=r"unknown generator 'stylegan' \(known: .*id3.*plain"):
+        prepare_generation(tiny_config(models, out, generator={"name": "stylegan"}))
+    with pytest.raises(ConfigError, match=r"generator\.name: 'plain' but checkpoint"):
+        prepare_generation(tiny_config(models, out, generator={"name": "plain"}))
+    with pytest.raises(InputError, match=r"qc\.recognizer: .*missing: no such recognizer"):
+        prepare_generation(tiny_config(models, out, qc={"recognizer": str(tmp_path / "missing")}))
+    with pytest.raises(InputError, match=r"qc\.gallery: .*g\.npy: no such embeddings file"):
+        prepare_generation(tiny_config(models, out, qc={"gallery": str(tmp_path / "g.npy")}))
+    assert not out.exists()
+
+
+def test_gpu_requested_but_absent(models, tmp_path):
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("a GPU is visible")
+    cfg = tiny_config(models, tmp_path / "ds", generator={"device": "cuda"})
+    with pytest.raises(
+        ConfigError, match=r"cuda requested but torch sees no GPU.*allow_cpu_fallback"
+    ):
+        prepare_generation(cfg)
+    cfg = tiny_config(
+        models, tmp_path / "ds", generator={"device": "cuda", "allow_cpu_fallback": True}
+    )
+    assert prepare_generation(cfg).work
+
+
+def test_output_dir_holding_another_dataset(models, tmp_path):
+    out = tmp_path / "ds"
+    generate_dataset(tiny_config(models, out))
+    with pytest.raises(ShardError, match="already holds a different 'train' dataset"):
+        prepare_generation(tiny_config(models, out, identities={"seed": 2}))
+    foreign = tmp_path / "photos"
+    foreign.mkdir()
+    (foreign / "holiday.jpg").write_bytes(b"x")
+    with pytest.raises(ShardError, match="not empty and holds no synthface dataset"):
+        prepare_generation(tiny_config(models, foreign))
+
+
+def test_leaked_identity_is_dropped_from_the_view(models, tmp_path):
+    ref = tmp_path / "ref"
+    generate_dataset(tiny_config(models, ref))
+    centroids = load_identity_array(ref, "centroids")
+    gallery = np.concatenate([np.random.default_rng(0).standard_normal((20, 32)), centroids[[2]]])
+    np.save(tmp_path / "gallery.npy", gallery.astype(np.float32))
+    out = tmp_path / "ds"
+    summary = generate_dataset(
+        tiny_config(
+            models,
+            out,
+            qc={"gallery": str(tmp_path / "gallery.npy"), "max_gallery_similarity": 0.99},
+        )
+    )
+    view = json.loads((out / "views" / "qc.json").read_text())
+    assert view["excluded_identities"]["2"] == ["leak"]
+    assert 2 not in view["identities"] and summary["qc"]["flagged_identities"]["leak"] >= 1
+    assert load_identity_array(out, "qc_gallery_index")[2] == 20
+    assert load_manifest(out)["splits"]["train"]["num_identities"] == 6  # nothing deleted
+
+
+def test_embedded_default_config_is_valid_and_resolves_paths():
+    from flows.defaults import PROJECT_ROOT, load_default_config
+
+    cfg = load_config(ROOT / "configs" / "generate" / "default.yaml", GenerateConfig)
+    assert cfg.name == "default" and cfg.runner.kind == "thread"
+    resolved = load_default_config()
+    assert Path(resolved.output.dir) == PROJECT_ROOT / cfg.output.dir
+
+
+def test_flow_parameters_and_overrides_are_validated():
+    from flows.generate import resolve_config
+
+    base = GenerateConfig()
+    cfg = resolve_config(base, identities=5, overrides=["qc.duplicate_similarity=0.9"])
+    assert cfg.identities.count == 5 and cfg.qc.duplicate_similarity == 0.9
+    with pytest.raises(ConfigError, match=r"identities\.count: must be >= 1 \(got 0\)"):
+        resolve_config(base, overrides=["identities.count=0"])
+    with pytest.raises(ConfigError, match=r"runner\.kindd: unknown key"):
+        resolve_config(base, overrides=["runner.kindd=dask"])
+
+
+def test_prefect_env_defaults_and_unreachable_server(tmp_path):
+    import socket
+
+    from flows.defaults import PROJECT_ROOT, prepare_prefect_env
+
+    env: dict[str, str] = {}
+    assert prepare_prefect_env(env) is None
+    assert env["PREFECT_HOME"] == str(PROJECT_ROOT / ".prefect")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/api"
+    with pytest.raises(InputError, match=f"Prefect server unreachable at PREFECT_API_URL={url}"):
+        prepare_prefect_env({"PREFECT_API_URL": url})
+
+
+def test_prefect_yaml_points_at_the_flow():
+    import importlib
+
+    import yaml
+
+    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
+    for dep in doc["deployments"]:
+        path, func = dep["entrypoint"].split(":")
+        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
+        flow = getattr(module, func)
+        assert flow.name == "generate-synthetic"
+        assert dep["work_pool"]["name"] == "synthface-process"
+        flow.validate_parameters(dep.get("parameters") or {})  # the stored defaults are valid
+
+
+def test_qc_view_cli_refilters_without_touching_shards(models, tmp_path):
+    import subprocess
+    import sys
+
+    out = tmp_path / "ds"
+    generate_dataset(tiny_config(models, out))
+    before = tree_hashes(out)
+    consistency = load_identity_array(out, "qc_consistency")
+    cut = float(np.median(consistency))
+    res = subprocess.run(
+        [
+            Path(sys.executable).parent / "synthface",
+            "qc",
+            "view",
+            out,
+            "--name",
+            "strict",
+            "--set",
+            f"min_identity_consistency={cut}",
+            "--set",
+            "drop_identities=[low_consistency]",
+        ],
+        capture_output=True,
+        text=True,
+    )
+    assert res.returncode == 0, res.stderr
+    view = json.loads((out / "views" / "strict.json").read_text())
+    assert view["identities"] == [i for i in range(6) if consistency[i] >= cut]
+    after = tree_hashes(out)
+    assert after.pop("views/strict.json") and after == before  # nothing else changed

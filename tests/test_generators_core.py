@@ -1,0 +1,180 @@
+"""Generator core: determinism, batched CFG, guidance, checkpoints and input errors."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+
+from generators.base import create_generator, load_generator
+from generators.id3.attributes import AttributePrior
+from generators.id3.generator import ID3Generator
+from pipeline.errors import ConfigError, InputError
+from tests.generators_helpers import ID_DIM, tiny_config, tiny_encoder
+
+torch.set_num_threads(1)
+
+
+def _conditions(n: int, seed: int = 0):
+    rng = np.random.default_rng(seed)
+    ident = rng.standard_normal((n, ID_DIM)).astype(np.float32)
+    attrs = rng.uniform(-40, 40, (n, 1)).astype(np.float32)
+    return ident, attrs
+
+
+def _generator(name="id3", seed=0, **overrides):
+    torch.manual_seed(seed)
+    return create_generator(name, tiny_config(**overrides))
+
+
+@pytest.mark.parametrize("sampler", ["dpmpp_2m", "ddpm"])
+def test_output_for_a_seed_does_not_depend_on_batch(sampler):
+    gen = _generator()
+    ident, attrs = _conditions(5)
+    seeds = [11, 12, 13, 14, 15]
+    full = gen.generate(ident, attrs, seeds, sampler=sampler, batch_size=5, return_float=True)
+    small = gen.generate(ident, attrs, seeds, sampler=sampler, batch_size=2, return_float=True)
+    # a different batch composition: sample 3 alone, and samples in reverse order
+    alone = gen.generate(ident[3:4], attrs[3:4], seeds[3:4], sampler=sampler, return_float=True)
+    rev = gen.generate(ident[::-1], attrs[::-1], seeds[::-1], sampler=sampler, return_float=True)
+    np.testing.assert_allclose(full, small, atol=5e-4)
+    np.testing.assert_allclose(full[3], alone[0], atol=5e-4)
+    np.testing.assert_allclose(full, rev[::-1], atol=5e-4)
+    other = gen.generate(ident[:1], attrs[:1], [999], sampler=sampler, return_float=True)
+    assert np.abs(other[0] - full[0]).mean() > 1e-2  # the seed matters
+    u8 = gen.generate(ident, attrs, seeds, sampler=sampler)
+    assert u8.dtype == np.uint8 and u8.shape == (5, 16, 16, 3)
+
+
+def test_batched_cfg_equals_separate_passes():
+    gen = _generator()
+    ident, attrs = _conditions(3)
+    a = gen.generate(ident, attrs, [1, 2, 3], sampler="ddim", return_float=True)
+    b = gen.generate(ident, attrs, [1, 2, 3], sampler="ddim", batched_cfg=False, return_float=True)
+    np.testing.assert_allclose(a, b, atol=5e-4)
+    c = gen.generate(ident, attrs, [1, 2, 3], sampler="ddim", guidance_scale=1.0, return_float=True)
+    assert np.abs(a - c).mean() > 1e-4  # guidance changes the result
+
+
+@pytest.mark.parametrize("mode", ["detached", "full"])
+def test_identity_guidance_raises_similarity_to_target(mode):
+    enc = tiny_encoder()
+    gen = _generator(sampler={"id_guidance_mode": mode})
+    gen.encoder = enc
+    ident, attrs = _conditions(4, seed=3)
+    y = torch.nn.functional.normalize(torch.from_numpy(ident), dim=1)
+
+    def sim(scale):
+        imgs = gen.generate(
+            ident, attrs, [5, 6, 7, 8], id_guidance_scale=scale, steps=6, return_float=True
+        )
+        return float((enc(torch.from_numpy(imgs)) * y).sum(1).mean())
+
+    base, weak, strong = sim(0.0), sim(30.0), sim(100.0)
+    assert base < weak < strong and strong > base + 0.05
+
+
+def test_identity_guidance_without_encoder_is_a_clear_error():
+    gen = _generator()
+    ident, attrs = _conditions(2)
+    with pytest.raises(ConfigError, match="differentiable identity encoder"):
+        gen.generate(ident, attrs, [1, 2], id_guidance_scale=1.0)
+
+
+def test_plain_generator_ignores_identity_guidance():
+    gen = _generator("plain")
+    ident, attrs = _conditions(2)
+    out = gen.generate(ident, attrs, [1, 2], id_guidance_scale=5.0)  # no encoder needed
+    assert out.shape == (2, 16, 16, 3)
+
+
+@pytest.mark.parametrize(
+    ("ident", "attrs", "message"),
+    [
+        (np.zeros((2, ID_DIM + 1), np.float32), np.zeros((2, 1), np.float32), r"shape \(N, 8\)"),
+        (np.full((2, ID_DIM), np.nan, np.float32), np.zeros((2, 1), np.float32), "NaN"),
+        (np.ones((2, ID_DIM), np.float32), np.array([[0.0], [np.inf]], np.float32), "NaN"),
+        (np.ones((2, ID_DIM), np.float32), np.zeros((2, 3), np.float32), "attribute conditions"),
+    ],
+)
+def test_bad_conditions_are_input_errors(ident, attrs, message):
+    gen = _generator()
+    with pytest.raises(InputError, match=message):
+        gen.generate(ident, attrs, [1, 2])
+
+
+def test_wrong_number_of_seeds_or_unknown_sampler():
+    gen = _generator()
+    ident, attrs = _conditions(2)
+    with pytest.raises(InputError, match="seeds"):
+        gen.generate(ident, attrs, [1, 2, 3])
+    with pytest.raises(InputError, match="sampler='euler'"):
+        gen.generate(ident, attrs, [1, 2], sampler="euler")
+
+
+def test_checkpoint_round_trip(tmp_path):
+    gen = _generator()
+    gen.attribute_prior = AttributePrior.fit([[10.0], [20.0], [-5.0]], ["yaw"], [(-90, 90)])
+    path = gen.save_pretrained(tmp_path / "gen")
+    assert {p.name for p in path.iterdir()} == {
+        "config.json",
+        "model.safetensors",
+        "attribute_prior.json",
+    }
+    back = load_generator(path)
+    assert isinstance(back, ID3Generator) and back.config == gen.config
+    assert np.array_equal(back.attribute_prior.counts, gen.attribute_prior.counts)
+    ident, attrs = _conditions(3)
+    np.testing.assert_array_equal(
+        gen.generate(ident, attrs, [4, 5, 6]), back.generate(ident, attrs, [4, 5, 6])
+    )
+    # saving again replaces the directory atomically (no leftovers)
+    gen.save_pretrained(tmp_path / "gen")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["gen"]
+
+
+def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
+    path = _generator().save_pretrained(tmp_path / "gen")
+    other = tiny_config(unet={"block_out_channels": [8, 32]})
+    with pytest.raises(InputError, match=r"does not match the model architecture.*shape"):
+        ID3Generator.from_pretrained(path, config=other)
+    other = tiny_config(conditioning={"identity_tokens": 3})
+    with pytest.raises(InputError, match="does not match"):
+        ID3Generator.from_pretrained(path, config=other)
+    cfg = json.loads((path / "config.json").read_text())
+    cfg["format"] = "something-else"
+    (path / "config.json").write_text(json.dumps(cfg))
+    with pytest.raises(InputError, match="not a synthface-generator config"):
+        load_generator(path)
+    with pytest.raises(InputError, match=r"no config\.json"):
+        load_generator(tmp_path / "missing")
+
+
+def test_unknown_generator_lists_known_names():
+    with pytest.raises(ConfigError, match="known: id3, plain"):
+        create_generator("nope", tiny_config())
+
+
+def test_latent_space_generator_shapes():
+    cfg = tiny_config(
+        autoencoder={"kind": "kl", "latent_channels": 4, "block_out_channels": [8, 8]}
+    )
+    assert cfg.sample_size == 8 and cfg.sample_channels == 4
+    torch.manual_seed(0)
+    gen = create_generator("id3", cfg)
+    ident, attrs = _conditions(2)
+    out = gen.generate(ident, attrs, [1, 2], steps=2)
+    assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
+
+
+def test_onnx_encoder_cannot_drive_identity_loss(tmp_path):
+    from generators.encoder import load_identity_encoder
+
+    fake = tmp_path / "r.onnx"
+    fake.write_bytes(b"x")
+    with pytest.raises(ConfigError, match="not differentiable"):
+        load_identity_encoder(fake)
+    with pytest.raises(InputError, match="not found"):
+        load_identity_encoder(tmp_path / "absent")
