@@ -85,7 +85,8 @@ def generator_config(root: Path, models: Path, encoder: Path, steps: int = GENER
         {
             "steps": steps,
             "batch_size": 16,
-            "checkpoint_every": steps,
+            # Periodic checkpoints let a long training of shipped models resume.
+            "checkpoint_every": min(steps, 200),
             "log_every": 10,
             "output_dir": str(models / "generator"),
         }

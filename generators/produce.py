@@ -277,19 +277,29 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         if anchors is not None and anchors.shape != (cfg.identities.count, dim):
             anchors = None
     if anchors is None:
+        import torch
+
         from generators.id3.anchors import tammes_anchors
 
         iters = cfg.identities.anchor_iterations
         if iters is None:
             iters = ckpt_cfg.id3.anchor_iterations
-        anchors = tammes_anchors(
-            cfg.identities.count,
-            dim,
-            iterations=iters,
-            block=ckpt_cfg.id3.anchor_block,
-            seed=cfg.identities.seed,
-            progress=progress,
-        )
+        # Reduction order follows the intra-op thread count, and the optimisation amplifies
+        # last-bit differences: pin the count so a plan made in a Dask worker (which runs
+        # single-threaded) equals one made in the flow process.
+        threads = torch.get_num_threads()
+        torch.set_num_threads(cfg.runner.torch_threads)
+        try:
+            anchors = tammes_anchors(
+                cfg.identities.count,
+                dim,
+                iterations=iters,
+                block=ckpt_cfg.id3.anchor_block,
+                seed=cfg.identities.seed,
+                progress=progress,
+            )
+        finally:
+            torch.set_num_threads(threads)
         anchors = np.ascontiguousarray(anchors.cpu().numpy(), dtype=np.float32)
         _store_anchors(apath, anchors)
     write_plan(dataset_dir, dcfg, work)

@@ -43,7 +43,8 @@ def test_there_are_three_examples():
     assert (
         "DataLoader" in codes[0]
         and "Accelerator" in codes[1]
-        and 'load_dataset("webdataset"' in codes[2]
+        and "load_dataset(" in codes[2]
+        and '"webdataset"' in codes[2]
     )
 
 
