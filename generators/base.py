@@ -170,6 +170,7 @@ class DiffusionGenerator:
                 identity_score=score,
                 precision=precision,
                 batched_cfg=batched_cfg,
+                clip_x0=self.config.autoencoder.kind == "none",
             )
             img = self.autoencoder.decode(z).float().clamp(-1, 1).cpu()
             outs.append(img)

@@ -178,3 +178,27 @@ def test_onnx_encoder_cannot_drive_identity_loss(tmp_path):
         load_identity_encoder(fake)
     with pytest.raises(InputError, match="not found"):
         load_identity_encoder(tmp_path / "absent")
+
+
+def test_pixel_space_sampling_clips_x0_and_latent_space_does_not(monkeypatch):
+    """Unclipped x0 predictions near t=T saturate a young pixel model's samples."""
+    import generators.sampling as sampling
+    from generators.config import DiffusionConfig
+
+    d = DiffusionConfig()
+    for name in ("ddpm", "ddim"):
+        assert sampling.make_scheduler(name, d, clip_x0=True).config.clip_sample is True
+        assert sampling.make_scheduler(name, d).config.clip_sample is False
+    assert sampling.make_scheduler("dpmpp_2m", d, clip_x0=True).config.thresholding is True
+    seen = []
+    real = sampling.make_scheduler
+
+    def spy(name, diffusion, *, clip_x0=False):
+        seen.append(clip_x0)
+        return real(name, diffusion, clip_x0=clip_x0)
+
+    monkeypatch.setattr(sampling, "make_scheduler", spy)
+    gen = _generator("plain", sampler={"steps": 2})
+    ident, attrs = _conditions(2)
+    out = gen.generate(ident, attrs, [0, 1], return_float=True)
+    assert seen == [True] and np.abs(out).max() <= 1.0
