@@ -69,9 +69,7 @@ def make_scheduler(name: str, diffusion: DiffusionConfig, *, clip_x0: bool = Fal
     ``clip_x0`` clips each step's x0 prediction to the data range [-1, 1]. In pixel space
     that is what keeps a young model's sampling stable: at t near T, x0_hat divides the
     noise-prediction error by sqrt(alpha_bar) (about 0.006 with the linear schedule), and
-    unclipped those excursions saturate the whole trajectory into colour blobs (seen on
-    the procedural world: blobs after 1,200 steps unclipped, head-like images clipped).
-    Latents have no fixed range, so latent-space sampling leaves it off.
+    unclipped those excursions saturate the whole trajectory into colour blobs. Latents have no fixed range, so latent-space sampling leaves it off.
     """
     return SCHEDULERS.create(name, diffusion=diffusion, clip_x0=clip_x0)
 
