@@ -1,7 +1,7 @@
 """``make demo`` (``python -m flows.demo``): a synthetic dataset from nothing, on a CPU.
 
-The project cannot download face data or weights, so the demo builds what ID³ needs
-inside its own budget, each stage as a Prefect flow on the ephemeral API (project-local
+The project cannot download face data or weights, so everything ID³ needs comes from
+the project itself, each stage as a Prefect flow on the ephemeral API (project-local
 ``.prefect/``):
 
 1. a procedural face world (``pipeline.world.make_world_dataset``), the training data;
@@ -10,11 +10,12 @@ inside its own budget, each stage as a Prefect flow on the ephemeral API (projec
 4. ``generate-synthetic`` with the embedded default config (``configs/generate/default.yaml``).
 
 Finished stages are kept under ``out/demo/`` and skipped on the next run (``--fresh``
-starts over). Sizes are chosen to fit about 10 minutes on 2 CPU cores, which buys only 60
-generator steps: that generator still draws noise-like images, and the QC report says so
-(most identities flagged ``not_separated``). The demo shows the machinery end to end; for
-face-like images train longer once and keep the models under ``data/demo/models`` (the
-command is next to ``SHIPPED_MODELS``), which the demo then uses instead of training.
+starts over). Steps 2 and 3 are skipped altogether when the models shipped in
+``data/demo/models`` are there (a recognizer and an ID³ generator this project trained on
+the same world with the command next to ``SHIPPED_MODELS``): then the demo takes about a
+minute and draws face images. Without them (``--models out/demo/models``) the demo trains
+both inside about 10 minutes on 2 CPU cores, which buys only 60 generator steps, far too
+few for faces (the QC report flags most identities as not separated).
 """
 
 from __future__ import annotations
@@ -28,8 +29,9 @@ from pathlib import Path
 from flows.defaults import DEFAULT_CONFIG, PROJECT_ROOT, prepare_prefect_env
 
 DEMO_ROOT = PROJECT_ROOT / "out" / "demo"
-# Longer-trained demo models, if shipped, are preferred over training minutes-old ones:
+# The shipped demo models (preferred over training minutes-old ones) were made by:
 #   python -m flows.demo --models data/demo/models --recognizer-epochs 12 --generator-steps 3000
+# (then only recognizer/model and generator/final are kept; see data/README.md).
 SHIPPED_MODELS = PROJECT_ROOT / "data" / "demo" / "models"
 IMAGE_SIZE = 32
 EMBEDDING_DIM = 128
@@ -150,13 +152,14 @@ def run(
 
     cfg = load_generate_config(None)
     gen_dir = models / "generator" / "final"
+    rec_dir = models / "recognizer" / "model"
     if Path(cfg.generator.checkpoint).resolve() != gen_dir.resolve():
         print(
             f"demo: using generator {gen_dir} instead of {cfg.generator.checkpoint} ({DEFAULT_CONFIG})"
         )
-        cfg = cfg.model_copy(
-            update={"generator": cfg.generator.model_copy(update={"checkpoint": str(gen_dir)})}
-        )
+        # The generator and the encoder it was conditioned on travel together.
+        swapped = {"checkpoint": str(gen_dir), "encoder": str(rec_dir)}
+        cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update=swapped)})
 
     t0 = time.perf_counter()
     world = root / "world"
@@ -173,7 +176,6 @@ def run(
     _stage(f"world: {WORLD_IDENTITIES} identities x {WORLD_PER_IDENTITY} images in {world}", t0)
 
     t0 = time.perf_counter()
-    rec_dir = models / "recognizer" / "model"
     if not (rec_dir / "config.json").is_file():
         train_recognizer(config=recognizer_config(root, models, recognizer_epochs))
     _stage(f"recognizer: {rec_dir}", t0)
