@@ -198,6 +198,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
+    tag = "" if args.anchors == "world" else f"_{args.anchors}"  # keep both runs' outputs
     t_all = time.perf_counter()
 
     train_dir = world(work, args.identities, args.per_identity, args.world_size, "train")
@@ -293,12 +294,12 @@ def main() -> None:
             }
             if args.anchors == "world":
                 results[key]["judge"] = metrics(judge, images, labels, judge_anchors)
-            np.save(work / f"samples_{key}.npy", images[: 8 * args.eval_per_identity])
+            np.save(work / f"samples_{key}{tag}.npy", images[: 8 * args.eval_per_identity])
             print(key, json.dumps(results[key]), flush=True)
     if args.anchors == "world":
         results["sheet"] = str(sheet(work, eval_dir, args.eval_per_identity))
     results["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    (work / "results.json").write_text(json.dumps(results, indent=2))
+    (work / f"results{tag}.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
 
