@@ -6,8 +6,10 @@
 2. the same denoiser trained twice for ``--steps`` steps: ``id3`` (identity term) and
    ``plain`` (denoising only);
 3. held-out identities: the recognizer's mean embeddings of *eval-split* world identities
-   (never seen in training), or Tammes anchors with ``--anchors tammes``; ``--per-identity``
-   images each, conditions at cosine U[lb, ub] around the anchor, attributes from the prior;
+   (never seen in training), or Tammes anchors with ``--anchors tammes`` (whole sphere)
+   or ``--anchors data`` (packed inside the training identities' region,
+   ``anchors_within``); ``--per-identity`` images each, conditions at cosine U[lb, ub]
+   around the anchor, attributes from the prior;
 4. metrics from the recognizer: identity consistency = mean cos(f(image), anchor); rank-1
    = share of images whose nearest anchor is their own (chance = 1 / identities); and
    leave-one-out rank-1 among the generated images (nearest class centroid, probe excluded);
@@ -35,7 +37,7 @@ import torch
 from generators.base import load_generator
 from generators.config import GeneratorConfig
 from generators.encoder import load_identity_encoder
-from generators.id3.anchors import tammes_anchors
+from generators.id3.anchors import anchors_within, tammes_anchors
 from generators.training import train_generator
 
 
@@ -110,15 +112,18 @@ def embed_split(encoder, data: Path, split: str) -> tuple[np.ndarray, np.ndarray
     return np.concatenate(embs), np.array(labels)
 
 
-def metrics(encoder, images: np.ndarray, labels: np.ndarray, anchors: np.ndarray) -> dict:
+def metrics(encoder, images: np.ndarray, labels: np.ndarray, anchors: np.ndarray | None) -> dict:
+    """Anchor metrics (when ``anchors`` live in ``encoder``'s space) and LOO rank-1."""
     e = np.concatenate(
         [encoder.embed_uint8(images[i : i + 256]) for i in range(0, len(images), 256)]
     )
-    a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
-    sims = e @ a.T
-    consistency = float(sims[np.arange(len(e)), labels].mean())
-    rank1 = float((sims.argmax(1) == labels).mean())
-    n = len(a)
+    out = {}
+    if anchors is not None:
+        a = anchors / np.linalg.norm(anchors, axis=1, keepdims=True)
+        sims = e @ a.T
+        out["identity_consistency"] = round(float(sims[np.arange(len(e)), labels].mean()), 4)
+        out["rank1_vs_anchors"] = round(float((sims.argmax(1) == labels).mean()), 4)
+    n = int(labels.max()) + 1
     sums = np.zeros((n, e.shape[1]))
     np.add.at(sums, labels, e)
     counts = np.bincount(labels, minlength=n)
@@ -132,12 +137,7 @@ def metrics(encoder, images: np.ndarray, labels: np.ndarray, anchors: np.ndarray
         s = cent @ e[i]
         s[valid == 0] = -np.inf
         loo += int(s.argmax() == labels[i])
-    return {
-        "identity_consistency": round(consistency, 4),
-        "rank1_vs_anchors": round(rank1, 4),
-        "rank1_leave_one_out": round(loo / len(e), 4),
-        "chance": round(1 / n, 4),
-    }
+    return {**out, "rank1_leave_one_out": round(loo / len(e), 4), "chance": round(1 / n, 4)}
 
 
 def sheet(work: Path, eval_dir: Path, per_identity: int, rows: int = 8, cols: int = 4) -> Path:
@@ -186,7 +186,7 @@ def main() -> None:
     ap.add_argument("--batch-size", type=int, default=None, help="override train.batch_size")
     ap.add_argument("--eval-identities", type=int, default=40)
     ap.add_argument("--eval-per-identity", type=int, default=8)
-    ap.add_argument("--anchors", choices=["world", "tammes"], default="world")
+    ap.add_argument("--anchors", choices=["world", "tammes", "data"], default="world")
     ap.add_argument(
         "--id-guidance-scales",
         type=lambda t: [float(v) for v in t.split(",")],
@@ -234,6 +234,10 @@ def main() -> None:
     if args.anchors == "world":
         e, lab = embed_split(encoder, eval_dir, "eval")
         anchors = np.stack([e[lab == i].mean(0) for i in range(args.eval_identities)])
+    elif args.anchors == "data":  # packed inside the training identities' region
+        e, lab = embed_split(encoder, train_dir, "train")
+        centroids = np.stack([e[lab == i].mean(0) for i in np.unique(lab)])
+        anchors = anchors_within(centroids, args.eval_identities, iterations=100).numpy()
     else:
         anchors = tammes_anchors(args.eval_identities, dim, iterations=100).numpy()
     anchors = (anchors / np.linalg.norm(anchors, axis=1, keepdims=True)).astype(np.float32)
@@ -292,8 +296,9 @@ def main() -> None:
                 "steps": args.steps,
                 **out,
             }
-            if args.anchors == "world":
-                results[key]["judge"] = metrics(judge, images, labels, judge_anchors)
+            # Without real images of the identities the judge has no anchors: LOO only.
+            ja = judge_anchors if args.anchors == "world" else None
+            results[key]["judge"] = metrics(judge, images, labels, ja)
             np.save(work / f"samples_{key}{tag}.npy", images[: 8 * args.eval_per_identity])
             print(key, json.dumps(results[key]), flush=True)
     if args.anchors == "world":

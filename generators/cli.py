@@ -108,6 +108,7 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     import time
 
     from generators.id3.anchors import (
+        anchors_within,
         packing_stats,
         random_unit_vectors,
         save_anchors,
@@ -115,15 +116,18 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     )
 
     _threads(args)
+    packing = {
+        "iterations": args.iterations,
+        "block": args.block,
+        "seed": args.seed,
+        "device": args.device,
+    }
     t0 = time.perf_counter()
-    anchors = tammes_anchors(
-        args.n,
-        args.dim,
-        iterations=args.iterations,
-        block=args.block,
-        seed=args.seed,
-        device=args.device,
-    )
+    if args.within:
+        ref = _load_reference(args.within, args.dim)
+        anchors = anchors_within(ref, args.n, variance=args.variance, **packing)
+    else:
+        anchors = tammes_anchors(args.n, args.dim, **packing)
     seconds = time.perf_counter() - t0
     save_anchors(args.out, anchors)
     ours = packing_stats(anchors, args.block)
@@ -145,6 +149,32 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     )
     emit(args, data, text)
     return 0
+
+
+def _load_reference(path: str, dim: int):
+    """The ``--within`` embeddings: a plain 2-D float ``.npy`` (never unpickled)."""
+    import numpy as np
+
+    from pipeline.errors import InputError
+
+    try:
+        ref = np.load(path, allow_pickle=False)
+    except (OSError, ValueError) as exc:
+        raise InputError(f"--within: {path}: not a readable .npy array ({exc})") from None
+    if ref.ndim != 2 or ref.shape[1] != dim or ref.shape[0] < 3:
+        raise InputError(
+            f"--within: {path}: expected (rows >= 3, {dim}) embeddings, got shape {ref.shape}"
+        )
+    if not np.isfinite(ref).all():
+        raise InputError(f"--within: {path}: contains NaN or infinite values")
+    return ref
+
+
+def _share(text: str) -> float:
+    value = float(text)
+    if not 0 < value <= 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1] (got {text})")
+    return value
 
 
 def _positive(text: str) -> int:
@@ -210,6 +240,15 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--block", type=_positive, default=4096)
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--device", default="cpu")
+    c.add_argument(
+        "--within",
+        metavar="EMB.npy",
+        help="pack the anchors inside the region these real identity embeddings occupy "
+        "(e.g. per-identity means of the training set) instead of the whole sphere",
+    )
+    c.add_argument(
+        "--variance", type=_share, default=0.95, help="with --within: share of spread kept"
+    )
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_anchors)

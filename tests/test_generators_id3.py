@@ -269,3 +269,41 @@ def test_cli_train_then_sample_end_to_end(tmp_path, capsys):
     code = main(["generator", "sample", final, *args.split()])
     assert code == 0, capsys.readouterr().err
     assert load_manifest(out)["splits"]["train"]["num_samples"] == 4
+
+
+def _cone(n: int, dim: int = 64, axes: int = 8, seed: int = 0) -> np.ndarray:
+    """Unit embeddings in a narrow cone spanning ``axes`` directions, like a recognizer's."""
+    g = np.random.default_rng(seed)
+    mu = g.normal(size=dim)
+    mu /= np.linalg.norm(mu)
+    x = mu + g.normal(size=(n, axes)) @ (0.15 * g.normal(size=(axes, dim)))
+    return (x / np.linalg.norm(x, axis=1, keepdims=True)).astype(np.float32)
+
+
+def test_anchors_within_stay_near_the_data_and_apart():
+    from generators.id3.anchors import anchors_within, packing_stats
+
+    ref = _cone(300)
+    within = anchors_within(ref, 40, iterations=50, seed=0)
+    whole = tammes_anchors(40, 64, iterations=50, seed=0)
+    assert within.shape == (40, 64) and torch.allclose(within.norm(dim=1), torch.ones(40))
+    # Close to real identities (whole-sphere anchors are not) ...
+    near = (within.numpy() @ ref.T).max(1).mean()
+    assert near > 0.75 and near > (whole.numpy() @ ref.T).max(1).mean() + 0.4
+    # ... yet better separated than the same number of real identities drawn at random.
+    drawn = torch.from_numpy(ref[np.random.default_rng(1).choice(300, 40, replace=False)])
+    assert packing_stats(within)["min_angle_deg"] > packing_stats(drawn)["min_angle_deg"] + 10
+
+
+def test_cli_anchors_within_checks_the_reference(tmp_path, capsys):
+    ref = tmp_path / "ref.npy"
+    np.save(ref, _cone(50, dim=16))
+    out = tmp_path / "a.npy"
+    args = ["generator", "anchors", "--n", "10", "--dim", "16", "--iterations", "5"]
+    assert main([*args, "--within", str(ref), "--out", str(out)]) == 0
+    a = np.load(out)
+    assert a.shape == (10, 16) and (a @ np.load(ref).T).max(1).min() > 0.6  # each near data
+    capsys.readouterr()
+    assert main([*args, "--dim", "8", "--within", str(ref), "--out", str(out)]) == 1
+    err = capsys.readouterr().err
+    assert "--within" in err and "expected (rows >= 3, 8)" in err and "(50, 16)" in err

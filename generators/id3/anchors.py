@@ -98,6 +98,42 @@ def tammes_anchors(
     return x
 
 
+@torch.no_grad()
+def anchors_within(
+    reference: np.ndarray | torch.Tensor,
+    n: int,
+    *,
+    variance: float = 0.95,
+    max_dims: int = 64,
+    **tammes_kwargs,
+) -> torch.Tensor:
+    """N anchors packed inside the region that real identities' embeddings occupy.
+
+    Whole-sphere anchors ask a generator for identities unlike any it was trained on when
+    the recognizer's embeddings fill only a narrow cone (measured in docs/benchmarks.md).
+    Here the reference rows (e.g. real identities' mean embeddings) give a mean m and the
+    principal axes V_k, s_k covering ``variance`` of their spread (at most ``max_dims``);
+    Tammes packing runs on the unit sphere of R^k, and each packed z maps to
+    normalize(m + sqrt(k) * (z * s_k) @ V_k), which has the reference's covariance while
+    keeping Tammes' separation along those axes. Not part of ID³; an option.
+    """
+    ref = torch.as_tensor(np.asarray(reference, dtype=np.float32))
+    if ref.ndim != 2 or ref.shape[0] < 3 or not torch.isfinite(ref).all():
+        raise ValueError("reference must be a finite (rows >= 3, dim) array")
+    if not 0 < variance <= 1:
+        raise ValueError(f"variance must be in (0, 1] (got {variance})")
+    ref = torch.nn.functional.normalize(ref.double(), dim=1)
+    mean = ref.mean(0)
+    _, sv, vt = torch.linalg.svd(ref - mean, full_matrices=False)
+    var = sv**2 / (ref.shape[0] - 1)
+    share = torch.cumsum(var, 0) / var.sum()
+    k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype)).item()) + 1
+    k = max(2, min(k, max_dims, len(var)))
+    z = tammes_anchors(n, k, **tammes_kwargs).double().cpu()
+    x = mean + math.sqrt(k) * (z * var[:k].sqrt()) @ vt[:k]
+    return torch.nn.functional.normalize(x, dim=1).float()
+
+
 def save_anchors(path, anchors: torch.Tensor | np.ndarray) -> None:
     """Atomic ``.npy`` write (float32)."""
     import os
