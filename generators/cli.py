@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 
 from pipeline.cli import add_group, add_json_flag, emit
+from pipeline.errors import InputError
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -124,7 +125,11 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     }
     t0 = time.perf_counter()
     if args.within:
-        ref = _load_reference(args.within, args.dim)
+        from generators.produce import load_anchors
+
+        ref = load_anchors(args.within, args.dim, field="--within")
+        if len(ref) < 3:
+            raise InputError(f"--within: {args.within}: holds {len(ref)} rows, need >= 3")
         anchors = anchors_within(ref, args.n, variance=args.variance, **packing)
     else:
         anchors = tammes_anchors(args.n, args.dim, **packing)
@@ -149,25 +154,6 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     )
     emit(args, data, text)
     return 0
-
-
-def _load_reference(path: str, dim: int):
-    """The ``--within`` embeddings: a plain 2-D float ``.npy`` (never unpickled)."""
-    import numpy as np
-
-    from pipeline.errors import InputError
-
-    try:
-        ref = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"--within: {path}: not a readable .npy array ({exc})") from None
-    if ref.ndim != 2 or ref.shape[1] != dim or ref.shape[0] < 3:
-        raise InputError(
-            f"--within: {path}: expected (rows >= 3, {dim}) embeddings, got shape {ref.shape}"
-        )
-    if not np.isfinite(ref).all():
-        raise InputError(f"--within: {path}: contains NaN or infinite values")
-    return ref
 
 
 def _share(text: str) -> float:

@@ -137,33 +137,35 @@ def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
 
 
 # --------------------------------------------------------------------------- anchors
-def load_anchors(path: str | Path, dim: int, count: int | None = None) -> np.ndarray:
-    """Identity anchors from a ``.npy`` (N x ``dim``), L2-normalised, first ``count`` rows.
+def load_anchors(
+    path: str | Path, dim: int, count: int | None = None, *, field: str = "identities.anchors"
+) -> np.ndarray:
+    """Unit embeddings from a ``.npy`` (N x ``dim``), L2-normalised, first ``count`` rows.
 
-    Never unpickles: an object array is refused like any other unreadable file.
+    Identity anchors, and the real embeddings that ``generator anchors --within`` packs
+    anchors among; ``field`` names the setting in error messages. Never unpickles: an
+    object array is refused like any other unreadable file.
     """
     path = Path(path)
     try:
         arr = np.load(path, allow_pickle=False)
     except (OSError, ValueError) as exc:
-        raise InputError(f"identities.anchors: {path}: cannot read anchors ({exc})") from None
+        raise InputError(f"{field}: {path}: cannot read the array ({exc})") from None
     if arr.ndim != 2 or arr.shape[1] != dim or not np.issubdtype(arr.dtype, np.number):
         raise InputError(
-            f"identities.anchors: {path}: anchors must be a numeric (N, {dim}) array "
+            f"{field}: {path}: must be a numeric (N, {dim}) array "
             f"(got shape {arr.shape}, dtype {arr.dtype})"
         )
     if count is not None:
         if arr.shape[0] < count:
-            raise InputError(
-                f"identities.anchors: {path}: holds {arr.shape[0]} anchors, need {count}"
-            )
+            raise InputError(f"{field}: {path}: holds {arr.shape[0]} rows, need {count}")
         arr = arr[:count]
     arr = arr.astype(np.float64)
     if not np.isfinite(arr).all():
-        raise InputError(f"identities.anchors: {path}: anchors contain NaN or infinite values")
+        raise InputError(f"{field}: {path}: contains NaN or infinite values")
     norms = np.linalg.norm(arr, axis=1, keepdims=True)
     if (norms == 0).any():
-        raise InputError(f"identities.anchors: {path}: anchors contain an all-zero row")
+        raise InputError(f"{field}: {path}: contains an all-zero row")
     return np.ascontiguousarray(arr / norms, dtype=np.float32)
 
 
