@@ -238,6 +238,21 @@ def main() -> None:
         e, lab = embed_split(encoder, train_dir, "train")
         centroids = np.stack([e[lab == i].mean(0) for i in np.unique(lab)])
         anchors = anchors_within(centroids, args.eval_identities, iterations=100).numpy()
+        # Near the data is not a copy of it: each anchor's nearest training identity vs
+        # the training identities' own nearest neighbours.
+        c = centroids / np.linalg.norm(centroids, axis=1, keepdims=True)
+        own = c @ c.T
+        np.fill_diagonal(own, -1.0)
+        results["anchor_novelty"] = {
+            "anchor_to_nearest_training_identity_cos": {
+                "mean": round(float((anchors @ c.T).max(1).mean()), 4),
+                "max": round(float((anchors @ c.T).max()), 4),
+            },
+            "training_identity_nearest_neighbour_cos": {
+                "mean": round(float(own.max(1).mean()), 4),
+                "p95": round(float(np.percentile(own.max(1), 95)), 4),
+            },
+        }
     else:
         anchors = tammes_anchors(args.eval_identities, dim, iterations=100).numpy()
     anchors = (anchors / np.linalg.norm(anchors, axis=1, keepdims=True)).astype(np.float32)
