@@ -37,7 +37,7 @@ def main() -> None:
 
     import torch
 
-    from recognition import create_backbone, export_onnx, load_embedder, save_recognizer
+    from synthface.recognition import create_backbone, export_onnx, load_embedder, save_recognizer
 
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)

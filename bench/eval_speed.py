@@ -20,7 +20,7 @@ import time
 
 import numpy as np
 
-from recognition.evaluation.verification import (
+from synthface.recognition.evaluation.verification import (
     INSIGHTFACE_ACC_THRESHOLDS,
     contiguous_folds,
     evaluate_scores,

@@ -24,8 +24,8 @@ import time
 import numpy as np
 import torch
 
-from generators.base import create_generator, load_generator
-from generators.config import GeneratorConfig
+from synthface.generators.base import create_generator, load_generator
+from synthface.generators.config import GeneratorConfig
 
 PRESETS = {
     "cpu-tiny": {
@@ -158,7 +158,7 @@ def main() -> None:
         "speedup": round(ref_s / our_s, 2),
     }
     if args.encoder:
-        from generators.encoder import load_identity_encoder
+        from synthface.generators.encoder import load_identity_encoder
 
         enc = load_identity_encoder(args.encoder).to(args.device)
         y = torch.nn.functional.normalize(torch.from_numpy(ident), dim=1).to(args.device)

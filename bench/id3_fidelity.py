@@ -1,7 +1,7 @@
 """ID³ vs the plain conditional baseline on the procedural face world (CPU, <= ~20 min).
 
 1. world train split (shards) and a world-trained recognizer (``--recognizer`` or a small
-   one trained here through ``recognition.training``), which is the frozen identity
+   one trained here through ``synthface.recognition.training``), which is the frozen identity
    encoder for the ID³ loss/guidance and the first judge afterwards;
 2. the same denoiser trained twice for ``--steps`` steps: ``id3`` (identity term) and
    ``plain`` (denoising only);
@@ -34,15 +34,15 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from generators.base import load_generator
-from generators.config import GeneratorConfig
-from generators.encoder import load_identity_encoder
-from generators.id3.anchors import anchors_within, tammes_anchors
-from generators.training import train_generator
+from synthface.generators.base import load_generator
+from synthface.generators.config import GeneratorConfig
+from synthface.generators.encoder import load_identity_encoder
+from synthface.generators.id3.anchors import anchors_within, tammes_anchors
+from synthface.generators.training import train_generator
 
 
 def world(work: Path, identities: int, per_identity: int, size: int, split: str) -> Path:
-    from pipeline.world import make_world_dataset
+    from synthface.pipeline.world import make_world_dataset
 
     out = work / f"world_{split}_{identities}x{per_identity}"
     make_world_dataset(
@@ -64,8 +64,8 @@ def train_recognizer(
     head: str = "arcface",
     seed: int = 0,
 ) -> Path:
-    from recognition.config import TrainConfig
-    from recognition.training.loop import train
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.training.loop import train
 
     model_dir = work / name / "model"
     if (model_dir / "config.json").is_file():
@@ -96,7 +96,7 @@ def train_recognizer(
 
 
 def embed_split(encoder, data: Path, split: str) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline.shards import iter_samples
+    from synthface.pipeline.shards import iter_samples
 
     embs, labels, buf, lab = [], [], [], []
     for s in iter_samples(data, split=split):
@@ -144,7 +144,7 @@ def sheet(work: Path, eval_dir: Path, per_identity: int, rows: int = 8, cols: in
     """PNG: per held-out identity, real images | ID³ | plain (``cols`` of each)."""
     from PIL import Image
 
-    from pipeline.shards import iter_samples
+    from synthface.pipeline.shards import iter_samples
 
     real = {}
     for s in iter_samples(eval_dir, split="eval"):
@@ -257,7 +257,7 @@ def main() -> None:
         anchors = tammes_anchors(args.eval_identities, dim, iterations=100).numpy()
     anchors = (anchors / np.linalg.norm(anchors, axis=1, keepdims=True)).astype(np.float32)
     if args.anchors == "world":  # reference: the held-out identities' real images
-        from pipeline.shards import iter_samples
+        from synthface.pipeline.shards import iter_samples
 
         real = np.stack([s["image"] for s in iter_samples(eval_dir, split="eval")])
         results["real_eval_images"] = metrics(encoder, real, lab, anchors)

@@ -8,12 +8,12 @@ redone each time. On a shared CPU keep ``OMP_NUM_THREADS=1`` (oversubscribed Ope
 threads made the same run 20x slower here).
 
 1. Render the training world (``split="train"``) and the world's LFW analogue
-   (``pipeline.world.make_protocol(..., "lfw")``): 10 identity-disjoint folds of 300
+   (``synthface.pipeline.world.make_protocol(..., "lfw")``): 10 identity-disjoint folds of 300
    genuine + 300 impostor pairs of *held-out* identities (the eval seed stream), as an
    insightface ``.bin``.
 2. Train ``configs/recognition/world_tiny.yaml`` (the run validates on that ``.bin`` at
-   the end through ``recognition.evaluation``).
-3. Reload the exported recognizer with ``recognition.embedder.load_embedder`` and score
+   the end through ``synthface.recognition.evaluation``).
+3. Reload the exported recognizer with ``synthface.recognition.embedder.load_embedder`` and score
    the pairs again, next to the same backbone with random weights (the baseline the
    training has to beat; chance is 50 %).
 
@@ -36,8 +36,8 @@ REPO = Path(__file__).resolve().parents[1]
 
 
 def score(embedder, images: list[bytes], issame, name: str) -> dict:
-    from pipeline.shards import decode_image
-    from recognition.evaluation.verification import evaluate_embeddings
+    from synthface.pipeline.shards import decode_image
+    from synthface.recognition.evaluation.verification import evaluate_embeddings
 
     arr = np.stack([decode_image(b) for b in images])
     emb = embedder.embed(arr, flip=True)
@@ -59,13 +59,13 @@ def main(argv: list[str] | None = None) -> int:
 
     import torch
 
-    from pipeline.config import load_config
-    from pipeline.formats.verification_bin import read_bin
-    from pipeline.world import make_protocol, make_world_dataset
-    from recognition.checkpoint import save_recognizer
-    from recognition.config import TrainConfig
-    from recognition.embedder import load_embedder
-    from recognition.training import build_model, train
+    from synthface.pipeline.config import load_config
+    from synthface.pipeline.formats.verification_bin import read_bin
+    from synthface.pipeline.world import make_protocol, make_world_dataset
+    from synthface.recognition.checkpoint import save_recognizer
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.embedder import load_embedder
+    from synthface.recognition.training import build_model, train
 
     out = Path(args.out)
     cfg = load_config(args.config, TrainConfig, args.overrides)

@@ -24,7 +24,7 @@ import numpy as np
 
 
 def _images(n: int, size: int) -> list[bytes]:
-    from pipeline.shards import encode_image
+    from synthface.pipeline.shards import encode_image
 
     rng = np.random.default_rng(0)
     base = rng.integers(0, 256, (size, size, 3), dtype=np.uint8)
@@ -57,7 +57,7 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(1)
-    from pipeline.shards import (
+    from synthface.pipeline.shards import (
         Sample,
         ShardIndexDataset,
         finalize_dataset,
@@ -66,7 +66,7 @@ def main() -> None:
         plan_shards,
         write_shard,
     )
-    from pipeline.shards.sample import meta_json
+    from synthface.pipeline.shards.sample import meta_json
 
     images = _images(args.images, args.size)
     ids = args.images // args.per_identity

@@ -33,7 +33,7 @@ import torch
 
 def make_dataset(out: Path, *, identities: int, per_identity: int, size: int) -> Path:
     """Random smooth-texture JPEGs (about the byte size of real aligned face crops)."""
-    from pipeline.shards import DatasetWriter, Sample, encode_image
+    from synthface.pipeline.shards import DatasetWriter, Sample, encode_image
 
     rng = np.random.default_rng(0)
     writer = DatasetWriter(
@@ -80,11 +80,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--json", help="also write the results to this JSON file")
     args = p.parse_args(argv)
 
-    from pipeline.config import validate_config
-    from recognition.config import TrainConfig
-    from recognition.training import build_model
-    from recognition.training.data import inspect_dataset, open_batches, to_model_input
-    from recognition.training.optim import build_optimizer
+    from synthface.pipeline.config import validate_config
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.training import build_model
+    from synthface.recognition.training.data import inspect_dataset, open_batches, to_model_input
+    from synthface.recognition.training.optim import build_optimizer
 
     tmp = None
     data = args.data

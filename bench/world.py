@@ -35,7 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 from PIL import Image
 
-from pipeline.world.coefficients import (
+from synthface.pipeline.world.coefficients import (
     IDENTITY_FIELDS,
     IDENTITY_NORMAL,
     STYLE_FIELDS,
@@ -43,9 +43,9 @@ from pipeline.world.coefficients import (
     sample_style,
     stack,
 )
-from pipeline.world.dataset import noise_seed
-from pipeline.world.protocols import PROTOCOLS, make_protocol
-from pipeline.world.render import render
+from synthface.pipeline.world.dataset import noise_seed
+from synthface.pipeline.world.protocols import PROTOCOLS, make_protocol
+from synthface.pipeline.world.render import render
 
 
 def _batch(n: int, seed: int = 0):
@@ -107,8 +107,8 @@ def _oracle(summary_pairs: list[dict], seed: int) -> tuple[np.ndarray, np.ndarra
 
 
 def difficulty(folds: int, pairs_per_fold: int, size: int, seed: int = 0) -> dict:
-    from pipeline.formats.verification_bin import read_bin
-    from recognition.evaluation.verification import evaluate_embeddings
+    from synthface.pipeline.formats.verification_bin import read_bin
+    from synthface.recognition.evaluation.verification import evaluate_embeddings
 
     results = {}
     with tempfile.TemporaryDirectory() as tmp:
@@ -146,9 +146,9 @@ def probe(
     import torch.nn.functional as F
     from torch import nn
 
-    from pipeline.formats.verification_bin import read_bin
-    from pipeline.world.dataset import render_images
-    from recognition.evaluation.verification import evaluate_embeddings
+    from synthface.pipeline.formats.verification_bin import read_bin
+    from synthface.pipeline.world.dataset import render_images
+    from synthface.recognition.evaluation.verification import evaluate_embeddings
 
     torch.manual_seed(0)
     torch.set_num_threads(1)

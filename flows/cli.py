@@ -1,6 +1,6 @@
 """``synthface flows ...``: run and serve the Prefect flows
 
-Prefect is imported inside the commands, after :func:`flows.defaults.prepare_prefect_env`
+Prefect is imported inside the commands, after :func:`synthface.flows.defaults.prepare_prefect_env`
 has chosen the Prefect home (project-local ``.prefect/`` in ephemeral mode) or checked
 that the server at ``PREFECT_API_URL`` answers.
 """
@@ -9,11 +9,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 
 def cmd_run_generate(args: argparse.Namespace) -> int:
-    from flows.defaults import load_generate_config, prepare_prefect_env
+    from synthface.flows.defaults import load_generate_config, prepare_prefect_env
 
     cfg = load_generate_config(args.config, args.set)
     if args.output_dir:
@@ -21,7 +21,7 @@ def cmd_run_generate(args: argparse.Namespace) -> int:
             update={"output": cfg.output.model_copy(update={"dir": args.output_dir})}
         )
     prepare_prefect_env()
-    from flows.generate import generate_synthetic
+    from synthface.flows.generate import generate_synthetic
 
     summary = generate_synthetic(config=cfg)
     text = "\n".join(
@@ -38,7 +38,7 @@ def cmd_run_generate(args: argparse.Namespace) -> int:
 
 
 def cmd_serve(args: argparse.Namespace) -> int:
-    from flows.defaults import prepare_prefect_env
+    from synthface.flows.defaults import prepare_prefect_env
 
     url = prepare_prefect_env()
     if url is None and not args.no_schedules:
@@ -46,7 +46,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
             "synthface: note: PREFECT_API_URL is not set; schedules need a real server "
             "(`prefect server start`, then export PREFECT_API_URL=http://127.0.0.1:4200/api)"
         )
-    from flows.serve import serve_deployments
+    from synthface.flows.serve import serve_deployments
 
     serve_deployments(
         args.config or None,
@@ -58,8 +58,8 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 
 def cmd_deployments(args: argparse.Namespace) -> int:
-    from flows.defaults import load_generate_config
-    from flows.serve import config_files
+    from synthface.flows.defaults import load_generate_config
+    from synthface.flows.serve import config_files
 
     rows = []
     for path in config_files(args.config or None):

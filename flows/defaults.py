@@ -2,7 +2,7 @@
 
 With no ``PREFECT_API_URL``, Prefect starts a temporary ("ephemeral") API server on
 SQLite in ``$PREFECT_HOME``. Entry points (``synthface flows ...``, ``python -m
-flows.demo``) call :func:`prepare_prefect_env` before importing Prefect so that this
+synthface.flows.demo``) call :func:`prepare_prefect_env` before importing Prefect so that this
 database lives in the project's ``.prefect/`` rather than the user's ``~/.prefect``, and
 so that an unreachable server is reported in one line naming ``PREFECT_API_URL``.
 """
@@ -12,9 +12,9 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-from pipeline.config import load_config
-from pipeline.errors import InputError
-from pipeline.generate_plan import GenerateConfig
+from synthface.pipeline.config import load_config
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.generate_plan import GenerateConfig
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "generate" / "default.yaml"

@@ -1,10 +1,10 @@
-"""``make demo`` (``python -m flows.demo``): a synthetic dataset from nothing, on a CPU.
+"""``make demo`` (``python -m synthface.flows.demo``): a synthetic dataset from nothing, on a CPU.
 
 The project cannot download face data or weights, so everything ID³ needs comes from
 the project itself, each stage as a Prefect flow on the ephemeral API (project-local
 ``.prefect/``):
 
-1. a procedural face world (``pipeline.world.make_world_dataset``), the training data;
+1. a procedural face world (``synthface.pipeline.world.make_world_dataset``), the training data;
 2. ``train-recognizer``: a tiny iResNet on the world, the frozen identity encoder;
 3. ``train-generator``: an ID³ generator conditioned on that recognizer;
 4. ``generate-synthetic`` with the embedded default config (``configs/generate/default.yaml``).
@@ -26,11 +26,11 @@ import sys
 import time
 from pathlib import Path
 
-from flows.defaults import DEFAULT_CONFIG, PROJECT_ROOT, prepare_prefect_env
+from synthface.flows.defaults import DEFAULT_CONFIG, PROJECT_ROOT, prepare_prefect_env
 
 DEMO_ROOT = PROJECT_ROOT / "out" / "demo"
 # The shipped demo models (preferred over training minutes-old ones) were made by:
-#   python -m flows.demo --models data/demo/models --recognizer-epochs 12 --generator-steps 3000
+#   python -m synthface.flows.demo --models data/demo/models --recognizer-epochs 12 --generator-steps 3000
 # (then only recognizer/model and generator/final are kept; see data/README.md).
 SHIPPED_MODELS = PROJECT_ROOT / "data" / "demo" / "models"
 IMAGE_SIZE = 32
@@ -42,7 +42,7 @@ GENERATOR_STEPS = 60
 
 
 def recognizer_config(root: Path, models: Path, epochs: float = RECOGNIZER_EPOCHS):
-    from recognition.config import TrainConfig
+    from synthface.recognition.config import TrainConfig
 
     return TrainConfig.model_validate(
         {
@@ -69,8 +69,8 @@ def recognizer_config(root: Path, models: Path, epochs: float = RECOGNIZER_EPOCH
 
 
 def generator_config(root: Path, models: Path, encoder: Path, steps: int = GENERATOR_STEPS):
-    from generators.config import GeneratorConfig
-    from pipeline.config import load_config
+    from synthface.generators.config import GeneratorConfig
+    from synthface.pipeline.config import load_config
 
     base = load_config(PROJECT_ROOT / "configs" / "generators" / "id3_world.yaml", GeneratorConfig)
     data = base.model_dump(mode="json")
@@ -102,7 +102,7 @@ def _stage(name: str, t0: float) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
-        prog="python -m flows.demo", description=__doc__.splitlines()[0]
+        prog="python -m synthface.flows.demo", description=__doc__.splitlines()[0]
     )
     parser.add_argument("--fresh", action="store_true", help="delete out/demo and start over")
     shipped = (SHIPPED_MODELS / "generator" / "final" / "config.json").is_file()
@@ -116,7 +116,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--recognizer-epochs", type=float, default=RECOGNIZER_EPOCHS)
     parser.add_argument("--generator-steps", type=int, default=GENERATOR_STEPS)
     args = parser.parse_args(argv)
-    from pipeline.errors import SynthfaceError
+    from synthface.pipeline.errors import SynthfaceError
 
     try:
         return run(
@@ -146,9 +146,9 @@ def run(
     import torch
 
     torch.set_num_threads(2)
-    from flows.defaults import load_generate_config
-    from flows.generate import generate_synthetic
-    from flows.training import train_generator, train_recognizer
+    from synthface.flows.defaults import load_generate_config
+    from synthface.flows.generate import generate_synthetic
+    from synthface.flows.training import train_generator, train_recognizer
 
     cfg = load_generate_config(None)
     gen_dir = models / "generator" / "final"
@@ -164,7 +164,7 @@ def run(
     t0 = time.perf_counter()
     world = root / "world"
     if not (world / "dataset.json").is_file():
-        from pipeline.world import make_world_dataset
+        from synthface.pipeline.world import make_world_dataset
 
         make_world_dataset(
             world,

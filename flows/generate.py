@@ -1,8 +1,8 @@
 """The ``generate-synthetic`` flow: plan -> one task per shard -> finalize.
 
-Only orchestration lives here. The work is ``generators.produce.prepare_generation``,
-``generators.produce.produce_shard`` and ``pipeline.generate_finalize.finalize_generation``,
-which run the same without Prefect (``generators.produce.generate_dataset``).
+Only orchestration lives here. The work is ``synthface.generators.produce.prepare_generation``,
+``synthface.generators.produce.produce_shard`` and ``synthface.pipeline.generate_finalize.finalize_generation``,
+which run the same without Prefect (``synthface.generators.produce.generate_dataset``).
 
 Resume does not rely on Prefect's result cache: the dataset directory is the cache.
 Every shard task first asks ``completed_shards`` whether its tar and sidecar are
@@ -26,9 +26,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from pydantic import Field
 
-from flows.runners import build_task_runner
-from pipeline.config import apply_overrides, validate_config
-from pipeline.generate_plan import GenerateConfig, ShardWork
+from synthface.flows.runners import build_task_runner
+from synthface.pipeline.config import apply_overrides, validate_config
+from synthface.pipeline.generate_plan import GenerateConfig, ShardWork
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -43,7 +43,7 @@ def resolve_config(
     overrides: list[str] | None = None,
 ) -> GenerateConfig:
     """The run's config: ``config`` (default: the embedded default) + flat knobs + overrides."""
-    from flows.defaults import load_default_config
+    from synthface.flows.defaults import load_default_config
 
     base = config if config is not None else load_default_config()
     data = base.model_dump(mode="json")
@@ -63,7 +63,7 @@ def resolve_config(
 
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
-    from generators.produce import prepare_generation
+    from synthface.generators.produce import prepare_generation
 
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -85,14 +85,14 @@ def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
 
 @task(name="produce-shard", cache_policy=NO_CACHE)
 def shard_task(cfg: GenerateConfig, work: dict[str, Any]) -> dict[str, Any]:
-    from generators.produce import produce_shard
+    from synthface.generators.produce import produce_shard
 
     return produce_shard(cfg, ShardWork.from_dict(work)).to_dict()
 
 
 @task(name="finalize", cache_policy=NO_CACHE)
 def finalize_task(cfg: GenerateConfig, dataset_config: dict, work: list[dict]) -> dict[str, Any]:
-    from pipeline.generate_finalize import finalize_generation
+    from synthface.pipeline.generate_finalize import finalize_generation
 
     return finalize_generation(cfg, dataset_config, [ShardWork.from_dict(w) for w in work])
 

@@ -9,8 +9,8 @@ per GPU (``CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nworkers 1 --nthreads 1`
 
 from __future__ import annotations
 
-from pipeline.errors import ConfigError
-from pipeline.generate_plan import RunnerSection
+from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.generate_plan import RunnerSection
 
 
 def build_task_runner(runner: RunnerSection):

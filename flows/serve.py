@@ -11,14 +11,14 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from pipeline.errors import ConfigError
-from pipeline.generate_plan import GenerateConfig
+from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.generate_plan import GenerateConfig
 
 
 def generate_deployment(cfg: GenerateConfig, *, schedules: bool = True):
     from prefect.deployments.runner import EntrypointType
 
-    from flows.generate import generate_synthetic
+    from synthface.flows.generate import generate_synthetic
 
     kwargs: dict = {}
     if schedules and cfg.schedule.cron:
@@ -40,7 +40,7 @@ def generate_deployment(cfg: GenerateConfig, *, schedules: bool = True):
 
 def config_files(paths: list[str] | None) -> list[Path]:
     """The given files, or every ``configs/generate/*.yaml`` of the project."""
-    from flows.defaults import DEFAULT_CONFIG
+    from synthface.flows.defaults import DEFAULT_CONFIG
 
     if paths:
         return [Path(p) for p in paths]
@@ -48,7 +48,7 @@ def config_files(paths: list[str] | None) -> list[Path]:
 
 
 def build_deployments(paths: list[str] | None = None, *, schedules: bool = True) -> list:
-    from flows.defaults import DEFAULT_CONFIG, load_generate_config
+    from synthface.flows.defaults import DEFAULT_CONFIG, load_generate_config
 
     deployments, names = [], {}
     for path in config_files(paths):
@@ -74,8 +74,8 @@ def training_deployment(path: str | Path):
     """
     from prefect.deployments.runner import EntrypointType
 
-    from flows.training import train_generator, train_recognizer
-    from pipeline.config import infer_kind, load_any_config
+    from synthface.flows.training import train_generator, train_recognizer
+    from synthface.pipeline.config import infer_kind, load_any_config
 
     kind = infer_kind(path)
     flows = {"recognition": train_recognizer, "generators": train_generator}

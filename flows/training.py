@@ -1,9 +1,9 @@
 """Training and benchmarking flows: thin Prefect wrappers around the library functions.
 
-``train-recognizer`` runs ``recognition.training.train``, ``train-generator`` runs
-``generators.training.train_generator``, and ``frcsyn-benchmark`` scores two
+``train-recognizer`` runs ``synthface.recognition.training.train``, ``train-generator`` runs
+``synthface.generators.training.train_generator``, and ``frcsyn-benchmark`` scores two
 recognizers under an FRCSyn sub-task, packages the submission zip and validates it
-(``recognition.frcsyn``). Both training functions resume from their newest checkpoint,
+(``synthface.recognition.frcsyn``). Both training functions resume from their newest checkpoint,
 so a retried task continues instead of starting over.
 """
 
@@ -16,13 +16,13 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
 
-from generators.config import GeneratorConfig
-from recognition.config import TrainConfig
+from synthface.generators.config import GeneratorConfig
+from synthface.recognition.config import TrainConfig
 
 
 @task(name="train-recognizer", cache_policy=NO_CACHE, retries=1)
 def train_recognizer_task(config: TrainConfig) -> dict[str, Any]:
-    from recognition.training import train
+    from synthface.recognition.training import train
 
     result = train(config, resume="latest")
     return {
@@ -50,7 +50,7 @@ def train_recognizer(config: TrainConfig) -> dict[str, Any]:
 
 @task(name="train-generator", cache_policy=NO_CACHE, retries=1)
 def train_generator_task(config: GeneratorConfig) -> dict[str, Any]:
-    from generators.training import train_generator as train
+    from synthface.generators.training import train_generator as train
 
     logger = get_run_logger()
 
@@ -78,9 +78,9 @@ def frcsyn_score_task(
     datasets: list[str] | None,
     device: str,
 ) -> dict:
-    from recognition import load_embedder
-    from recognition.frcsyn.rules import get_subtask
-    from recognition.frcsyn.scoring import embed_tree_images, score_run
+    from synthface.recognition import load_embedder
+    from synthface.recognition.frcsyn.rules import get_subtask
+    from synthface.recognition.frcsyn.scoring import embed_tree_images, score_run
 
     systems = {}
     for name, path in (("proposed", proposed), ("baseline", baseline)):
@@ -103,7 +103,7 @@ def frcsyn_score_task(
 def frcsyn_package_task(
     run_dir: str, out_dir: str, comparisons: str, subtask: str, edition: str
 ) -> dict:
-    from recognition.frcsyn.package import package_run, validate_package
+    from synthface.recognition.frcsyn.package import package_run, validate_package
 
     zip_path = package_run(run_dir, out_dir)
     report = validate_package(

@@ -10,21 +10,21 @@ from __future__ import annotations
 import importlib
 
 _LAZY = {
-    "GeneratorConfig": "generators.config",
-    "DiffusionGenerator": "generators.base",
-    "GENERATORS": "generators.base",
-    "create_generator": "generators.base",
-    "load_generator": "generators.base",
-    "ConditionalDenoiser": "generators.denoiser",
-    "SCHEDULERS": "generators.sampling",
-    "make_scheduler": "generators.sampling",
-    "train_generator": "generators.training",
-    "IdentityEncoder": "generators.encoder",
-    "load_identity_encoder": "generators.encoder",
-    "tammes_anchors": "generators.id3.anchors",
-    "packing_stats": "generators.id3.anchors",
-    "identity_conditions": "generators.id3.identities",
-    "AttributePrior": "generators.id3.attributes",
+    "GeneratorConfig": "synthface.generators.config",
+    "DiffusionGenerator": "synthface.generators.base",
+    "GENERATORS": "synthface.generators.base",
+    "create_generator": "synthface.generators.base",
+    "load_generator": "synthface.generators.base",
+    "ConditionalDenoiser": "synthface.generators.denoiser",
+    "SCHEDULERS": "synthface.generators.sampling",
+    "make_scheduler": "synthface.generators.sampling",
+    "train_generator": "synthface.generators.training",
+    "IdentityEncoder": "synthface.generators.encoder",
+    "load_identity_encoder": "synthface.generators.encoder",
+    "tammes_anchors": "synthface.generators.id3.anchors",
+    "packing_stats": "synthface.generators.id3.anchors",
+    "identity_conditions": "synthface.generators.id3.identities",
+    "AttributePrior": "synthface.generators.id3.attributes",
 }
 
 __all__ = sorted(_LAZY)

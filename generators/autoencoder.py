@@ -13,8 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from generators.config import AutoencoderConfig
-from pipeline.errors import InputError
+from synthface.generators.config import AutoencoderConfig
+from synthface.pipeline.errors import InputError
 
 
 class Autoencoder(nn.Module):

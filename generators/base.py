@@ -18,8 +18,8 @@ import numpy as np
 import torch
 from pydantic import ValidationError
 
-from generators.autoencoder import Autoencoder, build_autoencoder
-from generators.checkpoint import (
+from synthface.generators.autoencoder import Autoencoder, build_autoencoder
+from synthface.generators.checkpoint import (
     generator_config_json,
     load_weights,
     new_tmp_dir,
@@ -28,12 +28,12 @@ from generators.checkpoint import (
     save_tensors_atomic,
     write_json_atomic,
 )
-from generators.config import GeneratorConfig
-from generators.denoiser import ConditionalDenoiser
-from generators.id3.attributes import AttributePrior
-from generators.sampling import sample
-from pipeline.errors import ConfigError, InputError
-from pipeline.registry import Registry
+from synthface.generators.config import GeneratorConfig
+from synthface.generators.denoiser import ConditionalDenoiser
+from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.sampling import sample
+from synthface.pipeline.errors import ConfigError, InputError
+from synthface.pipeline.registry import Registry
 
 GENERATORS: Registry = Registry("generator")
 
@@ -230,8 +230,8 @@ class DiffusionGenerator:
 
 def _register_builtin() -> None:
     """Import the modules whose decorators fill :data:`GENERATORS` (idempotent)."""
-    import generators.id3.generator
-    import generators.plain  # noqa: F401
+    import synthface.generators.id3.generator
+    import synthface.generators.plain  # noqa: F401
 
 
 def create_generator(

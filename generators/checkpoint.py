@@ -19,9 +19,9 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from generators.config import GeneratorConfig
-from pipeline.config import validate_config
-from pipeline.errors import InputError
+from synthface.generators.config import GeneratorConfig
+from synthface.pipeline.config import validate_config
+from synthface.pipeline.errors import InputError
 
 FORMAT = "synthface-generator"
 FORMAT_VERSION = 1

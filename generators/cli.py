@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_group, add_json_flag, emit
-from pipeline.errors import InputError
+from synthface.pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.errors import InputError
 
 
 def _threads(args: argparse.Namespace) -> None:
@@ -20,9 +20,9 @@ def _threads(args: argparse.Namespace) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from generators.config import GeneratorConfig
-    from generators.training import train_generator
-    from pipeline.config import load_config
+    from synthface.generators.config import GeneratorConfig
+    from synthface.generators.training import train_generator
+    from synthface.pipeline.config import load_config
 
     _threads(args)
     cfg = load_config(args.config, GeneratorConfig, args.set)
@@ -50,8 +50,8 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 def sample_config(args: argparse.Namespace):
     """The ``GenerateConfig`` that ``generator sample`` runs (the same as the flow's)."""
-    from pipeline.config import validate_config
-    from pipeline.generate_plan import GenerateConfig
+    from synthface.pipeline.config import validate_config
+    from synthface.pipeline.generate_plan import GenerateConfig
 
     gen = {
         "checkpoint": args.checkpoint,
@@ -85,7 +85,7 @@ def sample_config(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from generators.produce import generate_dataset
+    from synthface.generators.produce import generate_dataset
 
     cfg = sample_config(args)
     summary = generate_dataset(cfg)
@@ -108,7 +108,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_anchors(args: argparse.Namespace) -> int:
     import time
 
-    from generators.id3.anchors import (
+    from synthface.generators.id3.anchors import (
         anchors_within,
         packing_stats,
         random_unit_vectors,
@@ -125,7 +125,7 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     }
     t0 = time.perf_counter()
     if args.within:
-        from generators.produce import load_anchors
+        from synthface.generators.produce import load_anchors
 
         ref = load_anchors(args.within, args.dim, field="--within")
         if len(ref) < 3:

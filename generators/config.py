@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import StrictModel
+from synthface.pipeline.config import StrictModel
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 

@@ -15,8 +15,8 @@ from typing import Any
 
 import numpy as np
 
-from generators.config import GeneratorConfig
-from pipeline.errors import InputError
+from synthface.generators.config import GeneratorConfig
+from synthface.pipeline.errors import InputError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -99,7 +99,7 @@ def open_source(cfg: GeneratorConfig):
         raise InputError("data.path is not set in the generator config")
     if d.source == "folder":
         return ImageFolder(d.path)
-    from pipeline.shards import make_webdataset
+    from synthface.pipeline.shards import make_webdataset
 
     return make_webdataset(
         d.path, shuffle_shards=True, buffer=d.shuffle_buffer, decode=True, seed=cfg.train.seed

@@ -14,8 +14,8 @@ import itertools
 import torch
 from torch import nn
 
-from generators.config import GeneratorConfig
-from pipeline.errors import InputError
+from synthface.generators.config import GeneratorConfig
+from synthface.pipeline.errors import InputError
 
 
 def _mlp(sizes: list[int]) -> nn.Sequential:

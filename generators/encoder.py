@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import ConfigError, InputError
+from synthface.pipeline.errors import ConfigError, InputError
 
 
 class IdentityEncoder(nn.Module):
@@ -59,7 +59,7 @@ class IdentityEncoder(nn.Module):
 
 
 class EmbedderEncoder:
-    """Non-differentiable wrapper of ``recognition.load_embedder`` (ONNX or torch)."""
+    """Non-differentiable wrapper of ``synthface.recognition.load_embedder`` (ONNX or torch)."""
 
     differentiable = False
 
@@ -89,15 +89,15 @@ def _input_size(model: nn.Module, path: Path) -> int | tuple[int, int]:
 def load_identity_encoder(path: str | Path, *, differentiable: bool = True):
     """Load the frozen encoder at ``path``.
 
-    A directory is a torch recognizer checkpoint (``recognition.load_recognizer``); a
-    ``.onnx`` file goes through ``recognition.load_embedder`` and is refused when
+    A directory is a torch recognizer checkpoint (``synthface.recognition.load_recognizer``); a
+    ``.onnx`` file goes through ``synthface.recognition.load_embedder`` and is refused when
     ``differentiable`` is requested, with a message saying what it can still be used for.
     """
     path = Path(path)
     if not path.exists():
         raise InputError(f"{path}: identity encoder not found")
     try:
-        import recognition
+        from synthface import recognition
     except ImportError as exc:  # pragma: no cover - the package ships with synthface
         raise ConfigError(f"cannot import the recognition package ({exc})") from None
     if path.suffix == ".onnx":

@@ -6,8 +6,8 @@ difference in identity consistency is due to the identity term and guidance alon
 
 from __future__ import annotations
 
-from generators.base import GENERATORS
-from generators.id3.generator import ID3Generator
+from synthface.generators.base import GENERATORS
+from synthface.generators.id3.generator import ID3Generator
 
 
 @GENERATORS.register("plain")

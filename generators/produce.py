@@ -2,7 +2,7 @@
 
 These are plain functions; the ``generate-synthetic`` Prefect flow only orders them.
 ``produce_shard`` is the unit of work and of resume: it generates every image of its
-identities, embeds them with the evaluation recognizer, scores them (``pipeline.qc``),
+identities, embeds them with the evaluation recognizer, scores them (``synthface.pipeline.qc``),
 writes the QC sidecar and then the shard atomically. A shard that
 ``completed_shards`` vouches for is skipped, so re-runs and retried tasks only redo
 missing or corrupt shards; everything a shard contains is a function of the config and
@@ -26,8 +26,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ConfigError, InputError
-from pipeline.generate_plan import (
+from synthface.pipeline.errors import ConfigError, InputError
+from synthface.pipeline.generate_plan import (
     GenerateConfig,
     ShardWork,
     anchors_path,
@@ -36,10 +36,10 @@ from pipeline.generate_plan import (
     read_plan,
     write_plan,
 )
-from pipeline.qc import read_shard_qc, score_identity, write_shard_qc
-from pipeline.shards import Sample, begin_dataset, encode_image, write_shard
-from pipeline.shards.atomic import atomic_write_bytes
-from pipeline.shards.manifest import config_hash
+from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
+from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.shards.manifest import config_hash
 
 log = logging.getLogger(__name__)
 
@@ -90,7 +90,7 @@ def checkpoint_sha256(path: str | Path) -> str:
 
 
 def _generator_name(cfg: GenerateConfig, ckpt_cfg) -> str:
-    from generators.base import GENERATORS, _register_builtin
+    from synthface.generators.base import GENERATORS, _register_builtin
 
     _register_builtin()
     if cfg.generator.name is not None:
@@ -123,7 +123,7 @@ def _qc_recognizer_path(cfg: GenerateConfig, ckpt_cfg) -> str:
 
 def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
     """Identity guidance needs the conditioning encoder: say so before anything is written."""
-    from generators.base import GENERATORS
+    from synthface.generators.base import GENERATORS
 
     guidance = cfg.generator.id_guidance_scale
     if guidance is None:
@@ -236,7 +236,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     ``identities.anchors`` the given file is validated and its first ``count`` rows are
     stored instead (the dataset's identity then includes their hash, not the path).
     """
-    from generators.checkpoint import read_generator_config
+    from synthface.generators.checkpoint import read_generator_config
 
     ckpt = _checkpoint_dir(cfg)
     ckpt_cfg = read_generator_config(ckpt)
@@ -281,7 +281,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     if anchors is None:
         import torch
 
-        from generators.id3.anchors import tammes_anchors
+        from synthface.generators.id3.anchors import tammes_anchors
 
         iters = cfg.identities.anchor_iterations
         if iters is None:
@@ -325,7 +325,7 @@ _LOCK = threading.Lock()
 
 def load_producer(cfg: GenerateConfig) -> Producer:
     """The generator + QC embedder for ``cfg``, loaded once per process (thread-safe)."""
-    from generators.checkpoint import read_generator_config
+    from synthface.generators.checkpoint import read_generator_config
 
     ckpt = _checkpoint_dir(cfg)
     ckpt_cfg = read_generator_config(ckpt)
@@ -338,9 +338,9 @@ def load_producer(cfg: GenerateConfig) -> Producer:
             return _CACHE[key]
         import torch
 
-        from generators.base import load_generator
-        from generators.encoder import load_identity_encoder
-        from recognition import load_embedder
+        from synthface.generators.base import load_generator
+        from synthface.generators.encoder import load_identity_encoder
+        from synthface.recognition import load_embedder
 
         torch.set_num_threads(cfg.runner.torch_threads)
         guidance = cfg.generator.id_guidance_scale
@@ -402,8 +402,8 @@ def shard_complete(dataset_dir: Path, split: str, index: int):
     ``completed_shards`` answers the same for every shard at once; a shard task only needs
     its own, and hashing all shards in every task would make a run quadratic in I/O.
     """
-    from pipeline.shards.atomic import file_sha256
-    from pipeline.shards.writer import SHARDS_DIR, read_record, record_path
+    from synthface.pipeline.shards.atomic import file_sha256
+    from synthface.pipeline.shards.writer import SHARDS_DIR, read_record, record_path
 
     record = read_record(record_path(dataset_dir, split, index))
     if record is None or record.index != index or record.split != split:
@@ -495,7 +495,7 @@ def produce_shard(
 
 def generate_dataset(cfg: GenerateConfig) -> dict:
     """Everything, sequentially, without Prefect: prepare, every shard, finalize."""
-    from pipeline.generate_finalize import finalize_generation
+    from synthface.pipeline.generate_finalize import finalize_generation
 
     prepared = prepare_generation(cfg)
     producer = None

@@ -19,8 +19,8 @@ from contextlib import nullcontext
 
 import torch
 
-from generators.config import DiffusionConfig, SamplerConfig
-from pipeline.registry import Registry
+from synthface.generators.config import DiffusionConfig, SamplerConfig
+from synthface.pipeline.registry import Registry
 
 SCHEDULERS: Registry = Registry("sampler")
 

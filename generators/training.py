@@ -39,9 +39,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from generators.autoencoder import build_autoencoder
-from generators.base import GENERATORS, _register_builtin
-from generators.checkpoint import (
+from synthface.generators.autoencoder import build_autoencoder
+from synthface.generators.base import GENERATORS, _register_builtin
+from synthface.generators.checkpoint import (
     generator_config_json,
     load_tensors,
     load_weights,
@@ -50,14 +50,14 @@ from generators.checkpoint import (
     save_tensors_atomic,
     write_json_atomic,
 )
-from generators.config import GeneratorConfig
-from generators.data import attribute_row, open_source, sample_stream
-from generators.denoiser import ConditionalDenoiser
-from generators.ema import EMA
-from generators.id3.attributes import AttributePrior
-from generators.sampling import make_scheduler
-from pipeline.config import config_hash
-from pipeline.errors import ConfigError, InputError
+from synthface.generators.config import GeneratorConfig
+from synthface.generators.data import attribute_row, open_source, sample_stream
+from synthface.generators.denoiser import ConditionalDenoiser
+from synthface.generators.ema import EMA
+from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.sampling import make_scheduler
+from synthface.pipeline.config import config_hash
+from synthface.pipeline.errors import ConfigError, InputError
 
 # Fields that may change between a run and its resumption.
 _RESUMABLE = {"steps", "checkpoint_every", "log_every", "keep_checkpoints", "output_dir"}
@@ -279,7 +279,7 @@ def train_generator(
     gen_cls = GENERATORS.get(cfg.generator)
     use_id = bool(gen_cls.uses_identity_loss and cfg.id3.id_loss_weight > 0)
     if encoder is None and cfg.encoder.path is not None:
-        from generators.encoder import load_identity_encoder
+        from synthface.generators.encoder import load_identity_encoder
 
         encoder = load_identity_encoder(cfg.encoder.path, differentiable=use_id)
     _require_encoder(cfg, encoder, use_id)

@@ -15,8 +15,8 @@ import sys
 from importlib.metadata import entry_points
 from typing import Any
 
-from pipeline import __version__
-from pipeline.errors import SynthfaceError
+from synthface.pipeline import __version__
+from synthface.pipeline.errors import SynthfaceError
 
 ENTRY_POINT_GROUP = "synthface.cli"
 

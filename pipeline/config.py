@@ -21,7 +21,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
-from pipeline.errors import ConfigError
+from synthface.pipeline.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 ENTRY_POINT_GROUP = "synthface.configs"

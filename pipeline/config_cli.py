@@ -6,8 +6,8 @@ import argparse
 
 import yaml
 
-from pipeline.cli import add_json_flag, emit
-from pipeline.config import config_hash, load_any_config
+from synthface.pipeline.cli import add_json_flag, emit
+from synthface.pipeline.config import config_hash, load_any_config
 
 
 def _add_common(p: argparse.ArgumentParser) -> None:

@@ -11,11 +11,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ShardError
-from pipeline.generate_plan import GenerateConfig, ShardWork, anchors_path
-from pipeline.qc import QCConfig, audit, gather_identity_table, load_gallery, write_view
-from pipeline.shards import completed_shards, finalize_dataset
-from pipeline.shards.manifest import config_hash
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.generate_plan import GenerateConfig, ShardWork, anchors_path
+from synthface.pipeline.qc import QCConfig, audit, gather_identity_table, load_gallery, write_view
+from synthface.pipeline.shards import completed_shards, finalize_dataset
+from synthface.pipeline.shards.manifest import config_hash
 
 
 def missing_shards(cfg: GenerateConfig, work: list[ShardWork]) -> list[int]:
@@ -79,7 +79,7 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
         "qc": result.summary,
     }
     if cfg.report.enabled:
-        from pipeline.report import write_report
+        from synthface.pipeline.report import write_report
 
         paths = write_report(
             dataset_dir,
@@ -98,7 +98,7 @@ def write_filtered_view(dataset_dir: str | Path, qc: QCConfig, *, split: str = "
     Reads only the manifest and the QC sidecars; shards and ``dataset.json`` are untouched,
     so a stricter or looser view costs seconds, not a regeneration.
     """
-    from pipeline.shards import split_manifest
+    from synthface.pipeline.shards import split_manifest
 
     dataset_dir = Path(dataset_dir)
     entry = split_manifest(dataset_dir, split)

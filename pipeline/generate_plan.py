@@ -16,11 +16,11 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import StrictModel, config_hash
-from pipeline.errors import InputError
-from pipeline.qc.config import QCConfig
-from pipeline.shards.atomic import atomic_write_bytes
-from pipeline.shards.plan import plan_shards
+from synthface.pipeline.config import StrictModel, config_hash
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.qc.config import QCConfig
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.shards.plan import plan_shards
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.json"
@@ -38,7 +38,7 @@ class GeneratorSection(StrictModel):
     # Run on the CPU when ``device: cuda`` is requested but no GPU is visible.
     allow_cpu_fallback: bool = False
     # Sampler overrides (None = the checkpoint's own sampler settings).
-    # Names as in ``generators.config.SamplerName`` (pipeline may not import generators).
+    # Names as in ``synthface.generators.config.SamplerName`` (pipeline may not import generators).
     sampler: Literal["ddpm", "ddim", "dpmpp_2m"] | None = None
     steps: int | None = Field(default=None, ge=1)
     guidance_scale: float | None = Field(default=None, ge=0)

@@ -11,7 +11,7 @@ import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
-from pipeline.errors import ConfigError
+from synthface.pipeline.errors import ConfigError
 
 T = TypeVar("T")
 _NAME = re.compile(r"^[a-z0-9][a-z0-9_\-.]*$")

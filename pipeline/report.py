@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ShardError
-from pipeline.shards import decode_image, load_identity_array, split_manifest
-from pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.shards import decode_image, load_identity_array, split_manifest
+from synthface.pipeline.shards.atomic import atomic_write_bytes
 
 REPORT_DIR = "report"
 BINS = np.linspace(-1.0, 1.0, 101)
@@ -89,7 +89,7 @@ def write_report(
     seed: int = 0,
 ) -> dict[str, Path]:
     """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``."""
-    from pipeline.shards import iter_samples
+    from synthface.pipeline.shards import iter_samples
 
     dataset_dir = Path(dataset_dir)
     entry = split_manifest(dataset_dir, split)

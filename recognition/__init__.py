@@ -2,7 +2,7 @@
 
 May import ``pipeline``; never ``generators`` or ``flows``.
 
-The public model API is re-exported lazily, so ``import recognition`` (done by the CLI
+The public model API is re-exported lazily, so ``import synthface.recognition`` (done by the CLI
 for every command) does not import torch:
 
 ``create_backbone``, ``create_head``, ``HeadOutput``, ``save_recognizer``,
@@ -15,17 +15,17 @@ import importlib
 from typing import Any
 
 _LAZY = {
-    "create_backbone": "recognition.backbones",
-    "list_backbones": "recognition.backbones",
-    "create_head": "recognition.heads",
-    "list_heads": "recognition.heads",
-    "HeadOutput": "recognition.heads",
-    "save_recognizer": "recognition.checkpoint",
-    "load_recognizer": "recognition.checkpoint",
-    "load_weights": "recognition.checkpoint",
-    "load_embedder": "recognition.embedder",
-    "Embedder": "recognition.embedder",
-    "export_onnx": "recognition.export",
+    "create_backbone": "synthface.recognition.backbones",
+    "list_backbones": "synthface.recognition.backbones",
+    "create_head": "synthface.recognition.heads",
+    "list_heads": "synthface.recognition.heads",
+    "HeadOutput": "synthface.recognition.heads",
+    "save_recognizer": "synthface.recognition.checkpoint",
+    "load_recognizer": "synthface.recognition.checkpoint",
+    "load_weights": "synthface.recognition.checkpoint",
+    "load_embedder": "synthface.recognition.embedder",
+    "Embedder": "synthface.recognition.embedder",
+    "export_onnx": "synthface.recognition.export",
 }
 
 __all__ = sorted(_LAZY)

@@ -21,7 +21,7 @@ import math
 import torch
 import torch.nn.functional as F
 
-from recognition.config import AugmentConfig
+from synthface.recognition.config import AugmentConfig
 
 # Luma weights (ITU-R BT.601), as PIL's "L" conversion.
 _LUMA = (0.299, 0.587, 0.114)

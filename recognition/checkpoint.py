@@ -24,7 +24,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 FORMAT = "synthface.recognizer"
 FORMAT_VERSION = 1
@@ -216,7 +216,7 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
 
     ``path`` is the checkpoint directory (or its ``config.json`` / ``model.safetensors``).
     """
-    from recognition.backbones import create_backbone
+    from synthface.recognition.backbones import create_backbone
 
     p = Path(path)
     if p.is_file() and p.name in (CONFIG_NAME, WEIGHTS_NAME):

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -21,7 +21,7 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         "train",
         help="train a recognizer on identity shards",
         description="Train a recognizer as CONFIG (configs/recognition/*.yaml) says. "
-        "Multi-GPU: accelerate launch --multi_gpu --num_processes N -m recognition.training CONFIG",
+        "Multi-GPU: accelerate launch --multi_gpu --num_processes N -m synthface.recognition.training CONFIG",
     )
     c.add_argument("config", metavar="CONFIG", help="training config (YAML)")
     c.add_argument(
@@ -48,9 +48,9 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
-    from pipeline.config import load_config
-    from recognition.config import TrainConfig
-    from recognition.training import train
+    from synthface.pipeline.config import load_config
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.training import train
 
     cfg = load_config(args.config, TrainConfig, args.overrides)
     result = train(cfg, resume=args.resume, stop_after=args.stop_after)
@@ -121,7 +121,7 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from recognition.export import export_onnx
+    from synthface.recognition.export import export_onnx
 
     info = export_onnx(args.checkpoint, args.onnx, opset=args.opset, allow_any_size=args.any_size)
     emit(
@@ -134,7 +134,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from recognition.embed_files import embed_to_npy
+    from synthface.recognition.embed_files import embed_to_npy
 
     info = embed_to_npy(
         args.model,

@@ -17,7 +17,7 @@ from typing import Any, Literal
 
 from pydantic import Field, model_validator
 
-from pipeline.config import StrictModel
+from synthface.pipeline.config import StrictModel
 
 Probability = float
 

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -69,7 +69,7 @@ def iter_image_dir(root: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, i
 def iter_shard_dir(
     dataset_dir: str | os.PathLike, split: str = "train"
 ) -> Iterator[tuple[str, np.ndarray, int | None]]:
-    from pipeline.shards import iter_samples
+    from synthface.pipeline.shards import iter_samples
 
     for sample in iter_samples(dataset_dir, split=split):
         yield sample["__key__"], sample["image"], int(sample["label"])
@@ -114,7 +114,7 @@ def embed_to_npy(
     Returns a summary: ``{"out", "count", "dim", "model", "flip", "keys", "labels"}``
     (``keys``/``labels`` are the side-file paths).
     """
-    from recognition.embedder import load_embedder
+    from synthface.recognition.embedder import load_embedder
 
     if (images is None) == (shards is None):
         raise InputError("give exactly one of --images DIR or --shards DIR")

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 DEFAULT_BATCH = 64
 
@@ -182,7 +182,7 @@ def load_embedder(path: str | os.PathLike, device: str = "cpu") -> Embedder:
         return OnnxEmbedder(str(p), device)
     import torch
 
-    from recognition.checkpoint import load_recognizer
+    from synthface.recognition.checkpoint import load_recognizer
 
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise InputError("device cuda: torch sees no CUDA device")

@@ -27,7 +27,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 INPUT_NAME = "data"
 OUTPUT_NAME = "fc1"
@@ -106,7 +106,7 @@ def export_onnx(
     import onnx
 
     if not isinstance(model, nn.Module):
-        from recognition.checkpoint import load_recognizer
+        from synthface.recognition.checkpoint import load_recognizer
 
         model = load_recognizer(model)
     hw = _check_exportable(model, allow_any_size)

@@ -10,7 +10,7 @@ from pathlib import Path
 
 import torch
 
-from pipeline.generate_plan import GenerateConfig
+from synthface.pipeline.generate_plan import GenerateConfig
 
 DIM = 32
 SIZE = 16
@@ -18,9 +18,9 @@ SIZE = 16
 
 def make_tiny_models(root: Path) -> tuple[Path, Path]:
     """Save a tiny recognizer and a tiny ID³ generator conditioned on it; return their dirs."""
-    from generators.base import create_generator
-    from generators.config import GeneratorConfig
-    from recognition import create_backbone, save_recognizer
+    from synthface.generators.base import create_generator
+    from synthface.generators.config import GeneratorConfig
+    from synthface.recognition import create_backbone, save_recognizer
 
     torch.manual_seed(0)
     rec_dir = root / "recognizer"

@@ -8,8 +8,8 @@ import numpy as np
 import torch
 from torch import nn
 
-from generators.config import GeneratorConfig
-from generators.encoder import IdentityEncoder
+from synthface.generators.config import GeneratorConfig
+from synthface.generators.encoder import IdentityEncoder
 
 ID_DIM = 8
 

@@ -9,14 +9,14 @@ from pathlib import Path
 import pytest
 from pydantic import Field
 
-from pipeline.config import (
+from synthface.pipeline.config import (
     StrictModel,
     apply_overrides,
     config_hash,
     load_config,
 )
-from pipeline.errors import ConfigError
-from pipeline.registry import Registry
+from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.registry import Registry
 
 
 class _Generator(StrictModel):
@@ -87,7 +87,10 @@ def test_registry_rejects_duplicates_and_names_known_entries():
 
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "pipeline.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "synthface.pipeline.cli", *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
     )
 
 

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.errors import InputError
-from pipeline.formats.verification_bin import read_bin, write_bin
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.formats.verification_bin import read_bin, write_bin
 
 
 def _png(color) -> bytes:

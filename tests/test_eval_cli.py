@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.formats.verification_bin import write_bin
-from recognition.evaluation.verification import evaluate_scores
+from synthface.pipeline.cli import main
+from synthface.pipeline.formats.verification_bin import write_bin
+from synthface.recognition.evaluation.verification import evaluate_scores
 
 
 def _pairs_case(tmp_path, n_pairs=200, seed=0):
@@ -101,7 +101,7 @@ def _jpeg(arr) -> bytes:
 
 def test_verify_bin_with_tiny_recognizer(tmp_path, capsys):
     torch = pytest.importorskip("torch")
-    from recognition import create_backbone, load_embedder, save_recognizer
+    from synthface.recognition import create_backbone, load_embedder, save_recognizer
 
     torch.manual_seed(0)
     model = create_backbone("tiny", input_size=32, embedding_dim=16).eval()
@@ -116,14 +116,14 @@ def test_verify_bin_with_tiny_recognizer(tmp_path, capsys):
         issame.append(s)
     write_bin(tmp_path / "toy.bin", images, issame)
 
-    from recognition.evaluation.embed import embed_bin
+    from synthface.recognition.evaluation.embed import embed_bin
 
     embedder = load_embedder(tmp_path / "model")
     feats, same, xnorm = embed_bin(tmp_path / "toy.bin", embedder)
     assert feats.shape == (80, 16) and same.tolist() == issame and xnorm > 0
     # flip-sum of raw features == the embedder's own flip=True output (after normalising)
-    from pipeline.formats.verification_bin import read_bin
-    from recognition.evaluation.embed import decode_images
+    from synthface.pipeline.formats.verification_bin import read_bin
+    from synthface.recognition.evaluation.embed import decode_images
 
     decoded = decode_images(read_bin(tmp_path / "toy.bin")[0], (32, 32))
     ref = embedder.embed(decoded, flip=True)

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.errors import InputError
-from recognition.evaluation import ijb, roc
+from synthface.pipeline.cli import main
+from synthface.pipeline.errors import InputError
+from synthface.recognition.evaluation import ijb, roc
 
 
 def ref_pool(feats, templates, medias):
@@ -208,7 +208,7 @@ def test_cli_ijb_with_model_aligns_and_pools(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from insightface.utils.face_align import arcface_dst
 
-    from recognition import create_backbone, save_recognizer
+    from synthface.recognition import create_backbone, save_recognizer
 
     torch.manual_seed(0)
     save_recognizer(

@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from recognition.evaluation import roc
-from recognition.evaluation.verification import (
+from synthface.pipeline.errors import InputError
+from synthface.recognition.evaluation import roc
+from synthface.recognition.evaluation.verification import (
     INSIGHTFACE_ACC_THRESHOLDS,
     INSIGHTFACE_VAL_THRESHOLDS,
     contiguous_folds,

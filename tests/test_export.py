@@ -8,9 +8,9 @@ import pytest
 import torch
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.errors import InputError
-from recognition import create_backbone, export_onnx, load_embedder, save_recognizer
+from synthface.pipeline.cli import main
+from synthface.pipeline.errors import InputError
+from synthface.recognition import create_backbone, export_onnx, load_embedder, save_recognizer
 
 torch.set_num_threads(1)
 
@@ -225,7 +225,7 @@ def test_export_and_embed_cli(tiny112, tmp_path, capsys):
 
 
 def test_embed_cli_on_shards(tiny112, tmp_path):
-    from pipeline.shards import DatasetWriter, Sample, encode_image
+    from synthface.pipeline.shards import DatasetWriter, Sample, encode_image
 
     _, ckpt, _, _ = tiny112
     rgb = _faces(6, 112, seed=5)

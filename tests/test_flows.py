@@ -22,8 +22,8 @@ import httpx
 import pytest
 import yaml
 
-from generators.produce import generate_dataset
-from pipeline.shards import load_manifest
+from synthface.generators.produce import generate_dataset
+from synthface.pipeline.shards import load_manifest
 from tests.flows_helpers import make_tiny_models, tiny_config
 from tests.test_flows_units import tree_hashes
 
@@ -301,8 +301,8 @@ def test_frcsyn_benchmark_flow_scores_packages_and_validates(server, tmp_path):
     import torch
     from PIL import Image
 
-    from recognition import create_backbone, save_recognizer
-    from recognition.frcsyn.comparisons import read_comparisons
+    from synthface.recognition import create_backbone, save_recognizer
+    from synthface.recognition.frcsyn.comparisons import read_comparisons
     from tests.test_frcsyn import make_tree
 
     for name, seed in (("prop", 0), ("base", 1)):
@@ -325,7 +325,7 @@ def test_frcsyn_benchmark_flow_scores_packages_and_validates(server, tmp_path):
         "datasets": ["bupt"],
     }
     code = (
-        "import json, sys; from flows.training import frcsyn_benchmark; "
+        "import json, sys; from synthface.flows.training import frcsyn_benchmark; "
         "print('RESULT', json.dumps(frcsyn_benchmark(**json.loads(sys.argv[1]))))"
     )
     res = subprocess.run(

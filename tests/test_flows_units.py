@@ -10,11 +10,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from generators.produce import generate_dataset, prepare_generation, produce_shard
-from pipeline.config import load_config
-from pipeline.errors import ConfigError, InputError, ShardError
-from pipeline.generate_plan import GenerateConfig
-from pipeline.shards import completed_shards, load_identity_array, load_manifest
+from synthface.generators.produce import generate_dataset, prepare_generation, produce_shard
+from synthface.pipeline.config import load_config
+from synthface.pipeline.errors import ConfigError, InputError, ShardError
+from synthface.pipeline.generate_plan import GenerateConfig
+from synthface.pipeline.shards import completed_shards, load_identity_array, load_manifest
 from tests.flows_helpers import make_tiny_models, tiny_config
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -47,7 +47,7 @@ def test_generate_writes_scored_shards_manifest_view_and_report(models, tmp_path
         split["arrays"]
     )
     assert load_identity_array(ds, "qc_consistency").shape == (6,)
-    from pipeline.shards import iter_samples
+    from synthface.pipeline.shards import iter_samples
 
     first = next(iter_samples(ds, decode=True))
     assert first["image"].shape == (16, 16, 3)
@@ -79,7 +79,7 @@ def test_resume_redoes_only_missing_or_corrupt_shards_and_matches_bytes(models, 
 
 
 def test_full_disk_leaves_no_counted_shard(models, tmp_path, monkeypatch):
-    from pipeline.shards import writer
+    from synthface.pipeline.shards import writer
 
     cfg = tiny_config(models, tmp_path / "ds")
     prepared = prepare_generation(cfg)
@@ -167,7 +167,7 @@ def test_leaked_identity_is_dropped_from_the_view(models, tmp_path):
 
 
 def test_embedded_default_config_is_valid_and_resolves_paths():
-    from flows.defaults import PROJECT_ROOT, load_default_config
+    from synthface.flows.defaults import PROJECT_ROOT, load_default_config
 
     cfg = load_config(ROOT / "configs" / "generate" / "default.yaml", GenerateConfig)
     assert cfg.name == "default" and cfg.runner.kind == "thread"
@@ -176,7 +176,7 @@ def test_embedded_default_config_is_valid_and_resolves_paths():
 
 
 def test_flow_parameters_and_overrides_are_validated():
-    from flows.generate import resolve_config
+    from synthface.flows.generate import resolve_config
 
     base = GenerateConfig()
     cfg = resolve_config(base, identities=5, overrides=["qc.duplicate_similarity=0.9"])
@@ -190,7 +190,7 @@ def test_flow_parameters_and_overrides_are_validated():
 def test_prefect_env_defaults_and_unreachable_server(tmp_path):
     import socket
 
-    from flows.defaults import PROJECT_ROOT, prepare_prefect_env
+    from synthface.flows.defaults import PROJECT_ROOT, prepare_prefect_env
 
     env: dict[str, str] = {}
     assert prepare_prefect_env(env) is None

@@ -10,14 +10,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import InputError
-from recognition.frcsyn import metrics as fm
-from recognition.frcsyn.comparisons import read_comparisons
-from recognition.frcsyn.package import package_run, validate_package, write_deterministic_zip
-from recognition.frcsyn.rules import check_training_data, get_subtask
-from recognition.frcsyn.scoring import format_submission, score_run
-from recognition.frcsyn.threshold import choose_threshold
+from synthface.pipeline.cli import main
+from synthface.pipeline.errors import InputError
+from synthface.recognition.frcsyn import metrics as fm
+from synthface.recognition.frcsyn.comparisons import read_comparisons
+from synthface.recognition.frcsyn.package import (
+    package_run,
+    validate_package,
+    write_deterministic_zip,
+)
+from synthface.recognition.frcsyn.rules import check_training_data, get_subtask
+from synthface.recognition.frcsyn.scoring import format_submission, score_run
+from synthface.recognition.frcsyn.threshold import choose_threshold
 
 GROUPS = ["African_female", "African_male", "Asian_female", "Asian_male"]
 
@@ -343,7 +347,7 @@ def test_cli_score_package_validate_with_tiny_models(tmp_path, capsys):
     torch = pytest.importorskip("torch")
     from PIL import Image
 
-    from recognition import create_backbone, save_recognizer
+    from synthface.recognition import create_backbone, save_recognizer
 
     for name, seed in (("prop", 0), ("base", 1)):
         torch.manual_seed(seed)

@@ -8,10 +8,10 @@ import numpy as np
 import pytest
 import torch
 
-from generators.base import create_generator, load_generator
-from generators.id3.attributes import AttributePrior
-from generators.id3.generator import ID3Generator
-from pipeline.errors import ConfigError, InputError
+from synthface.generators.base import create_generator, load_generator
+from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.id3.generator import ID3Generator
+from synthface.pipeline.errors import ConfigError, InputError
 from tests.generators_helpers import ID_DIM, tiny_config, tiny_encoder
 
 torch.set_num_threads(1)
@@ -170,7 +170,7 @@ def test_latent_space_generator_shapes():
 
 
 def test_onnx_encoder_cannot_drive_identity_loss(tmp_path):
-    from generators.encoder import load_identity_encoder
+    from synthface.generators.encoder import load_identity_encoder
 
     fake = tmp_path / "r.onnx"
     fake.write_bytes(b"x")
@@ -182,8 +182,8 @@ def test_onnx_encoder_cannot_drive_identity_loss(tmp_path):
 
 def test_pixel_space_sampling_clips_x0_and_latent_space_does_not(monkeypatch):
     """Unclipped x0 predictions near t=T saturate a young pixel model's samples."""
-    import generators.sampling as sampling
-    from generators.config import DiffusionConfig
+    import synthface.generators.sampling as sampling
+    from synthface.generators.config import DiffusionConfig
 
     d = DiffusionConfig()
     for name in ("ddpm", "ddim"):

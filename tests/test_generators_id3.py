@@ -8,14 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from generators.base import create_generator
-from generators.id3.anchors import packing_stats, random_unit_vectors, tammes_anchors
-from generators.id3.attributes import AttributePrior
-from generators.id3.identities import identity_conditions
-from generators.produce import generate_dataset
-from pipeline.cli import main
-from pipeline.errors import InputError
-from pipeline.generate_plan import GenerateConfig
+from synthface.generators.base import create_generator
+from synthface.generators.id3.anchors import packing_stats, random_unit_vectors, tammes_anchors
+from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.id3.identities import identity_conditions
+from synthface.generators.produce import generate_dataset
+from synthface.pipeline.cli import main
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.generate_plan import GenerateConfig
 from tests.generators_helpers import tiny_config
 
 torch.set_num_threads(1)
@@ -95,7 +95,7 @@ QC_DIM = 12  # differs from ID_DIM: stored embeddings are the QC recognizer's, n
 @pytest.fixture(scope="module")
 def sample_models(tmp_path_factory):
     """A saved tiny ID³ checkpoint with a yaw prior, and a tiny QC recognizer."""
-    from recognition import create_backbone, save_recognizer
+    from synthface.recognition import create_backbone, save_recognizer
 
     root = tmp_path_factory.mktemp("sample_models")
     torch.manual_seed(0)
@@ -128,7 +128,7 @@ def sample_config(models, out, **identities) -> GenerateConfig:
 
 
 def test_sampling_a_dataset_writes_resumable_identical_shards(sample_models, tmp_path):
-    from pipeline.shards import iter_samples, load_manifest
+    from synthface.pipeline.shards import iter_samples, load_manifest
 
     generate_dataset(sample_config(sample_models, tmp_path / "a"))
     manifest = load_manifest(tmp_path / "a")
@@ -157,7 +157,7 @@ def test_sampling_a_dataset_writes_resumable_identical_shards(sample_models, tmp
 
 
 def test_given_anchors_file_is_used_and_a_bad_one_is_refused(sample_models, tmp_path):
-    from pipeline.shards import load_identity_array
+    from synthface.pipeline.shards import load_identity_array
 
     rng = np.random.default_rng(0)
     given = rng.normal(size=(4, 8)) * 3  # more rows than identities, not normalised
@@ -197,7 +197,7 @@ def test_cli_sample_runs_the_generate_config(sample_models, tmp_path, capsys):
     info = json.loads(capsys.readouterr().out)
     assert info["identities"] == 3 and info["shards"] == 3 and info["num_samples"] == 6
     assert "report" not in info and not (out / "report").exists()
-    from pipeline.shards import load_identity_array
+    from synthface.pipeline.shards import load_identity_array
 
     np.testing.assert_array_equal(load_identity_array(out, "anchors"), np.eye(8, dtype="f4")[:3])
 
@@ -230,8 +230,8 @@ def test_cli_sample_errors_without_encoder_for_guidance(tmp_path, capsys):
 def test_shipped_configs_validate(name):
     from pathlib import Path
 
-    from generators.config import GeneratorConfig
-    from pipeline.config import load_config
+    from synthface.generators.config import GeneratorConfig
+    from synthface.pipeline.config import load_config
 
     root = Path(__file__).resolve().parents[1]
     cfg = load_config(root / "configs" / "generators" / name, GeneratorConfig)
@@ -243,8 +243,8 @@ def test_cli_train_then_sample_end_to_end(tmp_path, capsys):
     import yaml
     from PIL import Image
 
-    from pipeline.shards import load_manifest
-    from recognition import create_backbone, save_recognizer
+    from synthface.pipeline.shards import load_manifest
+    from synthface.recognition import create_backbone, save_recognizer
     from tests.generators_helpers import toy_samples
 
     torch.manual_seed(0)
@@ -281,7 +281,7 @@ def _cone(n: int, dim: int = 64, axes: int = 8, seed: int = 0) -> np.ndarray:
 
 
 def test_anchors_within_stay_near_the_data_and_apart():
-    from generators.id3.anchors import anchors_within, packing_stats
+    from synthface.generators.id3.anchors import anchors_within, packing_stats
 
     ref = _cone(300)
     within = anchors_within(ref, 40, iterations=50, seed=0)

@@ -6,18 +6,18 @@ import numpy as np
 import pytest
 import torch
 
-from generators.autoencoder import build_autoencoder
-from generators.base import load_generator
-from generators.checkpoint import load_tensors
-from generators.denoiser import ConditionalDenoiser
-from generators.sampling import make_scheduler
-from generators.training import (
+from synthface.generators.autoencoder import build_autoencoder
+from synthface.generators.base import load_generator
+from synthface.generators.checkpoint import load_tensors
+from synthface.generators.denoiser import ConditionalDenoiser
+from synthface.generators.sampling import make_scheduler
+from synthface.generators.training import (
     identity_weight,
     make_batch,
     train_generator,
     training_loss,
 )
-from pipeline.errors import ConfigError, InputError
+from synthface.pipeline.errors import ConfigError, InputError
 from tests.generators_helpers import tiny_config, tiny_encoder, toy_samples
 
 torch.set_num_threads(1)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.qc import (
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.qc import (
     FLAG_BITS,
     IdentityTable,
     QCConfig,
@@ -174,8 +174,14 @@ def test_view_keeps_and_relabels(tmp_path):
 def test_report_from_a_scored_dataset_is_deterministic(tmp_path):
     from PIL import Image
 
-    from pipeline.report import write_report
-    from pipeline.shards import Sample, begin_dataset, encode_image, finalize_dataset, write_shard
+    from synthface.pipeline.report import write_report
+    from synthface.pipeline.shards import (
+        Sample,
+        begin_dataset,
+        encode_image,
+        finalize_dataset,
+        write_shard,
+    )
 
     rng = np.random.default_rng(6)
     cfg = QCConfig()

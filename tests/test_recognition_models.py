@@ -10,12 +10,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError, InputError
-from recognition import create_backbone, create_head, load_recognizer, save_recognizer
-from recognition.backbones import list_backbones
-from recognition.checkpoint import load_weights
-from recognition.embedder import load_embedder
-from recognition.heads import list_heads, sample_classes
+from synthface.pipeline.errors import ConfigError, InputError
+from synthface.recognition import create_backbone, create_head, load_recognizer, save_recognizer
+from synthface.recognition.backbones import list_backbones
+from synthface.recognition.checkpoint import load_weights
+from synthface.recognition.embedder import load_embedder
+from synthface.recognition.heads import list_heads, sample_classes
 
 torch.set_num_threads(1)
 

@@ -10,11 +10,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from pipeline.cli import main
-from pipeline.errors import InputError, ShardError
-from pipeline.shards import ShardIndexDataset, completed_shards, load_manifest
-from pipeline.shards.folder import from_folder, to_folder
-from pipeline.shards.verify import verify_dataset
+from synthface.pipeline.cli import main
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.shards import ShardIndexDataset, completed_shards, load_manifest
+from synthface.pipeline.shards.folder import from_folder, to_folder
+from synthface.pipeline.shards.verify import verify_dataset
 from tests.test_shards_support import jpeg_file_bytes, make_folder, tiny_image
 
 

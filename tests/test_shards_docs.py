@@ -7,7 +7,7 @@ from pathlib import Path
 
 import pytest
 
-from pipeline.shards.folder import from_folder
+from synthface.pipeline.shards.folder import from_folder
 from tests.test_shards_support import make_folder
 
 DOC = Path(__file__).resolve().parents[1] / "docs" / "shards.md"

@@ -9,15 +9,15 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from pipeline.errors import ShardError
-from pipeline.shards import (
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.shards import (
     ShardIndexDataset,
     collate_samples,
     iter_samples,
     make_webdataset,
     shard_paths,
 )
-from pipeline.shards.folder import from_folder
+from synthface.pipeline.shards.folder import from_folder
 from tests.test_shards_support import jpeg_file_bytes, make_dataset
 
 torch.set_num_threads(1)

@@ -7,11 +7,11 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline.cli import main
-from pipeline.errors import InputError
-from pipeline.formats.recordio import IndexedRecordIO, unpack
-from pipeline.shards import ShardIndexDataset, completed_shards, load_manifest
-from pipeline.shards.verify import verify_dataset
+from synthface.pipeline.cli import main
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.formats.recordio import IndexedRecordIO, unpack
+from synthface.pipeline.shards import ShardIndexDataset, completed_shards, load_manifest
+from synthface.pipeline.shards.verify import verify_dataset
 from tests.test_shards_support import ir_record, jpeg_file_bytes, write_rec
 
 MAGIC = struct.pack("<I", 0xCED7230A)
@@ -75,7 +75,7 @@ def _bad(tmp_path, mutate, match):
     write_rec(tmp_path / "r" / "train", _records([0, 0, 1]), classes=2)
     mutate(tmp_path / "r")
     with pytest.raises(InputError, match=match) as err:
-        from pipeline.shards.rec import from_rec
+        from synthface.pipeline.shards.rec import from_rec
 
         from_rec(tmp_path / "r", tmp_path / "ds")
     assert "\n" not in str(err.value)
@@ -146,6 +146,6 @@ def test_corrupt_magic_and_non_image_payload_and_labels(tmp_path):
 
 
 def main_from_rec(prefix, out):
-    from pipeline.shards.rec import from_rec
+    from synthface.pipeline.shards.rec import from_rec
 
     return from_rec(prefix, out)

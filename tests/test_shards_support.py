@@ -1,7 +1,7 @@
 """Shared builders for the shard tests (tiny images, folders, datasets, RecordIO files).
 
 The RecordIO writer here is written from the documented dmlc/MXNet record layout, not
-from the reader in ``pipeline.formats.recordio``, so the reader is checked against an
+from the reader in ``synthface.pipeline.formats.recordio``, so the reader is checked against an
 independent implementation.
 """
 
@@ -14,7 +14,13 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from pipeline.shards import Sample, encode_image, finalize_dataset, plan_shards, write_shard
+from synthface.pipeline.shards import (
+    Sample,
+    encode_image,
+    finalize_dataset,
+    plan_shards,
+    write_shard,
+)
 
 
 def tiny_image(seed: int, size: int = 16) -> np.ndarray:

@@ -9,8 +9,8 @@ import tarfile
 
 import pytest
 
-from pipeline.cli import main
-from pipeline.shards.verify import verify_dataset
+from synthface.pipeline.cli import main
+from synthface.pipeline.shards.verify import verify_dataset
 from tests.test_shards_support import make_dataset
 
 

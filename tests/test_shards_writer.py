@@ -8,8 +8,8 @@ import tarfile
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError, ShardError
-from pipeline.shards import (
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.shards import (
     DatasetWriter,
     Sample,
     ShardWriter,
@@ -227,7 +227,7 @@ def test_dataset_writer_rolls_at_identity_boundaries(tmp_path):
 def test_tar_bytes_equal_stdlib_tarfile_and_reader_handles_other_tars(tmp_path):
     import io as _io
 
-    from pipeline.shards.tarformat import end_padding, member_bytes, walk
+    from synthface.pipeline.shards.tarformat import end_padding, member_bytes, walk
 
     members = [
         ("00000000/0000.cls", b"0"),

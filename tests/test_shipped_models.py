@@ -27,7 +27,7 @@ RECOGNIZER = MODELS / "recognizer" / "model"
 
 
 def test_embedded_default_uses_the_shipped_models():
-    from flows.defaults import load_default_config
+    from synthface.flows.defaults import load_default_config
 
     cfg = load_default_config()
     assert Path(cfg.generator.checkpoint) == GENERATOR
@@ -39,9 +39,9 @@ def test_embedded_default_uses_the_shipped_models():
 @pytest.fixture(scope="module")
 def drawn():
     """Six Tammes anchors x four images each, without identity guidance, as the QC sees them."""
-    from generators.base import load_generator
-    from generators.id3.anchors import tammes_anchors
-    from recognition import load_embedder
+    from synthface.generators.base import load_generator
+    from synthface.generators.id3.anchors import tammes_anchors
+    from synthface.recognition import load_embedder
 
     threads = torch.get_num_threads()
     torch.set_num_threads(2)  # the thresholds were measured with 2 threads

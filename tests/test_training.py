@@ -16,13 +16,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from pipeline.cli import main as cli_main
-from pipeline.config import load_config, validate_config
-from pipeline.errors import ConfigError, InputError, ShardError
-from pipeline.formats.verification_bin import write_bin
-from pipeline.shards import DatasetWriter, Sample, encode_image
-from recognition.config import TrainConfig
-from recognition.training import TrainingDiverged, train
+from synthface.pipeline.cli import main as cli_main
+from synthface.pipeline.config import load_config, validate_config
+from synthface.pipeline.errors import ConfigError, InputError, ShardError
+from synthface.pipeline.formats.verification_bin import write_bin
+from synthface.pipeline.shards import DatasetWriter, Sample, encode_image
+from synthface.recognition.config import TrainConfig
+from synthface.recognition.training import TrainingDiverged, train
 
 IDS, PER, SIZE = 8, 16, 32
 REPO = Path(__file__).resolve().parents[1]
@@ -106,7 +106,7 @@ def test_learning_happens(world, tmp_path):
     assert result.validation["heldout"] == pytest.approx(float(val[-1]["accuracy"]), abs=1e-6)
     assert result.validation["heldout"] >= 0.8  # chance is 0.5
 
-    from recognition.checkpoint import load_recognizer
+    from synthface.recognition.checkpoint import load_recognizer
 
     model = load_recognizer(result.model_dir)
     assert model(torch.zeros(2, 3, SIZE, SIZE)).shape == (2, 64)

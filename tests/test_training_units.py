@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch import nn
 
-from pipeline.config import validate_config
-from pipeline.errors import ConfigError
-from recognition import augment as A
-from recognition.config import AugmentConfig, ScheduleConfig, TrainConfig
-from recognition.training.optim import LRSchedule, build_optimizer, param_groups
+from synthface.pipeline.config import validate_config
+from synthface.pipeline.errors import ConfigError
+from synthface.recognition import augment as A
+from synthface.recognition.config import AugmentConfig, ScheduleConfig, TrainConfig
+from synthface.recognition.training.optim import LRSchedule, build_optimizer, param_groups
 
 
 def _gen(seed: int = 0) -> torch.Generator:
@@ -83,7 +83,7 @@ def test_no_weight_decay_on_norm_and_bias():
     assert decayed == {id(model[0].weight), id(model[3].weight)}
     assert len(groups[1]["params"]) == 5  # conv bias, BN weight+bias, PReLU, linear bias
 
-    from recognition.config import OptimConfig
+    from synthface.recognition.config import OptimConfig
 
     opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1))
     assert isinstance(opt, torch.optim.AdamW)

@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline.errors import InputError
-from pipeline.world.coefficients import (
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.world.coefficients import (
     IDENTITY_FIELDS,
     STYLE_FIELDS,
     StyleConditions,
@@ -19,10 +19,10 @@ from pipeline.world.coefficients import (
     sample_style,
     stack,
 )
-from pipeline.world.dataset import make_world_dataset, render_from_meta
-from pipeline.world.groups import GROUP_NAMES, GROUPS, NUM_GROUPS
-from pipeline.world.protocols import PROTOCOLS, make_protocol
-from pipeline.world.render import render
+from synthface.pipeline.world.dataset import make_world_dataset, render_from_meta
+from synthface.pipeline.world.groups import GROUP_NAMES, GROUPS, NUM_GROUPS
+from synthface.pipeline.world.protocols import PROTOCOLS, make_protocol
+from synthface.pipeline.world.render import render
 
 
 def _batch(pairs, seed=0, split="train", **override):
@@ -79,7 +79,7 @@ def test_dataset_bytes_are_reproducible(tmp_path):
 
 
 def test_samples_carry_coefficients_and_rerender_exactly(tmp_path):
-    from pipeline.shards import encode_image, iter_samples
+    from synthface.pipeline.shards import encode_image, iter_samples
 
     make_world_dataset(tmp_path, identities=2, per_identity=3, size=40, seed=1, ext="png")
     samples = list(iter_samples(tmp_path))
@@ -98,7 +98,7 @@ def test_samples_carry_coefficients_and_rerender_exactly(tmp_path):
 
 
 def test_same_identity_differs_in_pixels_but_shares_identity_coefficients(tmp_path):
-    from pipeline.shards import iter_samples
+    from synthface.pipeline.shards import iter_samples
 
     make_world_dataset(tmp_path, identities=2, per_identity=4, size=32, seed=2)
     samples = list(iter_samples(tmp_path))
@@ -177,8 +177,8 @@ def test_yaw_turns_the_face():
 
 @pytest.mark.parametrize("protocol", PROTOCOLS)
 def test_protocol_files_have_the_stated_counts(tmp_path, protocol):
-    from pipeline.formats.verification_bin import read_bin
-    from pipeline.shards import decode_image
+    from synthface.pipeline.formats.verification_bin import read_bin
+    from synthface.pipeline.shards import decode_image
 
     folds, per_fold = 2, 16
     s = make_protocol(tmp_path, protocol, folds=folds, pairs_per_fold=per_fold, size=32, seed=3)
@@ -258,7 +258,7 @@ def test_bad_arguments_raise_clear_errors(tmp_path, call, match):
 
 
 def test_cli_reports_errors_and_writes_outputs(tmp_path, capsys):
-    from pipeline.cli import main
+    from synthface.pipeline.cli import main
 
     assert (
         main(["world", "make", str(tmp_path / "d"), "--identities", "0", "--per-identity", "2"])
@@ -297,7 +297,7 @@ def test_cli_reports_errors_and_writes_outputs(tmp_path, capsys):
 
 
 def test_rerun_resumes_missing_shards_and_refuses_another_config(tmp_path):
-    from pipeline.errors import ShardError
+    from synthface.pipeline.errors import ShardError
 
     kw = dict(identities=4, per_identity=2, size=32, seed=4, max_samples_per_shard=2)
     first = make_world_dataset(tmp_path, **kw)["splits"]["train"]["shards"]

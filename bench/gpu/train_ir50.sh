@@ -31,7 +31,7 @@ start=$(date +%s)
 if [ ! -f "$OUT/world/dataset.json" ]; then
     "$PY" - "$OUT/world" "$IDS" "$PER_ID" <<'PYEOF'
 import sys, time
-from pipeline.world import make_world_dataset
+from synthface.pipeline.world import make_world_dataset
 t0 = time.perf_counter()
 m = make_world_dataset(sys.argv[1], identities=int(sys.argv[2]), per_identity=int(sys.argv[3]),
                        size=112, seed=0, split="train", ext="jpg")

@@ -13,7 +13,7 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 
 class AttributePrior:

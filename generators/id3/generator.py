@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from generators.base import GENERATORS, DiffusionGenerator
-from generators.id3.identities import identity_conditions, per_image_rng
+from synthface.generators.base import GENERATORS, DiffusionGenerator
+from synthface.generators.id3.identities import identity_conditions, per_image_rng
 
 
 @GENERATORS.register("id3")

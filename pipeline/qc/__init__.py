@@ -5,7 +5,7 @@ into each sample's ``.json``); ``audit`` runs once at finalize on identity-level
 arrays (separation, leakage); ``write_view`` records what filtering leaves out.
 """
 
-from pipeline.qc.audit import (
+from synthface.pipeline.qc.audit import (
     FLAG_BITS,
     AuditResult,
     IdentityTable,
@@ -17,9 +17,9 @@ from pipeline.qc.audit import (
     read_shard_qc,
     write_shard_qc,
 )
-from pipeline.qc.config import QCConfig
-from pipeline.qc.scores import IdentityScores, l2_normalize, score_identity
-from pipeline.qc.views import View, load_view, view_path, write_view
+from synthface.pipeline.qc.config import QCConfig
+from synthface.pipeline.qc.scores import IdentityScores, l2_normalize, score_identity
+from synthface.pipeline.qc.views import View, load_view, view_path, write_view
 
 __all__ = [
     "FLAG_BITS",

@@ -4,14 +4,14 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 
 def cmd_view(args: argparse.Namespace) -> int:
-    from pipeline.config import apply_overrides, validate_config
-    from pipeline.generate_finalize import write_filtered_view
-    from pipeline.qc.config import QCConfig
-    from pipeline.shards import split_manifest
+    from synthface.pipeline.config import apply_overrides, validate_config
+    from synthface.pipeline.generate_finalize import write_filtered_view
+    from synthface.pipeline.qc.config import QCConfig
+    from synthface.pipeline.shards import split_manifest
 
     entry = split_manifest(args.dataset, args.split)
     data = dict(entry["config"].get("qc") or {})  # the thresholds the dataset was made with

@@ -12,7 +12,7 @@ from typing import Literal
 
 from pydantic import Field
 
-from pipeline.config import StrictModel
+from synthface.pipeline.config import StrictModel
 
 SampleFlag = Literal["low_consistency", "duplicate"]
 IdentityFlag = Literal["low_consistency", "not_separated", "leak", "too_few_samples"]

@@ -12,8 +12,8 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.qc.config import QCConfig
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.qc.config import QCConfig
 
 DIGITS = 6  # scores are rounded so that their JSON text is stable across runs
 

@@ -4,8 +4,8 @@ The readers (which pull in torch and webdataset) are imported lazily, so the CLI
 producers that only write stay light.
 """
 
-from pipeline.shards.dataset_writer import DatasetWriter
-from pipeline.shards.manifest import (
+from synthface.pipeline.shards.dataset_writer import DatasetWriter
+from synthface.pipeline.shards.manifest import (
     SCHEMA_VERSION,
     begin_dataset,
     finalize_dataset,
@@ -14,18 +14,18 @@ from pipeline.shards.manifest import (
     shard_paths,
     split_manifest,
 )
-from pipeline.shards.plan import ShardPlan, plan_shards
-from pipeline.shards.sample import Sample, decode_image, encode_image, make_key, parse_key
-from pipeline.shards.writer import ShardRecord, ShardWriter, completed_shards, write_shard
+from synthface.pipeline.shards.plan import ShardPlan, plan_shards
+from synthface.pipeline.shards.sample import Sample, decode_image, encode_image, make_key, parse_key
+from synthface.pipeline.shards.writer import ShardRecord, ShardWriter, completed_shards, write_shard
 
 _LAZY = {
-    "make_webdataset": "pipeline.shards.webdataset_reader",
-    "ShardPipeline": "pipeline.shards.webdataset_reader",
-    "ShardIndexDataset": "pipeline.shards.index_reader",
-    "iter_samples": "pipeline.shards.index_reader",
-    "collate_samples": "pipeline.shards.decode",
-    "verify_dataset": "pipeline.shards.verify",
-    "inspect_dataset": "pipeline.shards.summary",
+    "make_webdataset": "synthface.pipeline.shards.webdataset_reader",
+    "ShardPipeline": "synthface.pipeline.shards.webdataset_reader",
+    "ShardIndexDataset": "synthface.pipeline.shards.index_reader",
+    "iter_samples": "synthface.pipeline.shards.index_reader",
+    "collate_samples": "synthface.pipeline.shards.decode",
+    "verify_dataset": "synthface.pipeline.shards.verify",
+    "inspect_dataset": "synthface.pipeline.shards.summary",
 }
 
 __all__ = [
@@ -57,4 +57,4 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(_LAZY[name]), name)
-    raise AttributeError(f"module 'pipeline.shards' has no attribute {name!r}")
+    raise AttributeError(f"module 'synthface.pipeline.shards' has no attribute {name!r}")

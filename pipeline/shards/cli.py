@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 
 def _targets(parser: argparse.ArgumentParser) -> None:
@@ -19,7 +19,7 @@ def _targets(parser: argparse.ArgumentParser) -> None:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    from pipeline.shards.verify import verify_dataset
+    from synthface.pipeline.shards.verify import verify_dataset
 
     report = verify_dataset(args.dir, split=args.split, decode=not args.no_decode)
     if report["ok"]:
@@ -33,7 +33,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 
 
 def cmd_inspect(args: argparse.Namespace) -> int:
-    from pipeline.shards.summary import format_inspection, inspect_dataset
+    from synthface.pipeline.shards.summary import format_inspection, inspect_dataset
 
     info = inspect_dataset(args.dir, split=args.split)
     emit(args, info, format_inspection(info))
@@ -55,7 +55,7 @@ def _written(args: argparse.Namespace, manifest: dict) -> None:
 
 
 def cmd_from_folder(args: argparse.Namespace) -> int:
-    from pipeline.shards.folder import from_folder
+    from synthface.pipeline.shards.folder import from_folder
 
     manifest = from_folder(
         args.src,
@@ -70,7 +70,7 @@ def cmd_from_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_to_folder(args: argparse.Namespace) -> int:
-    from pipeline.shards.folder import to_folder
+    from synthface.pipeline.shards.folder import to_folder
 
     result = to_folder(args.dir, args.out, split=args.split)
     emit(
@@ -82,7 +82,7 @@ def cmd_to_folder(args: argparse.Namespace) -> int:
 
 
 def cmd_from_rec(args: argparse.Namespace) -> int:
-    from pipeline.shards.rec import from_rec
+    from synthface.pipeline.shards.rec import from_rec
 
     manifest = from_rec(
         args.prefix,

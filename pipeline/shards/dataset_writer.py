@@ -12,10 +12,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.shards.manifest import begin_dataset, finalize_dataset
-from pipeline.shards.sample import Sample
-from pipeline.shards.writer import (
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.shards.manifest import begin_dataset, finalize_dataset
+from synthface.pipeline.shards.sample import Sample
+from synthface.pipeline.shards.writer import (
     SHARDS_DIR,
     ShardWriter,
     completed_shards,

@@ -8,8 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import ShardError
-from pipeline.shards.sample import decode_image
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.shards.sample import decode_image
 
 
 def image_member(raw: dict[str, Any]) -> str:

@@ -16,11 +16,17 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.errors import InputError, ShardError
-from pipeline.shards.atomic import atomic_write_bytes
-from pipeline.shards.dataset_writer import DatasetWriter
-from pipeline.shards.manifest import shard_paths
-from pipeline.shards.sample import Sample, decode_image, encode_image, image_format, parse_key
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.shards.dataset_writer import DatasetWriter
+from synthface.pipeline.shards.manifest import shard_paths
+from synthface.pipeline.shards.sample import (
+    Sample,
+    decode_image,
+    encode_image,
+    image_format,
+    parse_key,
+)
 
 AS_IS = {".jpg", ".jpeg", ".png"}
 CONVERTED = {".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
@@ -176,7 +182,7 @@ def to_folder(dataset_dir: str | Path, out: str | Path, *, split: str = "train")
     """Write every image to ``OUT/<identity>/<file>``; re-runs skip files already identical."""
     import json
 
-    from pipeline.shards.index_reader import iter_raw
+    from synthface.pipeline.shards.index_reader import iter_raw
 
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,11 @@ from typing import Any
 import numpy as np
 from torch.utils.data import Dataset
 
-from pipeline.errors import ShardError
-from pipeline.shards.decode import to_sample
-from pipeline.shards.manifest import shard_paths
-from pipeline.shards.sample import parse_key
-from pipeline.shards.tarformat import walk
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.shards.decode import to_sample
+from synthface.pipeline.shards.manifest import shard_paths
+from synthface.pipeline.shards.sample import parse_key
+from synthface.pipeline.shards.tarformat import walk
 
 MEMBER_EXTS = ("cls", "jpg", "png", "json", "npy")
 

@@ -17,10 +17,10 @@ from typing import Any
 
 import numpy as np
 
-from pipeline import __version__
-from pipeline.errors import InputError, ShardError
-from pipeline.shards.atomic import atomic_write_bytes
-from pipeline.shards.writer import (
+from synthface.pipeline import __version__
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.shards.writer import (
     RECORDS_DIR,
     SHARDS_DIR,
     ShardRecord,

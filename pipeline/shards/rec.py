@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.formats.recordio import IndexedRecordIO, unpack
-from pipeline.shards.dataset_writer import DatasetWriter
-from pipeline.shards.sample import Sample, decode_image, image_format
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.formats.recordio import IndexedRecordIO, unpack
+from synthface.pipeline.shards.dataset_writer import DatasetWriter
+from synthface.pipeline.shards.sample import Sample, decode_image, image_format
 
 
 def resolve_prefix(prefix: str | Path) -> tuple[Path, Path, Path]:

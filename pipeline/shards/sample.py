@@ -15,7 +15,7 @@ from typing import Any
 import numpy as np
 from PIL import Image, UnidentifiedImageError
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 IMAGE_EXTS = ("jpg", "png")
 MAX_IDENTITY = 99_999_999

@@ -10,8 +10,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import ShardError
-from pipeline.shards.manifest import load_identity_array, load_manifest
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.shards.manifest import load_identity_array, load_manifest
 
 
 def inspect_dataset(dataset_dir: str | Path, *, split: str | None = None) -> dict:

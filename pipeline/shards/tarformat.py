@@ -12,7 +12,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import BinaryIO
 
-from pipeline.errors import ShardError
+from synthface.pipeline.errors import ShardError
 
 BLOCK = 512
 RECORD = 20 * BLOCK

@@ -17,12 +17,12 @@ from typing import Any
 
 import numpy as np
 
-from pipeline.errors import SynthfaceError
-from pipeline.shards.atomic import file_sha256
-from pipeline.shards.index_reader import split_member
-from pipeline.shards.manifest import INFO, load_manifest
-from pipeline.shards.sample import IMAGE_EXTS, KEY_RE, decode_image
-from pipeline.shards.writer import SHARDS_DIR
+from synthface.pipeline.errors import SynthfaceError
+from synthface.pipeline.shards.atomic import file_sha256
+from synthface.pipeline.shards.index_reader import split_member
+from synthface.pipeline.shards.manifest import INFO, load_manifest
+from synthface.pipeline.shards.sample import IMAGE_EXTS, KEY_RE, decode_image
+from synthface.pipeline.shards.writer import SHARDS_DIR
 
 ALLOWED_EXTS = {"cls", "json", "npy", *IMAGE_EXTS}
 

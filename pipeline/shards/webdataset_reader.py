@@ -26,10 +26,10 @@ from typing import Any
 import webdataset as wds
 from torch.utils.data import IterableDataset
 
-from pipeline.errors import ShardError
-from pipeline.shards.decode import to_sample
-from pipeline.shards.index_reader import iter_raw
-from pipeline.shards.manifest import MANIFEST, shard_paths
+from synthface.pipeline.errors import ShardError
+from synthface.pipeline.shards.decode import to_sample
+from synthface.pipeline.shards.index_reader import iter_raw
+from synthface.pipeline.shards.manifest import MANIFEST, shard_paths
 
 
 def _worker_info() -> tuple[int, int, int, int]:

@@ -20,10 +20,22 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from pipeline.errors import InputError, ShardError
-from pipeline.shards.atomic import HashingFile, atomic_write_bytes, file_sha256, fsync_dir, tmp_name
-from pipeline.shards.sample import IMAGE_EXTS, Sample, embedding_npy, image_format, meta_json
-from pipeline.shards.tarformat import end_padding, member_bytes
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.shards.atomic import (
+    HashingFile,
+    atomic_write_bytes,
+    file_sha256,
+    fsync_dir,
+    tmp_name,
+)
+from synthface.pipeline.shards.sample import (
+    IMAGE_EXTS,
+    Sample,
+    embedding_npy,
+    image_format,
+    meta_json,
+)
+from synthface.pipeline.shards.tarformat import end_padding, member_bytes
 
 SPLIT_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 SHARDS_DIR = "shards"

@@ -6,11 +6,11 @@ with MorphFace-style normal/albedo/shading maps. It stands in for CASIA/FFHQ
 (style conditions) on machines that cannot download any of them. See docs/world.md.
 
 Names are imported lazily so that ``synthface --help`` (which loads
-``pipeline.world.cli``) does not pay for numpy and the renderer.
+``synthface.pipeline.world.cli``) does not pay for numpy and the renderer.
 """
 
 _EXPORTS = {
-    "pipeline.world.coefficients": (
+    "synthface.pipeline.world.coefficients": (
         "HAIR_STYLES",
         "IDENTITY_FIELDS",
         "OCCLUDERS",
@@ -21,11 +21,11 @@ _EXPORTS = {
         "sample_style",
         "stack",
     ),
-    "pipeline.world.dataset": ("WORLD_VERSION", "make_world_dataset", "render_from_meta"),
-    "pipeline.world.groups": ("GROUPS", "GROUP_NAMES", "NUM_GROUPS", "Group"),
-    "pipeline.world.protocols": ("PROTOCOLS", "make_pairs", "make_protocol"),
-    "pipeline.world.render": ("MIN_SIZE", "RenderOutput", "render"),
-    "pipeline.world.sheet": ("contact_sheet", "write_sheet"),
+    "synthface.pipeline.world.dataset": ("WORLD_VERSION", "make_world_dataset", "render_from_meta"),
+    "synthface.pipeline.world.groups": ("GROUPS", "GROUP_NAMES", "NUM_GROUPS", "Group"),
+    "synthface.pipeline.world.protocols": ("PROTOCOLS", "make_pairs", "make_protocol"),
+    "synthface.pipeline.world.render": ("MIN_SIZE", "RenderOutput", "render"),
+    "synthface.pipeline.world.sheet": ("contact_sheet", "write_sheet"),
 }
 _WHERE = {name: module for module, names in _EXPORTS.items() for name in names}
 __all__ = sorted(_WHERE)
@@ -36,4 +36,4 @@ def __getattr__(name: str):
         import importlib
 
         return getattr(importlib.import_module(_WHERE[name]), name)
-    raise AttributeError(f"module 'pipeline.world' has no attribute {name!r}")
+    raise AttributeError(f"module 'synthface.pipeline.world' has no attribute {name!r}")

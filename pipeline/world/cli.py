@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import argparse
 
-from pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 
 def cmd_make(args: argparse.Namespace) -> int:
-    from pipeline.world.dataset import make_world_dataset
+    from synthface.pipeline.world.dataset import make_world_dataset
 
     manifest = make_world_dataset(
         args.out,
@@ -39,7 +39,7 @@ def cmd_make(args: argparse.Namespace) -> int:
 
 
 def cmd_pairs(args: argparse.Namespace) -> int:
-    from pipeline.world.protocols import make_pairs
+    from synthface.pipeline.world.protocols import make_pairs
 
     results = make_pairs(
         args.out,
@@ -60,7 +60,7 @@ def cmd_pairs(args: argparse.Namespace) -> int:
 
 
 def cmd_sheet(args: argparse.Namespace) -> int:
-    from pipeline.world.sheet import write_sheet
+    from synthface.pipeline.world.sheet import write_sheet
 
     path = write_sheet(
         args.out,

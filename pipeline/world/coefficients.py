@@ -29,8 +29,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.world.groups import GROUPS, NUM_GROUPS
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.world.groups import GROUPS, NUM_GROUPS
 
 STREAMS = {"train": 0, "eval": 1}
 

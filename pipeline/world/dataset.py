@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.world.coefficients import (
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.world.coefficients import (
     IDENTITY_FIELDS,
     STYLE_FIELDS,
     StyleConditions,
@@ -25,8 +25,8 @@ from pipeline.world.coefficients import (
     stack,
     stream_of,
 )
-from pipeline.world.groups import GROUP_NAMES, NUM_GROUPS
-from pipeline.world.render import check_size, render
+from synthface.pipeline.world.groups import GROUP_NAMES, NUM_GROUPS
+from synthface.pipeline.world.render import check_size, render
 
 WORLD_VERSION = 1  # bump when a change alters rendered pixels for the same arguments
 MAX_PER_IDENTITY = 10000
@@ -166,7 +166,7 @@ def make_world_dataset(
     disjoint by construction, and names the shards. Re-running with the same
     arguments skips completed shards and reproduces the same bytes.
     """
-    from pipeline.shards import (
+    from synthface.pipeline.shards import (
         Sample,
         begin_dataset,
         completed_shards,

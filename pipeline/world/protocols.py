@@ -21,7 +21,7 @@ identities with each other, with ``make_world_dataset(split="eval")`` (below
 10 million identities) or with any training set.
 
 Outputs in ``OUT``: ``{protocol}.bin`` (insightface layout, via
-``pipeline.formats.verification_bin.write_bin``), the FRCSyn-style tree
+``synthface.pipeline.formats.verification_bin.write_bin``), the FRCSyn-style tree
 ``images/<relpath>`` with ``comparisons/{protocol}_comparison.txt`` (one
 ``relpath1;relpath2`` line per comparison) and ``comparisons/{protocol}_ground_truth.txt``
 (``1``/``0`` per line), and ``{protocol}_pairs.json`` (per-pair fold, identities,
@@ -37,12 +37,12 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.shards.atomic import atomic_write_bytes
-from pipeline.world.coefficients import StyleConditions, sample_identity
-from pipeline.world.dataset import IMAGE_EXTS, WORLD_VERSION, render_images
-from pipeline.world.groups import GROUP_NAMES, NUM_GROUPS
-from pipeline.world.render import check_size
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.world.coefficients import StyleConditions, sample_identity
+from synthface.pipeline.world.dataset import IMAGE_EXTS, WORLD_VERSION, render_images
+from synthface.pipeline.world.groups import GROUP_NAMES, NUM_GROUPS
+from synthface.pipeline.world.render import check_size
 
 PROTOCOLS = ("lfw", "cfp-fp", "agedb", "rof", "bupt")
 IDENTITY_OFFSET = 10_000_000  # eval identities of protocol p start at (p + 1) * IDENTITY_OFFSET
@@ -137,8 +137,8 @@ def make_protocol(
     batch: int = 256,
 ) -> dict:
     """Write one protocol's ``.bin``, image tree and comparison files; returns a summary."""
-    from pipeline.formats.verification_bin import write_bin
-    from pipeline.shards import encode_image
+    from synthface.pipeline.formats.verification_bin import write_bin
+    from synthface.pipeline.shards import encode_image
 
     (protocol,) = check_protocols([protocol])
     size = check_size(size)

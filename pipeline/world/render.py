@@ -30,9 +30,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.world.coefficients import IDENTITY_FIELDS, STYLE_FIELDS
-from pipeline.world.groups import GROUPS
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.world.coefficients import IDENTITY_FIELDS, STYLE_FIELDS
+from synthface.pipeline.world.groups import GROUPS
 
 MIN_SIZE = 32
 MAX_SIZE = 1024
@@ -367,7 +367,7 @@ def _render_range(identity, style, size: int, sl: slice, seeds, degrade: bool) -
     sty = {k: np.asarray(v, dtype=np.float64)[sl] for k, v in style.items()}
     out = _render_chunk(idc, sty, size)
     if degrade:
-        from pipeline.world.degrade import degrade_batch
+        from synthface.pipeline.world.degrade import degrade_batch
 
         out.image = degrade_batch(out.clean, sty, seeds[sl])
     return out

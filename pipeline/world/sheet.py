@@ -11,17 +11,17 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.world.coefficients import (
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.world.coefficients import (
     IDENTITY_FIELDS,
     STYLE_FIELDS,
     sample_identity,
     sample_style,
     stack,
 )
-from pipeline.world.dataset import noise_seed
-from pipeline.world.groups import GROUP_NAMES
-from pipeline.world.render import check_size, render
+from synthface.pipeline.world.dataset import noise_seed
+from synthface.pipeline.world.groups import GROUP_NAMES
+from synthface.pipeline.world.render import check_size, render
 
 LABEL_WIDTH = 96
 
@@ -75,8 +75,8 @@ def contact_sheet(
 
 def write_sheet(path: str | Path, **kwargs) -> Path:
     """Render the contact sheet and write it as PNG (atomically)."""
-    from pipeline.shards import encode_image
-    from pipeline.shards.atomic import atomic_write_bytes
+    from synthface.pipeline.shards import encode_image
+    from synthface.pipeline.shards.atomic import atomic_write_bytes
 
     path = Path(path)
     if path.suffix.lower() != ".png":

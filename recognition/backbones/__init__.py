@@ -14,11 +14,11 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.registry import Registry
-from recognition.backbones._base import Backbone, as_hw
-from recognition.backbones.iresnet import ARCH_LAYERS, TINY_LAYERS, TINY_WIDTHS, IResNet
-from recognition.backbones.mobilefacenet import MobileFaceNet
+from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.registry import Registry
+from synthface.recognition.backbones._base import Backbone, as_hw
+from synthface.recognition.backbones.iresnet import ARCH_LAYERS, TINY_LAYERS, TINY_WIDTHS, IResNet
+from synthface.recognition.backbones.mobilefacenet import MobileFaceNet
 
 __all__ = ["BACKBONES", "Backbone", "IResNet", "MobileFaceNet", "create_backbone", "list_backbones"]
 

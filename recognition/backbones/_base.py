@@ -12,7 +12,7 @@ from typing import Any
 
 from torch import nn
 
-from pipeline.errors import ConfigError
+from synthface.pipeline.errors import ConfigError
 
 
 def as_hw(
@@ -47,8 +47,8 @@ def check_positive(value: int, name: str) -> int:
 class Backbone(nn.Module):
     """Base class: records the constructor arguments so a checkpoint can rebuild the model.
 
-    ``spec`` (set by :func:`recognition.backbones.create_backbone`) is the JSON-able
-    ``{"name": ..., **kwargs}`` that :func:`recognition.checkpoint.save_recognizer`
+    ``spec`` (set by :func:`synthface.recognition.backbones.create_backbone`) is the JSON-able
+    ``{"name": ..., **kwargs}`` that :func:`synthface.recognition.checkpoint.save_recognizer`
     writes to ``config.json``.
     """
 

@@ -15,7 +15,7 @@ from collections.abc import Sequence
 import torch
 from torch import nn
 
-from recognition.backbones._base import Backbone, as_hw, check_positive, strided_size
+from synthface.recognition.backbones._base import Backbone, as_hw, check_positive, strided_size
 
 BN_EPS = 1e-5
 

@@ -5,8 +5,8 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import add_group, add_json_flag, emit
-from pipeline.errors import InputError
+from synthface.pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.errors import InputError
 
 
 def register(groups: argparse._SubParsersAction) -> None:
@@ -130,7 +130,11 @@ def load_embeddings(path: Path):
 def _evaluate_all(emb, first, second, issame, metrics, name, args, xnorm=None, normalize=True):
     import numpy as np
 
-    from recognition.evaluation.verification import evaluate_scores, l2_normalize, pair_scores
+    from synthface.recognition.evaluation.verification import (
+        evaluate_scores,
+        l2_normalize,
+        pair_scores,
+    )
 
     emb = np.asarray(emb, dtype=np.float64)
     if normalize:
@@ -173,8 +177,8 @@ def cmd_verify(args: argparse.Namespace) -> int:
             raise InputError("--bin needs --model (a checkpoint directory or .onnx file)")
         if args.pairs is not None:
             raise InputError("--pairs is only used with --embeddings")
-        from recognition import load_embedder
-        from recognition.evaluation.embed import embed_bin
+        from synthface.recognition import load_embedder
+        from synthface.recognition.evaluation.embed import embed_bin
 
         embedder = load_embedder(args.model, device=args.device)
         for path in args.bin:
@@ -186,7 +190,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
             results += r
             curves.update(c)
     if args.out is not None:
-        from recognition.evaluation.report import verification_report
+        from synthface.recognition.evaluation.report import verification_report
 
         verification_report(args.out, results, curves)
     data = {"results": [r.to_dict() for r in results]}
@@ -200,7 +204,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
 def cmd_ijb(args: argparse.Namespace) -> int:
     import numpy as np
 
-    from recognition.evaluation import ijb
+    from synthface.recognition.evaluation import ijb
 
     need_align = args.model is not None
     meta = ijb.read_meta(args.meta_dir, args.target, need_landmarks=need_align)
@@ -221,8 +225,8 @@ def cmd_ijb(args: argparse.Namespace) -> int:
                 "--features without --flip-features: pass --no-flip or the flip features"
             )
     else:
-        from recognition import load_embedder
-        from recognition.evaluation.embed import raw_features_batches
+        from synthface.recognition import load_embedder
+        from synthface.recognition.evaluation.embed import raw_features_batches
 
         embedder = load_embedder(args.model, device=args.device)
         size = embedder.input_size[0]
@@ -249,7 +253,7 @@ def cmd_ijb(args: argparse.Namespace) -> int:
         scores, meta.labels, name=args.target, num_templates=len(tids), mode=mode
     )
     if args.out is not None:
-        from recognition.evaluation.report import ijb_report
+        from synthface.recognition.evaluation.report import ijb_report
 
         ijb_report(args.out, result, meta.labels, scores)
     emit(args, result.to_dict(), result.summary())

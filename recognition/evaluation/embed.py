@@ -1,4 +1,4 @@
-"""Run an :class:`recognition.embedder.Embedder` over evaluation images (``.bin`` sets, IJB crops).
+"""Run an :class:`synthface.recognition.embedder.Embedder` over evaluation images (``.bin`` sets, IJB crops).
 
 The protocol needs *raw* (un-normalised) features: the flip-sum adds raw vectors before
 normalising, insightface prints their mean norm ("XNorm"), and IJB's norm-score mode
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from recognition.evaluation.verification import VerificationResult, evaluate_embeddings
+from synthface.pipeline.errors import InputError
+from synthface.recognition.evaluation.verification import VerificationResult, evaluate_embeddings
 
 __all__ = ["decode_images", "embed_bin", "evaluate_bin", "raw_features", "raw_features_batches"]
 
@@ -92,7 +92,7 @@ def embed_bin(
     Images are decoded ``chunk_images`` at a time so memory holds only the encoded
     file plus the features, not every decoded image.
     """
-    from pipeline.formats.verification_bin import read_bin
+    from synthface.pipeline.formats.verification_bin import read_bin
 
     path = Path(path)
     blobs, issame = read_bin(path)

@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from recognition.evaluation import roc
+from synthface.pipeline.errors import InputError
+from synthface.recognition.evaluation import roc
 
 __all__ = [
     "IjbMeta",

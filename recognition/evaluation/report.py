@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.shards.atomic import atomic_write_bytes
-from recognition.evaluation import roc
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.recognition.evaluation import roc
 
 __all__ = [
     "markdown_table",

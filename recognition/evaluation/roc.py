@@ -17,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 __all__ = [
     "IJB_FARS",

@@ -29,8 +29,8 @@ from dataclasses import asdict, dataclass, field
 
 import numpy as np
 
-from pipeline.errors import InputError
-from recognition.evaluation import roc
+from synthface.pipeline.errors import InputError
+from synthface.recognition.evaluation import roc
 
 __all__ = [
     "INSIGHTFACE_ACC_THRESHOLDS",

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 
 def _csv(text: str) -> list[str]:
@@ -71,7 +71,7 @@ def register(groups: argparse._SubParsersAction) -> None:
 
 
 def cmd_rules(args: argparse.Namespace) -> int:
-    from recognition.frcsyn.rules import list_subtasks
+    from synthface.recognition.frcsyn.rules import list_subtasks
 
     rows = [
         {
@@ -95,9 +95,9 @@ def cmd_rules(args: argparse.Namespace) -> int:
 
 
 def cmd_score(args: argparse.Namespace) -> int:
-    from recognition import load_embedder
-    from recognition.frcsyn.rules import get_subtask
-    from recognition.frcsyn.scoring import embed_tree_images, score_run
+    from synthface.recognition import load_embedder
+    from synthface.recognition.frcsyn.rules import get_subtask
+    from synthface.recognition.frcsyn.scoring import embed_tree_images, score_run
 
     st = get_subtask(args.subtask, args.edition)
     systems, models = {}, {}
@@ -136,7 +136,7 @@ def cmd_score(args: argparse.Namespace) -> int:
 def cmd_package(args: argparse.Namespace) -> int:
     import hashlib
 
-    from recognition.frcsyn.package import package_run
+    from synthface.recognition.frcsyn.package import package_run
 
     zip_path = package_run(args.run, args.out)
     digest = hashlib.sha256(zip_path.read_bytes()).hexdigest()
@@ -145,7 +145,7 @@ def cmd_package(args: argparse.Namespace) -> int:
 
 
 def cmd_validate(args: argparse.Namespace) -> int:
-    from recognition.frcsyn.package import validate_package
+    from synthface.recognition.frcsyn.package import validate_package
 
     report = validate_package(
         args.zip,

@@ -15,7 +15,7 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 __all__ = ["ComparisonSet", "comparison_path", "list_datasets", "read_comparisons"]
 

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 
 import numpy as np
 
-from recognition.evaluation import roc
+from synthface.recognition.evaluation import roc
 
 __all__ = ["accuracy", "dataset_metrics", "gap", "group_accuracies", "system_metrics"]
 

@@ -21,11 +21,11 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.shards.atomic import atomic_write_bytes
-from recognition.frcsyn.comparisons import read_comparisons
-from recognition.frcsyn.rules import SYSTEMS, get_subtask
-from recognition.frcsyn.scoring import parse_submission, read_run
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.recognition.frcsyn.comparisons import read_comparisons
+from synthface.recognition.frcsyn.rules import SYSTEMS, get_subtask
+from synthface.recognition.frcsyn.scoring import parse_submission, read_run
 
 __all__ = ["ValidationReport", "package_run", "validate_package", "write_deterministic_zip"]
 

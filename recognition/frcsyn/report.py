@@ -5,7 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from pathlib import Path
 
-from recognition.evaluation.report import (
+from synthface.recognition.evaluation.report import (
     markdown_table,
     plot_curves,
     plot_group_accuracy,
@@ -13,15 +13,15 @@ from recognition.evaluation.report import (
     write_json,
     write_text,
 )
-from recognition.frcsyn.metrics import dataset_metrics, gap, system_metrics
-from recognition.frcsyn.rules import SYSTEMS, SubTask
+from synthface.recognition.frcsyn.metrics import dataset_metrics, gap, system_metrics
+from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
 
 __all__ = ["compute_run_metrics", "write_run_report"]
 
 
 def compute_run_metrics(subtask: SubTask, results: Mapping, thresholds: Mapping) -> dict:
     """Metrics of both systems; empty when the evaluation tree has no ground truth."""
-    from recognition.frcsyn.scoring import format_submission
+    from synthface.recognition.frcsyn.scoring import format_submission
 
     if any(cset.labels is None for cset, _ in results["proposed"].values()):
         return {}

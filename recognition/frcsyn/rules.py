@@ -11,7 +11,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 __all__ = [
     "BUPT_GROUPS",

@@ -25,11 +25,11 @@ from pathlib import Path
 
 import numpy as np
 
-from pipeline.errors import InputError
-from pipeline.shards.atomic import atomic_write_bytes
-from recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
-from recognition.frcsyn.rules import SYSTEMS, SubTask
-from recognition.frcsyn.threshold import choose_threshold
+from synthface.pipeline.errors import InputError
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
+from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
+from synthface.recognition.frcsyn.threshold import choose_threshold
 
 __all__ = [
     "check_no_image_overlap",
@@ -166,7 +166,7 @@ def score_run(
     ``systems`` maps ``proposed``/``baseline`` to ``embed_fn(images_dir, relpaths)``
     returning normalised embeddings (see :func:`embed_tree_images`).
     """
-    from recognition.frcsyn.report import write_run_report
+    from synthface.recognition.frcsyn.report import write_run_report
 
     eval_tree, calibration_tree, out = Path(eval_tree), Path(calibration_tree), Path(out_dir)
     missing = [s for s in SYSTEMS if s not in systems]

@@ -15,8 +15,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from pipeline.errors import InputError
-from recognition.evaluation import roc
+from synthface.pipeline.errors import InputError
+from synthface.recognition.evaluation import roc
 
 __all__ = ["METHODS", "ThresholdRecord", "choose_threshold", "decide"]
 

@@ -20,12 +20,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from pipeline.errors import ConfigError
-from pipeline.registry import Registry
-from recognition.heads._base import HeadOutput, MarginHead, sample_classes
-from recognition.heads.cifp import CIFPHead
-from recognition.heads.curricularface import CurricularFaceHead
-from recognition.heads.margins import ArcFaceHead, CombinedMarginHead, CosFaceHead
+from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.registry import Registry
+from synthface.recognition.heads._base import HeadOutput, MarginHead, sample_classes
+from synthface.recognition.heads.cifp import CIFPHead
+from synthface.recognition.heads.curricularface import CurricularFaceHead
+from synthface.recognition.heads.margins import ArcFaceHead, CombinedMarginHead, CosFaceHead
 
 __all__ = [
     "HEADS",

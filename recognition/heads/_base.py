@@ -17,7 +17,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from pipeline.errors import ConfigError, InputError
+from synthface.pipeline.errors import ConfigError, InputError
 
 
 @dataclass

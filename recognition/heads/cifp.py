@@ -25,8 +25,8 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError
-from recognition.heads._base import MarginHead, replace_target, target_column
+from synthface.pipeline.errors import ConfigError
+from synthface.recognition.heads._base import MarginHead, replace_target, target_column
 
 
 def _world() -> int:

@@ -20,9 +20,9 @@ import math
 import torch
 import torch.distributed as dist
 
-from pipeline.errors import ConfigError
-from recognition.heads._base import MarginHead, replace_target, target_column
-from recognition.heads.margins import angular_target
+from synthface.pipeline.errors import ConfigError
+from synthface.recognition.heads._base import MarginHead, replace_target, target_column
+from synthface.recognition.heads.margins import angular_target
 
 
 class CurricularFaceHead(MarginHead):

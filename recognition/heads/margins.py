@@ -19,8 +19,8 @@ import math
 
 import torch
 
-from pipeline.errors import ConfigError
-from recognition.heads._base import MarginHead, replace_target, target_column
+from synthface.pipeline.errors import ConfigError
+from synthface.recognition.heads._base import MarginHead, replace_target, target_column
 
 _EPS = 1e-7
 

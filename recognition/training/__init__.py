@@ -1,10 +1,10 @@
 """Recognizer training on identity shards (accelerate: bf16, multi-GPU, exact resume).
 
 ``train(cfg, resume=None)`` is the library entry point; ``synthface recognition train``
-and ``python -m recognition.training`` (for ``accelerate launch``) call it.
+and ``python -m synthface.recognition.training`` (for ``accelerate launch``) call it.
 """
 
-from recognition.training.loop import (
+from synthface.recognition.training.loop import (
     Run,
     TrainingDiverged,
     TrainModule,

@@ -1,18 +1,18 @@
-"""``python -m recognition.training CONFIG [--set K=V] [--resume latest]``.
+"""``python -m synthface.recognition.training CONFIG [--set K=V] [--resume latest]``.
 
 The same command as ``synthface recognition train``, importable as a module so that
-``accelerate launch -m recognition.training`` can start one process per GPU.
+``accelerate launch -m synthface.recognition.training`` can start one process per GPU.
 """
 
 import argparse
 import sys
 
-from pipeline.errors import SynthfaceError
-from recognition.cli import add_train_command
+from synthface.pipeline.errors import SynthfaceError
+from synthface.recognition.cli import add_train_command
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m recognition.training")
+    parser = argparse.ArgumentParser(prog="python -m synthface.recognition.training")
     sub = parser.add_subparsers(dest="command", required=True)
     add_train_command(sub)
     args = parser.parse_args(["train", *(sys.argv[1:] if argv is None else argv)])

@@ -17,10 +17,10 @@ from typing import TYPE_CHECKING, Protocol
 import numpy as np
 import torch
 
-from pipeline.errors import ConfigError, InputError
+from synthface.pipeline.errors import ConfigError, InputError
 
 if TYPE_CHECKING:
-    from recognition.training.loop import Run
+    from synthface.recognition.training.loop import Run
 
 
 class Callback(Protocol):
@@ -134,7 +134,7 @@ class Validator:
     """10-fold verification on ``.bin`` pair sets every ``validation.every_steps``.
 
     Embedding happens here (the live backbone, flip-sum as insightface does); the
-    metric is :func:`recognition.evaluation.verification.evaluate_embeddings`, the
+    metric is :func:`synthface.recognition.evaluation.verification.evaluate_embeddings`, the
     project's one implementation of the protocol. Runs on the main process only; the
     others wait, so DDP collectives stay aligned.
     """
@@ -142,7 +142,7 @@ class Validator:
     FIELDS = ("step", "set", "accuracy", "accuracy_std", "num_pairs")
 
     def __init__(self, run: Run, start_step: int) -> None:
-        from pipeline.formats.verification_bin import read_bin
+        from synthface.pipeline.formats.verification_bin import read_bin
 
         cfg = run.cfg.validation
         self.every = cfg.every_steps
@@ -170,7 +170,7 @@ class Validator:
             self.validate(step, run)
 
     def validate(self, step: int, run: Run) -> None:
-        from recognition.evaluation.verification import evaluate_embeddings
+        from synthface.recognition.evaluation.verification import evaluate_embeddings
 
         run.monitor.check(step, run)
         self.last_step = step
@@ -204,8 +204,8 @@ class Validator:
 @torch.no_grad()
 def embed_encoded(backbone: torch.nn.Module, images: list[bytes], run: Run) -> np.ndarray:
     """Flip-summed raw embeddings (float64) of encoded images, decoded batch by batch."""
-    from pipeline.shards import decode_image
-    from recognition.training.data import to_model_input
+    from synthface.pipeline.shards import decode_image
+    from synthface.recognition.training.data import to_model_input
 
     cfg = run.cfg
     out = []
@@ -241,7 +241,7 @@ class Checkpointer:
             self.save(step, run)
 
     def save(self, step: int, run: Run) -> None:
-        from recognition.training.checkpoints import save_checkpoint
+        from synthface.recognition.training.checkpoints import save_checkpoint
 
         run.monitor.check(step, run)  # never publish weights that saw a NaN
         save_checkpoint(

@@ -17,7 +17,7 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-from pipeline.errors import InputError
+from synthface.pipeline.errors import InputError
 
 CHECKPOINTS = "checkpoints"
 STATE_FILE = "trainer_state.json"

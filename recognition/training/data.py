@@ -26,9 +26,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from pipeline.errors import ConfigError, ShardError
-from pipeline.shards import make_webdataset, shard_paths, split_manifest
-from recognition.config import DataConfig
+from synthface.pipeline.errors import ConfigError, ShardError
+from synthface.pipeline.shards import make_webdataset, shard_paths, split_manifest
+from synthface.recognition.config import DataConfig
 
 
 @dataclass(frozen=True)

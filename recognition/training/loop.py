@@ -5,7 +5,7 @@ seed, model (backbone + margin head), optimizer, resume, loop. The loop body onl
 trains; logging, verification and checkpoints are callbacks (``callbacks.py``).
 
 Launch on several GPUs with ``accelerate launch --multi_gpu --num_processes N -m
-recognition.training CONFIG`` (see docs/training.md); one process per GPU, each reading
+synthface.recognition.training CONFIG`` (see docs/training.md); one process per GPU, each reading
 its own resampled shard stream.
 """
 
@@ -21,27 +21,27 @@ from typing import Any
 import torch
 from torch import nn
 
-from pipeline.config import config_hash
-from pipeline.errors import ConfigError, InputError, SynthfaceError
-from pipeline.shards.atomic import atomic_write_bytes
-from recognition.augment import Augmenter
-from recognition.config import TrainConfig
-from recognition.training import callbacks as cb
-from recognition.training.checkpoints import (
+from synthface.pipeline.config import config_hash
+from synthface.pipeline.errors import ConfigError, InputError, SynthfaceError
+from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.recognition.augment import Augmenter
+from synthface.recognition.config import TrainConfig
+from synthface.recognition.training import callbacks as cb
+from synthface.recognition.training.checkpoints import (
     checkpoint_root,
     list_checkpoints,
     load_checkpoint,
     read_state,
     resolve_resume,
 )
-from recognition.training.data import (
+from synthface.recognition.training.data import (
     DatasetInfo,
     inspect_dataset,
     open_batches,
     segment_seed,
     to_model_input,
 )
-from recognition.training.optim import LRSchedule, build_optimizer, set_lr
+from synthface.recognition.training.optim import LRSchedule, build_optimizer, set_lr
 
 
 class TrainingDiverged(SynthfaceError):
@@ -180,8 +180,8 @@ def _accelerator(cfg: TrainConfig):
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
-    from recognition.backbones import create_backbone
-    from recognition.heads import create_head
+    from synthface.recognition.backbones import create_backbone
+    from synthface.recognition.heads import create_head
 
     backbone = create_backbone(
         cfg.model.backbone,
@@ -354,7 +354,7 @@ def _segment_batches(run: Run, step: int, every: int):
 
 def _export(run: Run, model_dir: Path) -> Path:
     """The trained backbone as a standalone recognizer (safetensors + config.json)."""
-    from recognition.checkpoint import save_recognizer
+    from synthface.recognition.checkpoint import save_recognizer
 
     save_recognizer(run.backbone(), model_dir, run.cfg.model_dump(mode="json"))
     return model_dir

@@ -1,0 +1,1 @@
+"""YAML configs shipped with synthface (package data, found through importlib.resources)."""

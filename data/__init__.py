@@ -1,0 +1,1 @@
+"""Small data shipped with synthface: the demo models (package data, see README.md here)."""
