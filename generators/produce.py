@@ -26,6 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.generate_plan import (
     GenerateConfig,
@@ -38,7 +39,6 @@ from synthface.pipeline.generate_plan import (
 )
 from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
 from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.pipeline.shards.manifest import config_hash
 
 log = logging.getLogger(__name__)
@@ -402,7 +402,7 @@ def shard_complete(dataset_dir: Path, split: str, index: int):
     ``completed_shards`` answers the same for every shard at once; a shard task only needs
     its own, and hashing all shards in every task would make a run quadratic in I/O.
     """
-    from synthface.pipeline.shards.atomic import file_sha256
+    from synthface.pipeline.atomic import file_sha256
     from synthface.pipeline.shards.writer import SHARDS_DIR, read_record, record_path
 
     record = read_record(record_path(dataset_dir, split, index))

@@ -16,10 +16,10 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import StrictModel, config_hash
 from synthface.pipeline.errors import InputError
 from synthface.pipeline.qc.config import QCConfig
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.pipeline.shards.plan import plan_shards
 
 PLAN_DIR = "plan"

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import ShardError
 from synthface.pipeline.shards import decode_image, load_identity_array, split_manifest
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 
 REPORT_DIR = "report"
 BINS = np.linspace(-1.0, 1.0, 101)

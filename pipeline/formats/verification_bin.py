@@ -22,8 +22,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 
 __all__ = ["read_bin", "write_bin"]
 

@@ -18,10 +18,10 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
 from synthface.pipeline.qc.config import QCConfig
 from synthface.pipeline.qc.scores import DIGITS, IdentityScores, l2_normalize
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 
 QC_DIR = "qc"
 FLAG_BITS = {"low_consistency": 1, "not_separated": 2, "leak": 4, "too_few_samples": 8}

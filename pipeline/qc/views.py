@@ -13,8 +13,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 
 VIEWS_DIR = "views"
 VIEW_FORMAT = "synthface-view"

@@ -16,8 +16,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.pipeline.shards.dataset_writer import DatasetWriter
 from synthface.pipeline.shards.manifest import shard_paths
 from synthface.pipeline.shards.sample import (

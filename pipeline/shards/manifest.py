@@ -18,8 +18,8 @@ from typing import Any
 import numpy as np
 
 from synthface.pipeline import __version__
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.pipeline.shards.writer import (
     RECORDS_DIR,
     SHARDS_DIR,

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from synthface.pipeline.atomic import file_sha256
 from synthface.pipeline.errors import SynthfaceError
-from synthface.pipeline.shards.atomic import file_sha256
 from synthface.pipeline.shards.index_reader import split_member
 from synthface.pipeline.shards.manifest import INFO, load_manifest
 from synthface.pipeline.shards.sample import IMAGE_EXTS, KEY_RE, decode_image

@@ -20,14 +20,14 @@ from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from synthface.pipeline.errors import InputError, ShardError
-from synthface.pipeline.shards.atomic import (
+from synthface.pipeline.atomic import (
     HashingFile,
     atomic_write_bytes,
     file_sha256,
     fsync_dir,
     tmp_name,
 )
+from synthface.pipeline.errors import InputError, ShardError
 from synthface.pipeline.shards.sample import (
     IMAGE_EXTS,
     Sample,

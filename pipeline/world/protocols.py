@@ -37,8 +37,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.pipeline.world.coefficients import StyleConditions, sample_identity
 from synthface.pipeline.world.dataset import IMAGE_EXTS, WORLD_VERSION, render_images
 from synthface.pipeline.world.groups import GROUP_NAMES, NUM_GROUPS

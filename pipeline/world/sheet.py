@@ -75,8 +75,8 @@ def contact_sheet(
 
 def write_sheet(path: str | Path, **kwargs) -> Path:
     """Render the contact sheet and write it as PNG (atomically)."""
+    from synthface.pipeline.atomic import atomic_write_bytes
     from synthface.pipeline.shards import encode_image
-    from synthface.pipeline.shards.atomic import atomic_write_bytes
 
     path = Path(path)
     if path.suffix.lower() != ".png":

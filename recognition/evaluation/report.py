@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from synthface.pipeline.shards.atomic import atomic_write_bytes
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.recognition.evaluation import roc
 
 __all__ = [

@@ -21,8 +21,8 @@ from pathlib import Path, PurePosixPath
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.recognition.frcsyn.comparisons import read_comparisons
 from synthface.recognition.frcsyn.rules import SYSTEMS, get_subtask
 from synthface.recognition.frcsyn.scoring import parse_submission, read_run

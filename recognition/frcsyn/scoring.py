@@ -25,8 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
 from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
 from synthface.recognition.frcsyn.threshold import choose_threshold

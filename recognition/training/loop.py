@@ -21,9 +21,9 @@ from typing import Any
 import torch
 from torch import nn
 
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError, SynthfaceError
-from synthface.pipeline.shards.atomic import atomic_write_bytes
 from synthface.recognition.augment import Augmenter
 from synthface.recognition.config import TrainConfig
 from synthface.recognition.training import callbacks as cb
