@@ -132,6 +132,10 @@ class ID3Config(StrictModel):
     cos_bounds: tuple[float, float] = (0.7, 0.9)
     # Multiplier of the time-weighted identity term; 0 turns ID³ into the plain baseline.
     id_loss_weight: float = Field(default=1.0, ge=0)
+    # What the recognizer sees in the identity term: "clipped_snr" = the one-step
+    # reconstruction clipped to [-1, 1], the term weighted by min(1, sqrt(SNR_t)) (this
+    # project's choice); "raw" = unclipped and unweighted (generators/training.py).
+    identity_term: Literal["clipped_snr", "raw"] = "clipped_snr"
     anchor_iterations: int = Field(default=300, ge=0)
     anchor_block: int = Field(default=4096, ge=1)
 
