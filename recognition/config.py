@@ -56,6 +56,12 @@ class HeadConfig(StrictModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="head arguments, e.g. scale and margins"
     )
+    shard_classes: bool = Field(
+        default=False,
+        description="Partial FC across processes (arcface_torch): each process holds 1/N "
+        "of the class centres and scores the all-gathered batch; arcface, cosface and "
+        "combined only; resume needs the same number of processes",
+    )
 
 
 class OptimConfig(StrictModel):
@@ -67,8 +73,10 @@ class OptimConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     decay_norm_and_bias: bool = Field(
-        default=False,
-        description="apply weight decay to normalisation weights and biases too (arcface: no)",
+        default=True,
+        description="weight decay on normalisation/PReLU weights and biases too, as "
+        "arcface_torch (one SGD group, weight decay on every parameter); false exempts "
+        "0-/1-d tensors",
     )
 
 

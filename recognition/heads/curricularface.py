@@ -1,10 +1,14 @@
 """CurricularFace (Huang et al., CVPR 2020): hard negatives weighted by a learned curriculum.
 
-Notation (paper / TFace ``curricularface.py``):
-    c = cos(theta_y); T(c) = cos(theta_y + m) if c > cos(pi - m) else c - m*sin(pi - m)
-    (the ArcFace target with arcface_torch's threshold);
-    N(t, c_j) = c_j if T(c) >= c_j else c_j * (t + c_j)   (hard negative modulation);
+Notation (paper, Eq. 7-9; the authors' code):
+    c = cos(theta_y); the target logit is cos(theta_y + m), replaced by the linear
+    fallback c - m*sin(pi - m) where theta_y + m > pi (the threshold of ArcFace's code);
+    N(t, c_j) = c_j if cos(theta_y + m) >= c_j else c_j * (t + c_j)   (hard negatives);
     t <- alpha * mean_batch(c) + (1 - alpha) * t, t0 = 0, a buffer without gradient.
+
+A negative is hard when it beats the *margin-adjusted* target cos(theta_y + m) (paper
+and released code), not the fallback value: the two differ only for theta_y > pi - m,
+where the fallback sits above cos(theta_y + m) and would mark fewer negatives hard.
 
 Default ``alpha = 0.01``: the authors' released code (HuangYG123/CurricularFace) and
 most ports use 0.01; TFace uses 0.1. We keep 0.01 because small CPU/single-GPU batches
@@ -68,10 +72,11 @@ class CurricularFaceHead(MarginHead):
 
     def margin(self, cos: torch.Tensor, targets: torch.Tensor, ctx: dict) -> torch.Tensor:
         c = target_column(cos, targets)
-        target = torch.where(c > self.th, angular_target(c, 1.0, self.m), c - self.mm)
+        with_margin = angular_target(c, 1.0, self.m)
+        target = torch.where(c > self.th, with_margin, c - self.mm)
         if self.training:
             self._update_t(c.detach())
         t = self.t.to(cos.dtype)
-        hard = cos > target.detach()
+        hard = cos > with_margin.detach()
         modulated = torch.where(hard, cos * (t + cos), cos)
         return replace_target(modulated, targets, target)

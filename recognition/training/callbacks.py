@@ -245,7 +245,12 @@ class Checkpointer:
 
         run.monitor.check(step, run)  # never publish weights that saw a NaN
         save_checkpoint(
-            run.accelerator, run.output_dir, step, run.trainer_state(step), run.cfg.checkpoint.keep
+            run.accelerator,
+            run.output_dir,
+            step,
+            run.trainer_state(step),
+            run.cfg.checkpoint.keep,
+            head_shard=run.head_shard(),
         )
         self.last_step = step
         run.last_checkpoint = step

@@ -17,6 +17,8 @@ import shutil
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from synthface.pipeline.errors import InputError
 
 CHECKPOINTS = "checkpoints"
@@ -66,8 +68,15 @@ def resolve_resume(output_dir: str | Path, resume: str | None) -> Path | None:
     return path
 
 
-def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict, keep: int) -> Path:
-    """Save on every process (accelerate needs each one's RNG state), publish on the main one."""
+def save_checkpoint(
+    accelerator, output_dir: str | Path, step: int, state: dict, keep: int, head_shard=None
+) -> Path:
+    """Save on every process (accelerate needs each one's RNG state), publish on the main one.
+
+    ``head_shard``: ``(head, optimizer)`` of a head whose class centres are sharded; each
+    rank then also writes its centres and their optimizer state (accelerate saves the
+    model and optimizer of the main process only).
+    """
     root = checkpoint_root(output_dir)
     final = root / f"step-{step:08d}"
     tmp = root / f".tmp-step-{step:08d}"
@@ -76,6 +85,8 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
         shutil.rmtree(tmp, ignore_errors=True)
     accelerator.wait_for_everyone()
     accelerator.save_state(str(tmp), safe_serialization=True)
+    if head_shard is not None:
+        save_head_shard(tmp, accelerator.process_index, *head_shard)
     accelerator.wait_for_everyone()
     if accelerator.is_main_process:
         data = json.dumps({**state, "global_step": step}, indent=2, sort_keys=True)
@@ -95,6 +106,53 @@ def save_checkpoint(accelerator, output_dir: str | Path, step: int, state: dict,
             shutil.rmtree(old, ignore_errors=True)
     accelerator.wait_for_everyone()
     return final
+
+
+def _shard_file(path: Path, rank: int) -> Path:
+    return Path(path) / f"head_shard_{rank}.safetensors"
+
+
+def save_head_shard(path: Path, rank: int, head, optimizer) -> None:
+    """This rank's class centres and their optimizer state (momentum, Adam moments)."""
+    from safetensors.torch import save_file
+
+    from synthface.pipeline.atomic import atomic_path
+
+    inner = getattr(optimizer, "optimizer", optimizer)
+    tensors = {}
+    for name, p in head.named_parameters():
+        tensors[name] = p.detach().cpu().contiguous()
+        for key, value in inner.state.get(p, {}).items():
+            tensors[f"{name}.state.{key}"] = torch.as_tensor(value).detach().cpu().contiguous()
+    with atomic_path(_shard_file(path, rank)) as tmp:
+        save_file(tensors, str(tmp))
+
+
+def load_head_shard(path: Path, rank: int, head, optimizer) -> None:
+    """Overwrite the main process's centres (which ``load_state`` put on every rank)."""
+    from safetensors.torch import load_file
+
+    file = _shard_file(path, rank)
+    if not file.is_file():
+        raise InputError(
+            f"{path}: no {file.name}; a sharded head resumes only with the number of "
+            "processes it was saved with"
+        )
+    tensors = load_file(str(file))
+    inner = getattr(optimizer, "optimizer", optimizer)
+    with torch.no_grad():
+        for name, p in head.named_parameters():
+            if name not in tensors or tensors[name].shape != p.shape:
+                raise InputError(f"{file}: {name} missing or of another shape")
+            p.copy_(tensors[name])
+            prefix = f"{name}.state."
+            state = {
+                k[len(prefix) :]: v.to(p.device) for k, v in tensors.items() if k.startswith(prefix)
+            }
+            if state:
+                if "step" in state:  # Adam keeps its step count on the CPU
+                    state["step"] = state["step"].cpu()
+                inner.state[p] = state
 
 
 def load_checkpoint(accelerator, path: Path) -> dict[str, Any]:
