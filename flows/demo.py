@@ -53,8 +53,17 @@ def recognizer_config(root: Path, models: Path, epochs: float = RECOGNIZER_EPOCH
                 "shuffle_buffer": 500,
             },
             "model": {"backbone": "tiny", "input_size": IMAGE_SIZE, "embedding_dim": EMBEDDING_DIM},
-            "head": {"name": "arcface", "params": {"scale": 32.0, "margin": 0.3}},
-            "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 5e-4},
+            # the recipe the shipped demo recognizer was trained with (not arcface_torch's)
+            "head": {
+                "name": "arcface",
+                "params": {"scale": 32.0, "margin": 0.3, "formulation": "threshold"},
+            },
+            "optim": {
+                "name": "adamw",
+                "lr": 2e-3,
+                "weight_decay": 5e-4,
+                "decay_norm_and_bias": False,
+            },
             "schedule": {"kind": "cosine"},
             "train": {
                 "output_dir": str(models / "recognizer"),

@@ -77,6 +77,7 @@ def frcsyn_score_task(
     out_dir: str,
     datasets: list[str] | None,
     device: str,
+    group_map: str | None = None,
 ) -> dict:
     from synthface.recognition import load_embedder
     from synthface.recognition.frcsyn.rules import get_subtask
@@ -96,6 +97,7 @@ def frcsyn_score_task(
         out_dir,
         datasets=datasets,
         models={"proposed": proposed, "baseline": baseline},
+        group_map=group_map,
     )
 
 
@@ -123,10 +125,23 @@ def frcsyn_benchmark(
     edition: str = "cvpr2024",
     datasets: list[str] | None = None,
     device: str = "cpu",
+    group_map: str | None = None,
 ) -> dict[str, Any]:
-    """Score two recognizers under an FRCSyn sub-task, then package and validate the zip."""
+    """Score two recognizers under an FRCSyn sub-task, then package and validate the zip.
+
+    ``group_map``: 'subject,group' file for BUPT's demographic groups (Task 1).
+    """
     run = frcsyn_score_task(
-        subtask, edition, proposed, baseline, eval_tree, calibration_tree, out_dir, datasets, device
+        subtask,
+        edition,
+        proposed,
+        baseline,
+        eval_tree,
+        calibration_tree,
+        out_dir,
+        datasets,
+        device,
+        group_map,
     )
     package = frcsyn_package_task(
         out_dir,

@@ -216,7 +216,7 @@ def test_cli_train_with_overrides(world, tmp_path, capsys):
     assert code == 1 and "optim.lr: must be > 0" in err
 
 
-@pytest.mark.parametrize("name", ["ir50_arcface.yaml", "world_tiny.yaml"])
+@pytest.mark.parametrize("name", ["arcface_torch_r50_casia.yaml", "world_tiny.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(REPO / "configs" / "recognition" / name, TrainConfig)
     assert cfg.optim.weight_decay == pytest.approx(5e-4)

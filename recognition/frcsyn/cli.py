@@ -44,6 +44,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default="cpu")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    c.add_argument(
+        "--group-map",
+        type=Path,
+        help="'subject,group' lines giving each BUPT subject's demographic group (Task 1: "
+        "4 ethnicities x 2 genders); default: the first path component (ethnicity only)",
+    )
     add_json_flag(c)
     c.set_defaults(func=cmd_score)
 
@@ -118,6 +124,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         target_fmr=args.target_fmr,
         models=models,
         plots=not args.no_plots,
+        group_map=args.group_map,
     )
     m = run["metrics"]
     if m:

@@ -160,13 +160,20 @@ def score_run(
     target_fmr: float = 0.01,
     models: Mapping[str, str] | None = None,
     plots: bool = True,
+    group_map=None,
 ) -> dict:
     """Score both systems, choose their thresholds on the calibration tree, write the run.
 
     ``systems`` maps ``proposed``/``baseline`` to ``embed_fn(images_dir, relpaths)``
-    returning normalised embeddings (see :func:`embed_tree_images`).
+    returning normalised embeddings (see :func:`embed_tree_images`). ``group_map``: a
+    group-map file or :class:`~synthface.recognition.frcsyn.groups.GroupMap` giving each
+    BUPT subject's demographic group (default: the first path component).
     """
+    from synthface.recognition.frcsyn.groups import GroupMap
     from synthface.recognition.frcsyn.report import write_run_report
+
+    if group_map is not None and not isinstance(group_map, GroupMap):
+        group_map = GroupMap.load(group_map)
 
     eval_tree, calibration_tree, out = Path(eval_tree), Path(calibration_tree), Path(out_dir)
     missing = [s for s in SYSTEMS if s not in systems]
@@ -216,7 +223,7 @@ def score_run(
             text, _ = format_submission(scores, thresholds[system].value)
             atomic_write_bytes(out / "scores" / d / f"{system}.txt", text.encode())
     _write_json(out / "thresholds.json", {s: r.to_dict() for s, r in thresholds.items()})
-    metrics = write_run_report(out, subtask, results, thresholds, plots=plots)
+    metrics = write_run_report(out, subtask, results, thresholds, plots=plots, group_map=group_map)
     run = {
         "schema": RUN_SCHEMA,
         "edition": subtask.edition,
