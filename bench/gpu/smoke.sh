@@ -11,5 +11,5 @@
 set -euo pipefail
 cd "$(dirname "$0")/../.."
 PY="${PYTHON:-.venv/bin/python}"
-[ -x "$PY" ] || PY=python
+command -v "$PY" >/dev/null || PY=python3
 exec "$PY" bench/gpu/smoke.py "$@"

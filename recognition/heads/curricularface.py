@@ -8,7 +8,7 @@ Notation (paper, Eq. 7-9; the authors' code):
 
 A negative is hard when it beats the *margin-adjusted* target cos(theta_y + m) (paper
 and released code), not the fallback value: the two differ only for theta_y > pi - m,
-where the fallback sits above cos(theta_y + m) and would mark fewer negatives hard.
+where the fallback lies below cos(theta_y + m) and would mark more negatives hard.
 
 Default ``alpha = 0.01``: the authors' released code (HuangYG123/CurricularFace) and
 most ports use 0.01; TFace uses 0.1. We keep 0.01 because small CPU/single-GPU batches
