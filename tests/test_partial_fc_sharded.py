@@ -28,7 +28,10 @@ def test_class_ranges_cover_every_class_once():
 
 
 def test_heads_that_need_every_class_refuse_to_shard():
-    with pytest.raises(ConfigError):
+    for name in ("curricularface", "cifp"):
+        with pytest.raises(ConfigError, match="cannot shard its class centres"):
+            create_head(name, embedding_dim=4, num_classes=10, num_shards=2, shard_index=0)
+    with pytest.raises(ConfigError, match="cannot be split"):
         create_head("cosface", embedding_dim=4, num_classes=3, num_shards=4, shard_index=0)
     head = create_head("cosface", embedding_dim=4, num_classes=11, num_shards=2, shard_index=1)
     assert head.weight.shape == (5, 4) and head.class_start == 6  # 6 + 5 classes

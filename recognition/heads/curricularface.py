@@ -47,8 +47,18 @@ class CurricularFaceHead(MarginHead):
         alpha: float = 0.01,
         scale: float = 64.0,
         sample_rate: float = 1.0,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, sample_rate)
+        # num_shards > 1 is refused by MarginHead with a message (supports_sharding)
+        super().__init__(
+            embedding_dim,
+            num_classes,
+            scale,
+            sample_rate,
+            num_shards=num_shards,
+            shard_index=shard_index,
+        )
         if not 0.0 <= margin < math.pi:
             raise ConfigError(f"margin must be in [0, pi), got {margin!r}")
         if not 0.0 < alpha <= 1.0:
