@@ -37,6 +37,10 @@ def cmd_train(args: argparse.Namespace) -> int:
             )
 
     result = train_generator(cfg, steps=args.steps, resume=not args.no_resume, log=log)
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`: rank 0 reports
+        return 0
     summary = {
         "step": result["step"],
         "final": str(result["final"]) if result["final"] else None,
