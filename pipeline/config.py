@@ -1,9 +1,11 @@
 """Typed configs: pydantic models that reject unknown keys, loaded from YAML.
 
-Every stage declares its config as a :class:`StrictModel`. Config *kinds* (the
-folder names under ``configs/``: ``recognition``, ``generators``, ``generate`` …)
-are discovered through the ``synthface.configs`` entry-point group, so this bottom
-layer never imports the stages that define them.
+Every stage declares its config as a :class:`StrictModel`. Config *kinds*
+(``recognition``, ``generators``, ``generate`` …) are discovered through the
+``synthface.configs`` entry-point group, so this bottom layer never imports the stages
+that define them. A file says its kind in a top-level ``kind:`` key (``config show``
+writes it); the name of its folder (``configs/<kind>/``) is only the fallback.
+Relative paths in a loaded file are resolved as ``synthface.pipeline.paths`` says.
 
 Validation errors become one line that names the file, the field path, what was
 expected and what was found, e.g.
@@ -25,6 +27,7 @@ from synthface.pipeline.errors import ConfigError
 
 M = TypeVar("M", bound=BaseModel)
 ENTRY_POINT_GROUP = "synthface.configs"
+KIND_KEY = "kind"
 
 
 class StrictModel(BaseModel):
@@ -43,6 +46,8 @@ def _describe(err: dict[str, Any], model: type[BaseModel]) -> str:
     for name, op in (("gt", ">"), ("ge", ">="), ("lt", "<"), ("le", "<=")):
         if kind.startswith(("greater_than", "less_than")) and name in ctx:
             return f"must be {op} {ctx[name]}"
+    if kind == "string_too_short" and ctx.get("min_length") == 1:
+        return "must not be empty"
     if kind == "literal_error" and "expected" in ctx:
         return f"must be one of {ctx['expected']}"
     if kind == "enum" and "expected" in ctx:
@@ -109,11 +114,27 @@ def apply_overrides(data: dict[str, Any], overrides: list[str] | None) -> dict[s
 
 
 def load_config(path: str | Path, model: type[M], overrides: list[str] | None = None) -> M:
-    """Read ``path`` as YAML and validate it as ``model``."""
-    data = read_yaml(path)
+    """Read ``path`` (a file or ``synthface:KIND/NAME.yaml``) as YAML, validate it as ``model``.
+
+    A ``kind:`` key must name ``model``'s kind. Relative input paths resolve against the
+    file's folder (those given in ``overrides`` against the current directory), relative
+    output paths against ``synthface.pipeline.paths.home()``.
+    """
+    from synthface.pipeline.paths import config_source, resolve_paths
+
+    source = config_source(path)
+    data = read_yaml(source)
     if not isinstance(data, dict):
         raise ConfigError(f"{path}: top level must be a mapping (got {type(data).__name__})")
-    return validate_config(apply_overrides(data, overrides), model, str(path))
+    declared = data.pop(KIND_KEY, None)
+    expected = kind_of_model(model)
+    if declared is not None and expected is not None and declared != expected:
+        raise ConfigError(
+            f"{path}: {KIND_KEY}: {declared!r}, but this command reads {expected!r} configs"
+        )
+    cfg = validate_config(apply_overrides(data, overrides), model, str(path))
+    keys = [item.split("=", 1)[0] for item in overrides or []]
+    return resolve_paths(cfg, source.absolute().parent, from_cwd=keys)
 
 
 def config_kinds() -> dict[str, Any]:
@@ -129,22 +150,40 @@ def model_for_kind(kind: str) -> type[BaseModel]:
     return kinds[kind].load()
 
 
+def kind_of_model(model: type[BaseModel]) -> str | None:
+    """The kind name under which ``model`` is registered, if any."""
+    target = f"{model.__module__}:{model.__qualname__}"
+    return next((ep.name for ep in config_kinds().values() if ep.value == target), None)
+
+
 def infer_kind(path: str | Path) -> str:
-    """The config kind of a file is the name of the folder that holds it."""
-    return Path(path).resolve().parent.name
+    """A file's config kind: its ``kind:`` key, else the name of the folder that holds it."""
+    from synthface.pipeline.paths import config_source
+
+    source = config_source(path)
+    data = read_yaml(source)
+    known = sorted(config_kinds())
+    declared = data.get(KIND_KEY) if isinstance(data, dict) else None
+    if declared is not None:
+        if declared not in known:
+            raise ConfigError(
+                f"{path}: {KIND_KEY}: unknown config kind {declared!r} (known: {', '.join(known)})"
+            )
+        return declared
+    folder = source.absolute().parent.name
+    if folder not in known:
+        raise ConfigError(
+            f"{path}: no {KIND_KEY}: key and folder {folder!r} is no config kind; add "
+            f"`{KIND_KEY}: ...` to the file or pass --kind (known: {', '.join(known)})"
+        )
+    return folder
 
 
 def load_any_config(
     path: str | Path, kind: str | None = None, overrides: list[str] | None = None
 ) -> BaseModel:
-    kind = kind or infer_kind(path)
-    if kind not in config_kinds():
-        known = ", ".join(sorted(config_kinds())) or "none"
-        raise ConfigError(
-            f"{path}: cannot tell the config kind from folder {kind!r}; "
-            f"pass --kind (known: {known})"
-        )
-    return load_config(path, model_for_kind(kind), overrides)
+    """Load a config of any kind (``kind``, else the file's ``kind:`` key, else its folder)."""
+    return load_config(path, model_for_kind(kind or infer_kind(path)), overrides)
 
 
 def canonical_json(data: Any) -> str:

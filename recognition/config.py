@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 Probability = float
 
@@ -25,7 +26,7 @@ Probability = float
 class DataConfig(StrictModel):
     """Where the training shards are and how they are batched."""
 
-    train: str = Field(description="dataset directory written by pipeline.shards")
+    train: InputPath = Field(description="dataset directory written by pipeline.shards")
     split: str = "train"
     num_classes: int | None = Field(
         default=None,
@@ -96,7 +97,7 @@ class ScheduleConfig(StrictModel):
 class RunConfig(StrictModel):
     """How long, on what, with which numerics."""
 
-    output_dir: str = "out/recognition/run"
+    output_dir: OutputPath = "out/recognition/run"
     epochs: float = Field(default=20.0, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
     seed: int = Field(default=0, ge=0)
@@ -160,7 +161,7 @@ class AugmentConfig(StrictModel):
 
 class ValidationConfig(StrictModel):
     every_steps: int = Field(default=0, ge=0, description="0 = only at the end (if sets given)")
-    sets: list[str] = Field(
+    sets: list[InputPath] = Field(
         default_factory=list, description="verification .bin files (insightface layout)"
     )
     batch_size: int = Field(default=256, gt=0)
