@@ -93,8 +93,11 @@ def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
 @task(name="produce-shard", cache_policy=NO_CACHE)
 def shard_task(cfg: GenerateConfig, work: dict[str, Any]) -> dict[str, Any]:
     from synthface.generators.produce import produce_shard
+    from synthface.pipeline.progress import progress_bar
 
-    return produce_shard(cfg, ShardWork.from_dict(work)).to_dict()
+    work_ = ShardWork.from_dict(work)
+    with progress_bar(work_.num_samples, desc=f"shard {work_.index}", leave=False) as bar:
+        return produce_shard(cfg, work_, progress=bar.update).to_dict()
 
 
 @task(name="finalize", cache_policy=NO_CACHE)

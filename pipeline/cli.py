@@ -25,10 +25,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synthface",
         description="Synthetic face datasets for face recognition.",
-        epilog="Add --debug anywhere for a traceback on errors.",
+        epilog="Add --debug anywhere for a traceback on errors, --quiet for no progress bars.",
     )
     parser.add_argument("--version", action="version", version=f"synthface {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they show only on a terminal)"
+    )
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         ep.load()(groups)
@@ -58,7 +61,11 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    if "--quiet" in argv:
+        from synthface.pipeline.progress import QUIET_ENV
+
+        os.environ[QUIET_ENV] = "1"  # child processes (Prefect, Dask workers) inherit it
+    argv = [a for a in argv if a not in ("--debug", "--quiet")]
     parser = build_parser()
     args = parser.parse_args(argv)
     try:

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -60,9 +61,11 @@ def _fit(img: np.ndarray, size: tuple[int, int], resize: bool, key: str) -> np.n
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
 
 
-def iter_image_dir(root: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, int | None]]:
+def iter_image_dir(
+    root: str | os.PathLike, files: list[Path] | None = None
+) -> Iterator[tuple[str, np.ndarray, int | None]]:
     base = Path(root)
-    for path in list_images(base):
+    for path in list_images(base) if files is None else files:
         yield path.relative_to(base).as_posix(), _read_image(path), None
 
 
@@ -121,7 +124,14 @@ def embed_to_npy(
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     embedder = load_embedder(model, device=device)
-    source = iter_image_dir(images) if images is not None else iter_shard_dir(shards, split)
+    if images is not None:
+        files = list_images(images)
+        total, source = len(files), iter_image_dir(images, files)
+    else:
+        from synthface.pipeline.shards import split_manifest
+
+        total = int(split_manifest(shards, split)["num_samples"])
+        source = iter_shard_dir(shards, split)
     out_path = Path(out)
     if out_path.suffix != ".npy":
         raise InputError(f"{out_path}: output must end in .npy")
@@ -134,13 +144,18 @@ def embed_to_npy(
     count = 0
     labels: list[int] = []
     try:
-        with open(tmp_raw, "wb") as raw, open(tmp_keys, "w", encoding="utf-8") as keys:
+        with (
+            open(tmp_raw, "wb") as raw,
+            open(tmp_keys, "w", encoding="utf-8") as keys,
+            progress_bar(total, desc="embedding") as bar,
+        ):
             for batch in _batches(source, batch_size):
                 arr = np.stack([_fit(img, embedder.input_size, resize, k) for k, img, _ in batch])
                 raw.write(embedder.embed(arr, flip=flip).tobytes())
                 keys.writelines(f"{k}\n" for k, _, _ in batch)
                 labels.extend(lab for _, _, lab in batch if lab is not None)
                 count += len(batch)
+                bar.update(len(batch))
         if count == 0:
             raise InputError(f"{shards}: dataset has no samples")
         tmp_npy = _atomic_target(out_path)

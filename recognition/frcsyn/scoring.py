@@ -27,6 +27,7 @@ import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.progress import progress_bar
 from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
 from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
 from synthface.recognition.frcsyn.threshold import choose_threshold
@@ -98,11 +99,13 @@ def embed_tree_images(
     images_dir = Path(images_dir)
     size = tuple(embedder.input_size)
     out = np.empty((len(relpaths), embedder.dim), dtype=np.float32)
-    for lo in range(0, len(relpaths), batch_size):
-        batch = np.stack(
-            [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
-        )
-        out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
+    with progress_bar(len(relpaths), desc=f"scoring {images_dir.parent.name}") as bar:
+        for lo in range(0, len(relpaths), batch_size):
+            batch = np.stack(
+                [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
+            )
+            out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
+            bar.update(len(batch))
     return out
 
 
