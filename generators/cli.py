@@ -173,7 +173,13 @@ def _positive(text: str) -> int:
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "generator", "train and sample diffusion face generators")
 
-    c = sub.add_parser("train", help="train (or resume) a generator from a config")
+    c = sub.add_parser(
+        "train",
+        help="train (or resume) a generator from a config",
+        description="Train (or resume) a generator as CONFIG says. Writes checkpoints and, "
+        "when done, the generator (final/) to train.output_dir (relative: under "
+        "$SYNTHFACE_HOME or the current directory).",
+    )
     c.add_argument("config", help="configs/generators/*.yaml")
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
@@ -184,7 +190,14 @@ def register(groups: argparse._SubParsersAction) -> None:
     add_json_flag(c)
     c.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("sample", help="render an identity-set dataset (shards) from a checkpoint")
+    c = sub.add_parser(
+        "sample",
+        help="render an identity-set dataset (shards) from a checkpoint",
+        description="The generate-synthetic steps without Prefect. Writes the dataset "
+        "directory OUT: shards/, records/, qc/, plan/, views/qc.json, report/ (unless "
+        "--no-report), dataset.json and its index files. Progress on stderr when it is a "
+        "terminal.",
+    )
     c.add_argument("checkpoint", help="generator directory (train's final/ or a checkpoint)")
     c.add_argument("--identities", type=_positive, required=True)
     c.add_argument("--per-identity", type=_positive, required=True)

@@ -20,7 +20,9 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
     c = sub.add_parser(
         "train",
         help="train a recognizer on identity shards",
-        description="Train a recognizer as CONFIG (configs/recognition/*.yaml) says. "
+        description="Train a recognizer as CONFIG (configs/recognition/*.yaml) says. Writes "
+        "checkpoints, metrics and, when done, the recognizer (model/) to train.output_dir "
+        "(relative: under $SYNTHFACE_HOME or the current directory). "
         "Multi-GPU: accelerate launch --multi_gpu --num_processes N -m synthface.recognition.training CONFIG",
     )
     c.add_argument("config", metavar="CONFIG", help="training config (YAML)")
@@ -103,8 +105,10 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
         "embed",
         help="embed aligned face images or shards into an .npy matrix",
         description="Embed aligned crops with a torch checkpoint directory or any insightface "
-        "ONNX recognizer. Writes OUT (N x D float32, L2-normalised), OUT.keys.txt (one "
-        "relative path or shard key per row) and, for shards, OUT.labels.npy.",
+        "ONNX recognizer. For --out E.npy, writes E.npy (N x D float32, L2-normalised), "
+        "E.keys.txt next to it (one relative path or shard key per row) and, for --shards, "
+        "E.labels.npy (N int64 identity labels); each appears complete or not at all. "
+        "Progress on stderr when it is a terminal.",
     )
     src = c.add_mutually_exclusive_group(required=True)
     src.add_argument("--images", metavar="DIR", help="folder of images (recursive, sorted)")
