@@ -20,7 +20,7 @@ from pydantic import BaseModel
 from synthface.pipeline.config import load_config
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.generate_plan import GenerateConfig
-from synthface.pipeline.paths import SHIPPED_PREFIX, config_source, home, resolve_paths
+from synthface.pipeline.paths import SHIPPED_PREFIX, home, resolve_paths
 
 M = TypeVar("M", bound=BaseModel)
 
@@ -28,10 +28,6 @@ M = TypeVar("M", bound=BaseModel)
 DEFAULT_CONFIG_REF = SHIPPED_PREFIX + "generate/default.yaml"
 # A fresh PREFECT_HOME runs the database migrations on first start: give it time.
 EPHEMERAL_STARTUP_TIMEOUT = "120"
-
-
-def default_config_path() -> Path:
-    return config_source(DEFAULT_CONFIG_REF)
 
 
 def load_generate_config(
