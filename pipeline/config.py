@@ -24,6 +24,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, ValidationError
 
 from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.paths import config_source, resolve_paths
 
 M = TypeVar("M", bound=BaseModel)
 ENTRY_POINT_GROUP = "synthface.configs"
@@ -120,8 +121,6 @@ def load_config(path: str | Path, model: type[M], overrides: list[str] | None = 
     file's folder (those given in ``overrides`` against the current directory), relative
     output paths against ``synthface.pipeline.paths.home()``.
     """
-    from synthface.pipeline.paths import config_source, resolve_paths
-
     source = config_source(path)
     data = read_yaml(source)
     if not isinstance(data, dict):
@@ -158,8 +157,6 @@ def kind_of_model(model: type[BaseModel]) -> str | None:
 
 def infer_kind(path: str | Path) -> str:
     """A file's config kind: its ``kind:`` key, else the name of the folder that holds it."""
-    from synthface.pipeline.paths import config_source
-
     source = config_source(path)
     data = read_yaml(source)
     known = sorted(config_kinds())
