@@ -295,7 +295,8 @@ def test_prefect_deploy_and_flows_serve_register_the_same_deployments(server, mo
     }
     for name in names:  # forget them, so that what follows is serve's registration
         dep = httpx.get(server["url"] + "/deployments/name/" + name).json()
-        assert httpx.delete(server["url"] + f"/deployments/{dep['id']}").status_code == 204
+        url = server["url"] + f"/deployments/{dep['id']}"
+        _wait_for(lambda url=url: httpx.delete(url).status_code in (204, 404), 60, "a delete")
     log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
     proc = subprocess.Popen(
         [BIN / "synthface", "flows", "serve", *args],

@@ -122,7 +122,7 @@ def test_resume_is_exact(world, tmp_path):
     extra = {
         "augment": {"crop": {"p": 0.3}, "photometric": {"p": 0.3}, "low_res": {"p": 0.3}},
         "head": {"params": {"scale": 16, "margin": 0.2, "sample_rate": 0.5}},
-        "train": {"output_dir": "", "epochs": 4, "device": "cpu", "grad_accum": 2},
+        "train": {"epochs": 4, "device": "cpu", "grad_accum": 2},
         "checkpoint": {"every_steps": 8},
     }
     straight = _cfg(world, tmp_path / "a", **extra)
