@@ -84,7 +84,7 @@ def cmd_deployments(args: argparse.Namespace) -> int:
         }
         for r in rows
     ]
-    lines = [
+    lines = ["deployment\tschedule\ttimezone\tconfig"] + [
         f"{d['deployment']}\t{d['schedule'] or '-'}\t{d['timezone'] or '-'}\t{d['config'] or '-'}"
         for d in data
     ]
