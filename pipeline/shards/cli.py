@@ -95,6 +95,19 @@ def cmd_from_rec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_to_rec(args: argparse.Namespace) -> int:
+    from synthface.pipeline.shards.rec import to_rec
+
+    result = to_rec(args.dir, args.out, split=args.split)
+    emit(
+        args,
+        result,
+        f"wrote {args.out}/train.rec, train.idx, property: {result['records']} images of "
+        f"{result['identities']} identities, {result['rec_bytes'] / 1e6:.1f} MB",
+    )
+    return 0
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "shards", "verify, inspect and convert identity-set shard datasets")
 
@@ -140,3 +153,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("out", help="output dataset directory (new or empty)")
     _targets(c)
     c.set_defaults(func=cmd_from_rec)
+
+    c = sub.add_parser(
+        "to-rec",
+        help="shards -> train.rec + train.idx + property (arcface_torch MXFaceDataset layout)",
+    )
+    c.add_argument("dir", help="dataset directory (holds dataset.json)")
+    c.add_argument("out", help="output folder for train.rec, train.idx and property")
+    c.add_argument("--split", default="train", help="split to export (default train)")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_to_rec)
