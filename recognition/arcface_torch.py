@@ -51,15 +51,15 @@ def infer_architecture(state: dict[str, torch.Tensor], source: str) -> dict[str,
     layers = []
     for stage, idx in blocks.items():
         if sorted(idx) != list(range(len(idx))):
-            raise InputError(f"{source}: layer{stage} blocks are not numbered 0..n-1: {sorted(idx)}")
+            raise InputError(
+                f"{source}: layer{stage} blocks are not numbered 0..n-1: {sorted(idx)}"
+            )
         layers.append(len(idx))
     widths = tuple(int(state[f"layer{s}.0.conv1.weight"].shape[0]) for s in range(1, 5))
     fc = state["fc.weight"]
     if fc.dim() != 2 or fc.shape[1] % widths[-1]:
         raise InputError(f"{source}: fc.weight shape {tuple(fc.shape)} does not follow layer4")
-    name = next(
-        (n for n, depth in ARCH_LAYERS.items() if depth == tuple(layers)), None
-    )
+    name = next((n for n, depth in ARCH_LAYERS.items() if depth == tuple(layers)), None)
     if name is None or widths != STANDARD_WIDTHS:
         name = "tiny"
     return {

@@ -143,9 +143,7 @@ def add_import_command(sub: argparse._SubParsersAction) -> None:
 def cmd_import_arcface(args: argparse.Namespace) -> int:
     from synthface.recognition.arcface_torch import import_arcface_torch
 
-    info = import_arcface_torch(
-        args.weights, args.out, arch=args.arch, input_size=args.input_size
-    )
+    info = import_arcface_torch(args.weights, args.out, arch=args.arch, input_size=args.input_size)
     emit(
         args,
         info,

@@ -161,7 +161,12 @@ def _pool(kind: str):
         if kind == "max":
             return F.max_pool2d(x, kernel, stride, pad, ceil_mode=ceil)
         return F.avg_pool2d(
-            x, kernel, stride, pad, ceil_mode=ceil, count_include_pad=bool(a.get("count_include_pad", 0))
+            x,
+            kernel,
+            stride,
+            pad,
+            ceil_mode=ceil,
+            count_include_pad=bool(a.get("count_include_pad", 0)),
         )
 
     return run
@@ -236,8 +241,8 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "MatMul": lambda x, y, *, a, where: torch.matmul(x, y),
     "Identity": lambda x, *, a, where: x,
     "Dropout": lambda x, *rest, a, where: x,
-    "Transpose": lambda x, *, a, where: x.permute(*a["perm"]) if "perm" in a else x.permute(
-        *reversed(range(x.dim()))
+    "Transpose": lambda x, *, a, where: (
+        x.permute(*a["perm"]) if "perm" in a else x.permute(*reversed(range(x.dim())))
     ),
     "Concat": _concat,
     "Shape": lambda x, *, a, where: torch.tensor(list(x.shape), dtype=torch.int64),
@@ -446,7 +451,9 @@ def onnx_to_torch(path: str | os.PathLike) -> OnnxRecognizer:
     return OnnxRecognizer(graph, size, dim, mean, std, str(p)).eval()
 
 
-def load_recognizer_module(path: str | os.PathLike, device: str | torch.device = "cpu") -> nn.Module:
+def load_recognizer_module(
+    path: str | os.PathLike, device: str | torch.device = "cpu"
+) -> nn.Module:
     """A frozen, eval-mode torch recognizer from a checkpoint directory or an ``.onnx`` file.
 
     Both follow the backbone contract (RGB in [-1, 1], fixed ``input_size``, un-normalised

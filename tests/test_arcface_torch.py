@@ -83,7 +83,9 @@ def reference_forward(s, layers, x):
             out = bn(f"{p}.bn3", F.conv2d(out, s[f"{p}.conv2.weight"], stride=stride, padding=1))
             short = x
             if b == 0:
-                short = bn(f"{p}.downsample.1", F.conv2d(x, s[f"{p}.downsample.0.weight"], stride=2))
+                short = bn(
+                    f"{p}.downsample.1", F.conv2d(x, s[f"{p}.downsample.0.weight"], stride=2)
+                )
             x = out + short
     x = torch.flatten(bn("bn2", x), 1)
     return bn("features", F.linear(x, s["fc.weight"], s["fc.bias"]))
@@ -108,9 +110,7 @@ def test_r18_backbone_pth_loads_strictly_and_computes_the_same_function(tmp_path
 
 def test_one_renamed_key_is_refused_by_name(tmp_path):
     state = arcface_state((1, 1, 1, 1), widths=(8, 16, 16, 32), dim=32)
-    state["layer2.0.downsample.1.running_variance"] = state.pop(
-        "layer2.0.downsample.1.running_var"
-    )
+    state["layer2.0.downsample.1.running_variance"] = state.pop("layer2.0.downsample.1.running_var")
     pth = tmp_path / "backbone.pth"
     torch.save(state, pth)
     with pytest.raises(InputError) as err:
@@ -119,9 +119,7 @@ def test_one_renamed_key_is_refused_by_name(tmp_path):
     assert "missing keys: layer2.0.downsample.1.running_var" in msg
     assert "unexpected keys: layer2.0.downsample.1.running_variance" in msg
     assert not (tmp_path / "out" / "config.json").exists()
-    state["layer2.0.downsample.1.running_var"] = state.pop(
-        "layer2.0.downsample.1.running_variance"
-    )
+    state["layer2.0.downsample.1.running_var"] = state.pop("layer2.0.downsample.1.running_variance")
     state["fc.weight"] = state["fc.weight"][:, :-32]  # a 6x6+... map: not square
     torch.save(state, pth)
     with pytest.raises(InputError, match="not a square feature map"):

@@ -59,7 +59,9 @@ def test_converted_model_matches_onnxruntime_and_passes_gradients(exports, name)
     assert np.abs(_unit(got) - _unit(ref)).max() < TOL
     assert np.abs(got - ref).max() < TOL * max(1.0, float(np.abs(ref).max()))
     # the gradient of an identity loss is the source torch model's gradient
-    target = torch.nn.functional.normalize(torch.randn(5, model.embedding_dim, generator=gen), dim=1)
+    target = torch.nn.functional.normalize(
+        torch.randn(5, model.embedding_dim, generator=gen), dim=1
+    )
 
     def grad(m):
         xi = x.clone().requires_grad_(True)
@@ -159,7 +161,9 @@ def test_unsupported_operators_are_named(exports, tmp_path):
 def test_non_recognizer_signatures_are_refused(tmp_path):
     x = helper.make_tensor_value_info("x", TensorProto.FLOAT, [1, 4])
     y = helper.make_tensor_value_info("y", TensorProto.FLOAT, [1, 4])
-    proto = helper.make_model(helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y]))
+    proto = helper.make_model(
+        helper.make_graph([helper.make_node("Relu", ["x"], ["y"])], "g", [x], [y])
+    )
     path = tmp_path / "relu.onnx"
     onnx.save(proto, str(path))
     with pytest.raises(InputError, match="N x 3 x H x W"):

@@ -237,7 +237,9 @@ def test_onnx_teacher_pulls_the_student_towards_its_embeddings(world, tmp_path):
     torch.manual_seed(3)
     teacher_path = tmp_path / "teacher.onnx"
     export_onnx(
-        create_backbone("tiny", input_size=SIZE, embedding_dim=64), teacher_path, allow_any_size=True
+        create_backbone("tiny", input_size=SIZE, embedding_dim=64),
+        teacher_path,
+        allow_any_size=True,
     )
     short = {"epochs": 2, "device": "cpu"}
     plain = train(_cfg(world, tmp_path / "plain", train=short))
