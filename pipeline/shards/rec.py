@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import io
+import struct
 from pathlib import Path
 
 import numpy as np
@@ -127,8 +128,40 @@ def from_rec(
             return writer.close(identity_arrays={"source_labels": source_labels}, extra=extra)
 
 
+_SOF = {0xC0, 0xC1, 0xC2, 0xC3, 0xC5, 0xC6, 0xC7, 0xC9, 0xCA, 0xCB, 0xCD, 0xCE, 0xCF}
+
+
+def _jpeg_size(data: bytes) -> tuple[int, int] | None:
+    """``(height, width)`` from the first SOF segment, walking the segment lengths."""
+    pos, n = 2, len(data)
+    while pos + 4 <= n:
+        if data[pos] != 0xFF:
+            return None
+        marker = data[pos + 1]
+        if marker == 0xFF:  # fill byte
+            pos += 1
+            continue
+        if marker in (0x01, *range(0xD0, 0xD9)):  # markers without a length
+            pos += 2
+            continue
+        if marker in _SOF:
+            if pos + 9 > n:
+                return None
+            h, w = struct.unpack_from(">HH", data, pos + 5)
+            return h, w
+        pos += 2 + struct.unpack_from(">H", data, pos + 2)[0]
+    return None
+
+
 def _image_size(data: bytes, where: str) -> tuple[int, int]:
-    """``(height, width)`` from the image header only (no decode)."""
+    """``(height, width)`` from the image header only (no decode; PIL when unusual)."""
+    if data[:8] == b"\x89PNG\r\n\x1a\n" and data[12:16] == b"IHDR":
+        w, h = struct.unpack_from(">II", data, 16)
+        return h, w
+    if data[:2] == b"\xff\xd8":
+        found = _jpeg_size(data)
+        if found is not None:
+            return found
     from PIL import Image, UnidentifiedImageError
 
     try:
