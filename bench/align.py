@@ -14,6 +14,9 @@ landmarks in a sidecar file. Timed, same run, best of --repeat:
   insightface's wrapper around an almost free graph (letterbox resize, blob, onnxruntime
   call, per-stride decode of 16,800 anchors, NMS), not SCRFD inference. Time inside
   ``detect`` is reported apart; a real SCRFD's inference time adds to it.
+
+It also prints how far the world's true landmarks land from ``arcface_dst`` after
+alignment (the faces' shape residual: the world's proportions differ from the template's).
 """
 
 from __future__ import annotations
@@ -88,6 +91,16 @@ def main() -> None:
         t_plain = _best(lambda: from_folder(src, out()), args.repeat)
         by_landmarks = AlignConfig(landmarks=str(sidecar))
         t_sidecar = _best(lambda: from_folder(src, out(), align=by_landmarks), args.repeat)
+        from synthface.pipeline.faces.align import ARCFACE_DST
+        from synthface.pipeline.shards import iter_samples
+
+        landed = np.array(
+            [
+                s["meta"]["aligned_landmarks"]
+                for s in iter_samples(root / f"out{runs['n']}", decode=False)
+            ]
+        )
+        residual = np.linalg.norm(landed - ARCFACE_DST, axis=2)
         by_detector = AlignConfig(detector=str(det), det_size=args.det_size)
         detect_s: list[float] = []
 
@@ -117,6 +130,10 @@ def main() -> None:
         ]
         for name, t in rows:
             print(f"{name:58s} {n / t:9.1f} {1000 * t / n:9.2f}")
+        print(
+            f"world landmarks after alignment, distance to arcface_dst: mean "
+            f"{residual.mean():.2f} px, per point max {np.round(residual.max(0), 2).tolist()} px"
+        )
 
 
 if __name__ == "__main__":
