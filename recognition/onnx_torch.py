@@ -245,7 +245,7 @@ OPS: dict[str, Callable[..., Tensor]] = {
         x.permute(*a["perm"]) if "perm" in a else x.permute(*reversed(range(x.dim())))
     ),
     "Concat": _concat,
-    "Shape": lambda x, *, a, where: torch.tensor(list(x.shape), dtype=torch.int64),
+    "Shape": lambda x, *, a, where: torch.tensor(list(x.shape), dtype=torch.int64, device=x.device),
     "Gather": _gather,
     "Unsqueeze": _unsqueeze,
     "Squeeze": _squeeze,
@@ -382,7 +382,8 @@ class OnnxRecognizer(nn.Module):
         self.input_mean = float(mean)
         self.input_std = float(std)
         self.source = source
-        self.spec: dict[str, Any] = {"name": "onnx", "source": source}
+        # no registry spec: save_recognizer / export_onnx refuse it (the .onnx is the model)
+        self.spec: dict[str, Any] = {}
 
     def forward(self, x: Tensor) -> Tensor:
         if (self.input_mean, self.input_std) != (127.5, 127.5):

@@ -134,7 +134,9 @@ def test_mxnet_style_graph_takes_raw_pixels(exports, tmp_path):
     x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
     with torch.no_grad():
         got = model(x).numpy()
+        wide = model.double()(x.double()).numpy()  # dtype follows the module, shape ops too
     assert np.abs(_unit(got) - _unit(ref)).max() < TOL
+    assert wide.dtype == np.float64 and np.abs(_unit(wide) - _unit(ref)).max() < TOL
 
 
 def test_unsupported_operators_are_named(exports, tmp_path):
