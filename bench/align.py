@@ -24,7 +24,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
+import timeit
 import warnings
 from pathlib import Path
 
@@ -46,15 +46,6 @@ def _source(root: Path, n: int, size: int, per: int) -> Path:
     sidecar = root.parent / "landmarks.txt"
     sidecar.write_text("\n".join(lines) + "\n")
     return sidecar
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -88,9 +79,13 @@ def main() -> None:
             runs["n"] += 1
             return root / f"out{runs['n']}"
 
-        t_plain = _best(lambda: from_folder(src, out()), args.repeat)
+        t_plain = min(timeit.repeat(lambda: from_folder(src, out()), number=1, repeat=args.repeat))
         by_landmarks = AlignConfig(landmarks=str(sidecar))
-        t_sidecar = _best(lambda: from_folder(src, out(), align=by_landmarks), args.repeat)
+        t_sidecar = min(
+            timeit.repeat(
+                lambda: from_folder(src, out(), align=by_landmarks), number=1, repeat=args.repeat
+            )
+        )
         from synthface.pipeline.faces.align import ARCFACE_DST
         from synthface.pipeline.shards import iter_samples
 
@@ -113,7 +108,7 @@ def main() -> None:
             assert aligner.detector.calls == n
             detect_s.append(aligner.detector.seconds)
 
-        t_detector = _best(with_detector, args.repeat)
+        t_detector = min(timeit.repeat(with_detector, number=1, repeat=args.repeat))
         t_detect = min(detect_s)
         print(
             f"machine: {os.cpu_count()} CPUs, OMP_NUM_THREADS={os.environ.get('OMP_NUM_THREADS')}; "

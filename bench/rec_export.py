@@ -16,7 +16,7 @@ from __future__ import annotations
 import argparse
 import os
 import tempfile
-import time
+import timeit
 import tracemalloc
 from pathlib import Path
 
@@ -38,15 +38,6 @@ def _dataset(root: Path, n: int, size: int, per_identity: int) -> int:
             w.add(Sample(i // per_identity, i % per_identity, data))
         w.close()
     return total
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -77,8 +68,8 @@ def main() -> None:
         def export():
             to_rec(root / "ds", root / "rec")
 
-        t_read = _best(read_only, args.repeat)
-        t_export = _best(export, args.repeat)
+        t_read = min(timeit.repeat(read_only, number=1, repeat=args.repeat))
+        t_export = min(timeit.repeat(export, number=1, repeat=args.repeat))
 
         peaks = {}
         for name in ("small", "ds"):
