@@ -13,7 +13,6 @@ checkpoint directory that ``load_recognizer``, ``export_onnx`` and every other c
 
 from __future__ import annotations
 
-import hashlib
 import math
 import os
 import re
@@ -22,6 +21,7 @@ from typing import Any
 
 import torch
 
+from synthface.pipeline.atomic import file_sha256
 from synthface.pipeline.errors import InputError
 from synthface.recognition.backbones.iresnet import ARCH_LAYERS
 
@@ -132,7 +132,7 @@ def import_arcface_torch(
         found["name"], input_size=size, embedding_dim=found["embedding_dim"], **extra
     )
     load_weights(model, state, source=str(path))
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    digest, _ = file_sha256(path)
     save_recognizer(
         model.eval(),
         out_dir,
