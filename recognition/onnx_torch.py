@@ -256,6 +256,8 @@ OPS: dict[str, Callable[..., Tensor]] = {
     "Pad": _pad,
     "Cast": _cast,
 }
+# Constant nodes are folded into buffers when the graph is read
+HANDLED = frozenset({*OPS, "Constant"})
 # the ops whose later outputs (e.g. Dropout's mask) are never used by recognizers
 _FIRST_OUTPUT_ONLY = {"Dropout", "BatchNormalization"}
 
@@ -269,13 +271,13 @@ def check_supported(graph, source: str) -> None:
     bad: dict[str, str] = {}
     for i, node in enumerate(graph.node):
         op = node.op_type if node.domain in ("", "ai.onnx") else f"{node.domain}::{node.op_type}"
-        if (op not in OPS or node.domain not in ("", "ai.onnx")) and op not in bad:
+        if op not in HANDLED and op not in bad:
             bad[op] = _node_name(node, i)
     if bad:
         listed = "; ".join(f"{op} (first at {where})" for op, where in bad.items())
         raise InputError(
             f"{source}: ONNX operator(s) not supported by the torch converter: {listed}. "
-            f"Supported: {', '.join(sorted(OPS))}"
+            f"Supported: {', '.join(sorted(HANDLED))}"
         )
 
 

@@ -89,19 +89,21 @@ def test_embeddings_equal_the_onnxruntime_embedder(exports):
 
 def _mxnet_style(src: Path, dst: Path) -> None:
     """Our export rewritten the way MXNet conversions look: raw pixels in, ``_minusscalar``
-    and ``_mulscalar`` nodes first, and flatten done with Shape/Gather/Unsqueeze/Concat/Reshape."""
+    and ``_mulscalar`` nodes first (the mean from a Constant node), and flatten done with
+    Shape/Gather/Concat/Reshape."""
     proto = onnx.load(str(src))
     g = proto.graph
     old_input = g.input[0].name
     g.input[0].name = "raw"
     consts = [
-        numpy_helper.from_array(np.array(127.5, np.float32), "mean"),
         numpy_helper.from_array(np.array(1 / 128, np.float32), "scale"),
         numpy_helper.from_array(np.array([0], np.int64), "zero"),
         numpy_helper.from_array(np.array([-1], np.int64), "minus_one"),
     ]
     g.initializer.extend(consts)
+    mean = numpy_helper.from_array(np.array(127.5, np.float32), "mean_value")
     head = [
+        helper.make_node("Constant", [], ["mean"], name="mean0", value=mean),
         helper.make_node("Sub", ["raw", "mean"], ["centred"], name="_minusscalar0"),
         helper.make_node("Mul", ["centred", "scale"], [old_input], name="_mulscalar0"),
     ]
