@@ -245,6 +245,9 @@ def train(
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
     rank, seed, accum = accelerator.process_index, cfg.train.seed, cfg.train.grad_accum
+    # before anything is written, and before seeding: a checkpoint teacher is built (random
+    # init, then its weights) and must not shift the student's initialisation
+    teacher = _load_teacher(cfg, accelerator.device)
     set_seed(seed)
     model = build_model(cfg, info.num_classes)
     optimizer = build_optimizer(model, cfg.optim)
@@ -284,7 +287,6 @@ def train(
         atomic_write_bytes(out / "config.json", (cfg.model_dump_json(indent=2) + "\n").encode())
     callbacks = [cb.MetricsLogger(run, step), cb.Validator(run, step), cb.Checkpointer(run, step)]
 
-    teacher = _load_teacher(cfg, accelerator.device)
     augment = Augmenter(cfg.augment)
     augment = augment if augment.active else None
     aug_gen = torch.Generator(device=accelerator.device)
