@@ -21,9 +21,11 @@ def cmd_run_generate(args: argparse.Namespace) -> int:
             update={"output": cfg.output.model_copy(update={"dir": args.output_dir})}
         )
     prepare_prefect_env()
+    from synthface.flows.console import one_error_line
     from synthface.flows.generate import generate_synthetic
 
-    summary = generate_synthetic(config=cfg)
+    with one_error_line(getattr(args, "debug", False)):
+        summary = generate_synthetic(config=cfg)
     text = "\n".join(
         [
             f"dataset: {summary['dataset_dir']} ({summary['num_identities']} identities, "

@@ -58,7 +58,9 @@ def resolve_config(
             section, field = key.split(".")
             data[section][field] = value
     data = apply_overrides(data, overrides)
-    return validate_config(data, GenerateConfig, "generate-synthetic parameters")
+    return validate_config(
+        data, GenerateConfig, "generate-synthetic parameters", overrides=overrides
+    )
 
 
 @task(name="plan", cache_policy=NO_CACHE)

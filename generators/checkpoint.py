@@ -11,15 +11,13 @@ the silent ``strict=False`` load that UIFace's sampler does.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from synthface.generators.config import GeneratorConfig
+from synthface.pipeline.atomic import atomic_path
 from synthface.pipeline.config import validate_config
 from synthface.pipeline.errors import InputError
 
@@ -27,24 +25,13 @@ FORMAT = "synthface-generator"
 FORMAT_VERSION = 1
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    """safetensors file of CPU copies of ``tensors``, written atomically."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(cpu, tmp, metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -109,21 +96,3 @@ def read_generator_config(path: str | Path) -> GeneratorConfig:
 
 def generator_config_json(cfg: GeneratorConfig) -> dict:
     return {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.model_dump(mode="json")}
-
-
-def replace_dir_atomic(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place; an old one is removed only afterwards."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def new_tmp_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
-    tmp.mkdir()
-    return tmp

@@ -37,6 +37,7 @@ from synthface.pipeline.generate_plan import (
     read_plan,
     write_plan,
 )
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
 from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
 from synthface.pipeline.shards.manifest import config_hash
@@ -255,6 +256,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         given = load_anchors(cfg.identities.anchors, dim, cfg.identities.count)
 
     dataset_dir = Path(cfg.output.dir)
+    check_output_outside(dataset_dir, "output.dir", **{"generator.checkpoint": ckpt})
     remove_stale_temporaries(dataset_dir)
     dcfg = dataset_config(
         cfg,

@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -38,13 +39,7 @@ def list_images(root: str | os.PathLike) -> list[Path]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"{path}: cannot decode image ({exc})") from None
+    return np.asarray(open_image(path))
 
 
 def _fit(img: np.ndarray, size: tuple[int, int], resize: bool, key: str) -> np.ndarray:

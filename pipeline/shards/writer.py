@@ -229,9 +229,14 @@ def write_shard(
 
 
 def read_record(path: Path) -> ShardRecord | None:
+    """The record in ``path``, or ``None`` if unreadable or if the shard name it gives is not
+    the one its split and index imply (a record never points at another file)."""
     try:
-        return ShardRecord.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
+        record = ShardRecord.from_dict(json.loads(path.read_text()))
+        if record.name != shard_name(record.split, record.index):
+            return None
+        return record
+    except (OSError, ValueError, TypeError, KeyError, InputError, RecursionError):
         return None
 
 

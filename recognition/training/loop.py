@@ -24,6 +24,7 @@ from torch import nn
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError, SynthfaceError
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.recognition.augment import Augmenter
 from synthface.recognition.config import TrainConfig
 from synthface.recognition.training import callbacks as cb
@@ -229,6 +230,7 @@ def train(
     """
     from accelerate.utils import set_seed
 
+    check_output_outside(cfg.train.output_dir, "train.output_dir", **{"data.train": cfg.data.train})
     info = inspect_dataset(cfg.data)
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
