@@ -11,6 +11,7 @@ the silent ``strict=False`` load that UIFace's sampler does.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import torch
@@ -18,6 +19,7 @@ from torch import nn
 
 from synthface.generators.config import GeneratorConfig
 from synthface.pipeline.atomic import atomic_path
+from synthface.pipeline.checkfiles import check_safetensors, check_zip, newest_intact
 from synthface.pipeline.config import validate_config
 from synthface.pipeline.errors import InputError
 
@@ -96,3 +98,44 @@ def read_generator_config(path: str | Path) -> GeneratorConfig:
 
 def generator_config_json(cfg: GeneratorConfig) -> dict:
     return {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.model_dump(mode="json")}
+
+
+# Everything a resumed training run loads from a checkpoint directory.
+TRAINING_FILES = (
+    "config.json",
+    "model.safetensors",
+    "training/raw.safetensors",
+    "training/optimizer.pt",
+    "training/state.json",
+)
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
+
+
+def check_training_checkpoint(ckpt: Path) -> dict:
+    """Every file a resume loads is present and complete; returns ``training/state.json``."""
+    for rel in TRAINING_FILES:
+        if not (ckpt / rel).is_file():
+            raise InputError(f"{ckpt / rel}: missing (incomplete checkpoint directory)")
+    file = ckpt / "training" / "state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{file}: unreadable training state ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise InputError(f"{file}: no integer 'step'")
+    check_safetensors(ckpt / "model.safetensors")
+    check_safetensors(ckpt / "training" / "raw.safetensors")
+    check_zip(ckpt / "training" / "optimizer.pt")
+    return state
+
+
+def find_resume_checkpoint(run_dir: Path, allow_partial: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint under ``run_dir/checkpoints`` and its state, ``None`` if none
+    (damaged ones: see :func:`synthface.pipeline.checkfiles.newest_intact`)."""
+    root = run_dir / "checkpoints"
+    found = [
+        (int(m.group(1)), p)
+        for p in (root.iterdir() if root.is_dir() else [])
+        if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    ]
+    return newest_intact(found, check_training_checkpoint, allow_partial)

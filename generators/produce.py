@@ -254,6 +254,10 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     given = None
     if cfg.identities.anchors is not None:
         given = load_anchors(cfg.identities.anchors, dim, cfg.identities.count)
+    else:
+        from synthface.generators.id3.anchors import check_tammes_memory
+
+        check_tammes_memory(cfg.identities.count, dim, ckpt_cfg.id3.anchor_block)
 
     dataset_dir = Path(cfg.output.dir)
     check_output_outside(dataset_dir, "output.dir", **{"generator.checkpoint": ckpt})

@@ -64,26 +64,30 @@ def default_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def _publish(tmp: Path, final: Path, sync: bool = True) -> None:
     os.chmod(tmp, default_mode())
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    if sync:
+        fsync_dir(final.parent)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; publish it there when the block succeeds.
 
     The caller (or the library it calls) writes the whole file at the yielded path; it is
-    then fsynced and renamed over ``path``. On an exception it is removed.
+    then fsynced and renamed over ``path``. On an exception it is removed. ``sync=False``
+    skips both fsyncs (still never a partial file under the final name) for writers of
+    thousands of small files that flush once at the end (``os.sync()``).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(final)
     try:
         yield tmp
-        fsync_file(tmp)
-        _publish(tmp, final)
+        if sync:
+            fsync_file(tmp)
+        _publish(tmp, final, sync)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -91,11 +95,13 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+def atomic_write(
+    path: str | Path, mode: str = "wb", *, sync: bool = True, **open_kwargs: Any
+) -> Iterator[IO]:
     """``open(path, mode)`` that publishes the file only if the block completes."""
     if not mode.startswith("w"):
         raise ValueError(f"atomic_write: mode must start with 'w' (got {mode!r})")
-    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+    with atomic_path(path, sync=sync) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
         f.flush()
 
@@ -146,8 +152,8 @@ def atomic_dir(path: str | Path) -> Iterator[Path]:
         raise
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_write(path, "wb") as f:
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    with atomic_write(path, "wb", sync=sync) as f:
         f.write(data)
 
 

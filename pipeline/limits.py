@@ -120,9 +120,15 @@ def _gib(n: float) -> str:
     return f"{n / 2**30:.1f} GiB"
 
 
-def check_memory(estimate: float, what: str, hint: str = "") -> None:
-    """Refuse (``ConfigError``) a plan whose estimated peak memory exceeds the machine's."""
+def check_memory(estimate: float, what: str, hint: str = "", device: Any = None) -> None:
+    """Refuse (``ConfigError``) a plan whose estimated peak memory exceeds the machine's,
+    or the GPU's when ``device`` is a CUDA device."""
     have = machine_memory_bytes()
+    if device is not None and "cuda" in str(device):
+        import torch
+
+        have = torch.cuda.get_device_properties(torch.device(device)).total_memory
+        what += " on the GPU"
     if estimate > have:
         raise ConfigError(
             f"{what}: needs about {_gib(estimate)} of memory, this machine has {_gib(have)}"

@@ -202,6 +202,17 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
     return model
 
 
+def _check_head_memory(cfg: TrainConfig, num_classes: int, device: torch.device) -> None:
+    """The class-centre matrix with its gradient and optimizer state must fit the device:
+    refuse a 10-million-identity run before allocating, not by an OOM kill."""
+    from synthface.pipeline.limits import check_memory
+
+    estimate = 16 * num_classes * cfg.model.embedding_dim  # fp32 weight, grad, 2 moments
+    what = f"margin head for {num_classes} identities x {cfg.model.embedding_dim} dims"
+    hint = "weights, gradients and optimizer state; use fewer identities or a smaller embedding"
+    check_memory(estimate, what, hint, device)
+
+
 def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
     """The architecture must match the checkpoint; other changes are allowed."""
     saved = state.get("config") or {}
@@ -220,9 +231,16 @@ def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, *, resume: str | None = None, stop_after: int | None = None
+    cfg: TrainConfig,
+    *,
+    resume: str | None = None,
+    stop_after: int | None = None,
+    resume_allow_partial: bool = False,
 ) -> TrainResult:
     """Train a recognizer as ``cfg`` says; ``resume="latest"`` continues the newest checkpoint.
+
+    A damaged newest checkpoint is an error naming the file, unless
+    ``resume_allow_partial`` lets it fall back to the newest intact one (saying so).
 
     ``stop_after`` ends the run after that global step with a checkpoint, leaving the
     schedule as if the run were whole: for jobs with a time limit that resume in chunks.
@@ -234,6 +252,7 @@ def train(
     info = inspect_dataset(cfg.data)
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
+    _check_head_memory(cfg, info.num_classes, accelerator.device)
     rank, seed, accum = accelerator.process_index, cfg.train.seed, cfg.train.grad_accum
     set_seed(seed)
     model = build_model(cfg, info.num_classes)
@@ -258,7 +277,7 @@ def train(
     )
 
     step = 0
-    ckpt = resolve_resume(out, resume)
+    ckpt = resolve_resume(out, resume, allow_partial=resume_allow_partial)
     if ckpt is not None:
         _check_resumable(cfg, read_state(ckpt), ckpt)  # a clear message before key errors
         state = load_checkpoint(accelerator, ckpt)
