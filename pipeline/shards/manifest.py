@@ -14,6 +14,7 @@ import io
 import json
 import os
 import re
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -88,6 +89,30 @@ def _written_files(dataset_dir: Path, split: str) -> list[Path]:
     return sorted(found)
 
 
+def _owner_path(dataset_dir: Path, split: str) -> Path:
+    # Hidden, and removed when the split is finalized or released: the finished dataset's
+    # bytes never depend on which process claimed it.
+    return dataset_dir / RECORDS_DIR / f".{split}-owner.json"
+
+
+def _live_owner(dataset_dir: Path, split: str) -> int | None:
+    """The pid of another process on this host that holds the claim and still runs."""
+    try:
+        owner = json.loads(_owner_path(dataset_dir, split).read_text())
+        pid, host = int(owner["pid"]), owner["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
 def _pending_hash(pending: Path) -> str | None:
     try:
         return json.loads(pending.read_text())["config_hash"]
@@ -115,7 +140,15 @@ def _check_claim(dataset_dir: Path, split: str, digest: str) -> None:
         return
     old_hash = _pending_hash(_pending_path(dataset_dir, split))
     if old_hash is not None:
-        written = _written_files(dataset_dir, split) if old_hash != digest else []
+        if old_hash == digest:
+            return
+        live = _live_owner(dataset_dir, split)
+        if live is not None:
+            raise ShardError(
+                f"{dataset_dir}: claimed for another '{split}' dataset by a running process "
+                f"(pid {live}); wait for it or stop it, or use a new directory"
+            )
+        written = _written_files(dataset_dir, split)
         if written:
             raise ShardError(
                 f"{dataset_dir}: holds part of an unfinished '{split}' dataset of another "
@@ -169,6 +202,8 @@ def begin_dataset(dataset_dir: str | Path, *, config: Any, split: str = "train")
         if _pending_hash(pending) != digest:
             payload = {"config": _config_dict(config), "config_hash": digest}
             atomic_write_bytes(pending, _json_bytes(payload))
+        owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        atomic_write_bytes(_owner_path(dataset_dir, split), _json_bytes(owner), sync=False)
     return digest
 
 
@@ -186,11 +221,13 @@ def release_dataset(dataset_dir: str | Path, *, config: Any, split: str = "train
         if _pending_hash(pending) != config_hash(config) or _written_files(dataset_dir, split):
             return False
         pending.unlink(missing_ok=True)
+        _owner_path(dataset_dir, split).unlink(missing_ok=True)
     records = dataset_dir / RECORDS_DIR
     if [p.name for p in records.iterdir()] == [CLAIM_LOCK]:
         (records / CLAIM_LOCK).unlink(missing_ok=True)
+    for sub in (RECORDS_DIR, SHARDS_DIR):
         with contextlib.suppress(OSError):
-            records.rmdir()
+            (dataset_dir / sub).rmdir()  # only if empty
     return True
 
 
@@ -339,6 +376,7 @@ def finalize_dataset(
         "splits": splits,
     }
     atomic_write_bytes(dataset_dir / MANIFEST, _json_bytes(manifest))
+    _owner_path(dataset_dir, split).unlink(missing_ok=True)
     return manifest
 
 

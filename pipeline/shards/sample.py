@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from synthface.pipeline.errors import InputError, ShardError
-from synthface.pipeline.limits import open_image
+from synthface.pipeline.limits import open_image, quote
 
 IMAGE_EXTS = ("jpg", "png")
 MAX_IDENTITY = 99_999_999
@@ -139,8 +139,10 @@ def npy_from_bytes(data: bytes, source: str) -> np.ndarray:
             )
         arr = np.frombuffer(data, dtype=dtype, count=count, offset=fp.tell())
         return arr.reshape(shape, order="F" if fortran else "C").copy()  # writable, own memory
-    except (ValueError, TypeError, OverflowError, EOFError, SyntaxError) as exc:
-        raise ShardError(f"{source}: not a readable .npy array ({exc})") from None
+    except Exception as exc:  # numpy's header parser raises many types on hostile bytes
+        raise ShardError(
+            f"{source}: not a readable .npy array ({type(exc).__name__}: {quote(str(exc), 100)})"
+        ) from None
 
 
 def embedding_npy(sample: Sample) -> bytes | None:
