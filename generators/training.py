@@ -281,6 +281,8 @@ def train_generator(
     tc = cfg.train
     total = min(steps or tc.steps, tc.steps)
     run_dir = Path(tc.output_dir)
+    # every file a resume loads is checked before anything is built
+    found = find_resume_checkpoint(run_dir, resume_allow_partial) if resume else None
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     device = accelerator.device
 
@@ -295,7 +297,6 @@ def train_generator(
         else None
     )
     start = 0
-    found = find_resume_checkpoint(run_dir, resume_allow_partial) if resume else None
     if found is not None:
         ckpt, state = found
         if state.get("resume_hash") != resume_hash(cfg):

@@ -218,6 +218,35 @@ def test_bad_parameter_fails_fast_naming_the_field(server, served):
     assert time.monotonic() - t0 < 60
 
 
+def test_error_inside_a_flow_run_prints_one_line(server, models, tmp_path):
+    """Prefect logs a failing task and flow with tracebacks; the CLI shows one line (the
+    traceback only with --debug), and a --set value is blamed on the override."""
+    config = _config_file(tmp_path / "ok.yaml", tiny_config(models, tmp_path / "ds"))
+    missing = tmp_path / "no-such-generator"
+    cmd = ["flows", "run", "generate", "--config", str(config)]
+    bad = [*cmd, "--set", f"generator.checkpoint={missing}"]
+
+    def run(*args):
+        return subprocess.run(
+            [BIN / "synthface", *args], env=server["env"], capture_output=True, text=True
+        )
+
+    res = run(*bad)
+    assert res.returncode == 1
+    mentions = [line for line in res.stderr.splitlines() if str(missing) in line]
+    assert mentions == [
+        f"synthface: error: generator.checkpoint: {missing}: not a generator checkpoint "
+        "(no such directory); train one (`make demo` builds the demo's) or point "
+        "generator.checkpoint at one"
+    ], res.stderr
+    assert "Traceback" not in res.stderr
+    assert "Traceback" in run("--debug", *bad).stderr
+    res = run(*cmd, "--set", "identities.count=0")
+    assert res.stderr.strip() == (
+        "synthface: error: --set identities.count=0: identities.count: must be >= 1 (got 0)"
+    )
+
+
 SECTIONS = {"identities": {"count": 10, "samples_per_identity": 3}}
 
 
