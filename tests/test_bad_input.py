@@ -24,7 +24,7 @@ from synthface.pipeline.cli import main as cli_main
 from synthface.pipeline.config import load_config
 from synthface.pipeline.errors import ConfigError, InputError, ShardError, SynthfaceError
 from synthface.pipeline.generate_plan import GenerateConfig
-from synthface.pipeline.limits import PIXELS_ENV
+PIXELS_ENV = "SYNTHFACE_MAX_IMAGE_PIXELS"
 from synthface.pipeline.shards import (
     begin_dataset,
     decode_image,
@@ -104,6 +104,8 @@ def test_manifest_record_naming_another_file_does_not_vouch(tmp_path):
 
     ds = tmp_path / "ds"
     make_dataset(ds, identities=4, max_samples=6)
+    shard = ds / "shards" / "train-000000.tar"
+    shard.rename(tmp_path / "outside.tar")  # same bytes, outside the dataset
     record = ds / "records" / "train-000000.json"
     data = json.loads(record.read_text())
     data["name"] = "../../outside.tar"

@@ -303,6 +303,7 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(
     res = subprocess.run(cmd, env=server["env"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert tree_hashes(out) == reference
+    print(f"sigkill-resume: {landed} kills landed, {len(reference)} files byte-identical")
 
 
 def test_dask_task_runner_with_two_local_workers(server, models, reference, tmp_path):
