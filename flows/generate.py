@@ -59,7 +59,11 @@ def resolve_config(
             data[section][field] = value
     data = apply_overrides(data, overrides)
     return validate_config(
-        data, GenerateConfig, "generate-synthetic parameters", overrides=overrides
+        data,
+        GenerateConfig,
+        "generate-synthetic parameters",
+        overrides=overrides,
+        override_label="generate-synthetic override",
     )
 
 

@@ -113,6 +113,7 @@ def format_validation_error(
     *,
     overrides: list[str] | None = None,
     lines: dict[tuple[str, ...], int] | None = None,
+    override_label: str = "--set",
 ) -> str:
     """All problems of one validation, one line each, prefixed by where the value came from:
     ``--set KEY=VALUE`` for an overridden key, else ``source`` (with the line when known).
@@ -125,7 +126,7 @@ def format_validation_error(
         where = source
         for n in range(len(loc), 0, -1):
             if loc[:n] in by_override:
-                where = f"--set {quote(by_override[loc[:n]])[1:-1]}"
+                where = f"{override_label} {quote(by_override[loc[:n]])[1:-1]}"
                 break
             if lines and loc[:n] in lines:
                 where = f"{source}: line {lines[loc[:n]]}"
@@ -146,11 +147,14 @@ def validate_config(
     *,
     overrides: list[str] | None = None,
     lines: dict[tuple[str, ...], int] | None = None,
+    override_label: str = "--set",
 ) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
-        message = format_validation_error(exc, source, model, overrides=overrides, lines=lines)
+        message = format_validation_error(
+            exc, source, model, overrides=overrides, lines=lines, override_label=override_label
+        )
         raise ConfigError(message) from None
 
 
