@@ -24,7 +24,7 @@ from synthface.pipeline.cli import main as cli_main
 from synthface.pipeline.config import load_config
 from synthface.pipeline.errors import ConfigError, InputError, ShardError, SynthfaceError
 from synthface.pipeline.generate_plan import GenerateConfig
-PIXELS_ENV = "SYNTHFACE_MAX_IMAGE_PIXELS"
+from synthface.pipeline.limits import PIXELS_ENV
 from synthface.pipeline.shards import (
     begin_dataset,
     decode_image,
@@ -33,6 +33,7 @@ from synthface.pipeline.shards import (
 )
 from synthface.pipeline.shards.folder import from_folder, to_folder
 from synthface.pipeline.shards.verify import verify_dataset
+from tests.test_core import _write
 from tests.test_shards_support import make_dataset, make_folder
 
 # ---------------------------------------------------------------- opened-file recorder
@@ -186,18 +187,11 @@ def test_image_limit_flag_on_the_cli(tmp_path, capsys, monkeypatch):
 # ---------------------------------------------------------------- YAML configs
 
 
-def _config(tmp_path: Path, text: str) -> Path:
-    path = tmp_path / "generate" / "x.yaml"
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text)
-    return path
-
-
 def test_yaml_billion_laughs_is_refused_quickly_and_briefly(tmp_path):
     lines = ['a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
     for prev, name in zip("abcdefgh", "bcdefghi"):
         lines.append(f"{name}: &{name} [" + ",".join([f"*{prev}"] * 9) + "]")
-    path = _config(tmp_path, "\n".join(lines) + "\n")
+    path = _write(tmp_path, "\n".join(lines) + "\n")
     t0 = time.perf_counter()
     with pytest.raises(ConfigError) as err:
         load_config(path, GenerateConfig)
@@ -235,21 +229,21 @@ YAML_CASES = [
 
 @pytest.mark.parametrize(("text", "message"), YAML_CASES)
 def test_yaml_refusals_are_one_line_naming_file_and_line(tmp_path, text, message):
-    path = _config(tmp_path, text)
+    path = _write(tmp_path, text)
     with pytest.raises(ConfigError, match=message) as err:
         load_config(path, GenerateConfig)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
 def test_yaml_quoted_values_are_cut_short(tmp_path):
-    path = _config(tmp_path, "identities:\n  count: '" + "9x" * 50000 + "'\n")
+    path = _write(tmp_path, "identities:\n  count: '" + "9x" * 50000 + "'\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, GenerateConfig)
     assert len(str(err.value)) < 300 and "(100002 characters)" in str(err.value)
 
 
 def test_yaml_set_errors_name_the_override_not_the_file(tmp_path):
-    path = _config(tmp_path, "identities:\n  count: 3\n")
+    path = _write(tmp_path, "identities:\n  count: 3\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, GenerateConfig, ["identities.count=-3", "output.dir=*x"])
     lines = str(err.value).splitlines()
