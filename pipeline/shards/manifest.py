@@ -168,14 +168,24 @@ def _check_claim(dataset_dir: Path, split: str, digest: str) -> None:
 @contextlib.contextmanager
 def _claim_lock(dataset_dir: Path) -> Iterator[None]:
     """Exclusive lock on ``records/.claim.lock``: check-and-claim is one step for every
-    process sharing the directory (released by the kernel if the holder dies)."""
+    process sharing the directory (released by the kernel if the holder dies). A lock file
+    unlinked by ``release_dataset`` while we waited is not trusted: we lock the new one."""
     import fcntl
 
     records = dataset_dir / RECORDS_DIR
-    records.mkdir(parents=True, exist_ok=True)
-    fd = os.open(records / CLAIM_LOCK, os.O_RDWR | os.O_CREAT, 0o666)
-    try:
+    path = records / CLAIM_LOCK
+    while True:
+        records.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
         fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
         yield
     finally:
         os.close(fd)
@@ -217,14 +227,14 @@ def release_dataset(dataset_dir: str | Path, *, config: Any, split: str = "train
     pending = _pending_path(dataset_dir, split)
     if not pending.exists():
         return False
+    records = dataset_dir / RECORDS_DIR
     with _claim_lock(dataset_dir):
         if _pending_hash(pending) != config_hash(config) or _written_files(dataset_dir, split):
             return False
         pending.unlink(missing_ok=True)
         _owner_path(dataset_dir, split).unlink(missing_ok=True)
-    records = dataset_dir / RECORDS_DIR
-    if [p.name for p in records.iterdir()] == [CLAIM_LOCK]:
-        (records / CLAIM_LOCK).unlink(missing_ok=True)
+        if [p.name for p in records.iterdir()] == [CLAIM_LOCK]:
+            (records / CLAIM_LOCK).unlink()  # waiters notice and lock a fresh file
     for sub in (RECORDS_DIR, SHARDS_DIR):
         with contextlib.suppress(OSError):
             (dataset_dir / sub).rmdir()  # only if empty
