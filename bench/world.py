@@ -87,9 +87,7 @@ def speed(sizes=(64, 112), n: int = 512, repeats: int = 3) -> dict:
 
 
 def _gray(blobs: list[bytes]) -> np.ndarray:
-    arrs = [
-        np.asarray(open_image(b, mode="L"), dtype=np.float64).ravel() for b in blobs
-    ]
+    arrs = [np.asarray(open_image(b, mode="L"), dtype=np.float64).ravel() for b in blobs]
     x = np.stack(arrs)
     return x - x.mean(1, keepdims=True)  # per-image brightness offset removed (fairer baseline)
 

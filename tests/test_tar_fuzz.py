@@ -11,6 +11,7 @@ raises a ``SynthfaceError`` (one line, names the shard); anything else (``ValueE
 from __future__ import annotations
 
 import io
+import os
 import random
 import signal
 import tarfile
@@ -29,7 +30,7 @@ from synthface.pipeline.shards.tarformat import BLOCK, walk
 from synthface.pipeline.shards.verify import _Report, _scan_shard
 from tests.test_shards_support import make_samples
 
-CASES = 300
+CASES = int(os.environ.get("SYNTHFACE_FUZZ_CASES", "300"))  # more for a longer hunt
 SEED = 20240611
 CASE_SECONDS = 2.0
 
