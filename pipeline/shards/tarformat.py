@@ -89,14 +89,15 @@ def _pax(data: bytes, where: str, offset: int) -> dict[str, str]:
     return out
 
 
-def _file_size(f: BinaryIO) -> int | None:
+def _bytes_left(f: BinaryIO) -> int | None:
+    """Bytes from the current position to the end, ``None`` for a stream (a pipe)."""
     try:
         if not f.seekable():
             return None
         here = f.tell()
         end = f.seek(0, 2)
         f.seek(here)
-        return end
+        return end - here
     except (OSError, AttributeError, ValueError):
         return None
 
@@ -112,7 +113,7 @@ def walk(
     Every iteration consumes at least one header block, so any byte sequence ends.
     """
     offset = 0
-    total = _file_size(f)
+    total = _bytes_left(f)
     long_name: str | None = None
     pax: dict[str, str] = {}
     while True:
