@@ -30,9 +30,11 @@ def cmd_run_generate(args: argparse.Namespace) -> int:
         out = resolve_path(args.output_dir, PathRole.OUTPUT, Path.cwd())
         cfg = cfg.model_copy(update={"output": cfg.output.model_copy(update={"dir": out})})
     prepare_prefect_env()
+    from synthface.flows.console import one_error_line
     from synthface.flows.generate import generate_synthetic
 
-    summary = generate_synthetic(config=cfg)
+    with one_error_line(getattr(args, "debug", False)):
+        summary = generate_synthetic(config=cfg)
     text = "\n".join(
         [
             f"dataset: {summary['dataset_dir']} ({summary['num_identities']} identities, "

@@ -64,7 +64,13 @@ def resolve_config(
             section, field = key.split(".")
             data[section][field] = value
     data = apply_overrides(data, overrides)
-    cfg = validate_config(data, GenerateConfig, "generate-synthetic parameters")
+    cfg = validate_config(
+        data,
+        GenerateConfig,
+        "generate-synthetic parameters",
+        overrides=overrides,
+        override_label="generate-synthetic override",
+    )
     return resolve_paths(cfg, Path.cwd())
 
 

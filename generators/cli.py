@@ -36,7 +36,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = train_generator(cfg, steps=args.steps, resume=not args.no_resume, log=log)
+    result = train_generator(
+        cfg,
+        steps=args.steps,
+        resume=not args.no_resume,
+        log=log,
+        resume_allow_partial=args.resume_allow_partial,
+    )
     summary = {
         "step": result["step"],
         "final": str(result["final"]) if result["final"] else None,
@@ -186,6 +192,12 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
     c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument(
+        "--resume-allow-partial",
+        action="store_true",
+        help="skip damaged checkpoints for the newest intact one (it says which it drops "
+        "and which steps are trained again) instead of failing",
+    )
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_train)

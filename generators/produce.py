@@ -39,6 +39,7 @@ from synthface.pipeline.generate_plan import (
     write_plan,
 )
 from synthface.pipeline.progress import progress_bar
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
 from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
 from synthface.pipeline.shards.manifest import config_hash
@@ -255,8 +256,13 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     given = None
     if cfg.identities.anchors is not None:
         given = load_anchors(cfg.identities.anchors, dim, cfg.identities.count)
+    else:
+        from synthface.generators.id3.anchors import check_tammes_memory
+
+        check_tammes_memory(cfg.identities.count, dim, ckpt_cfg.id3.anchor_block)
 
     dataset_dir = Path(cfg.output.dir)
+    check_output_outside(dataset_dir, "output.dir", **{"generator.checkpoint": ckpt})
     remove_stale_temporaries(dataset_dir)
     dcfg = dataset_config(
         cfg,

@@ -17,6 +17,11 @@ from typing import Any
 
 from synthface.pipeline import __version__
 from synthface.pipeline.errors import SynthfaceError
+from synthface.pipeline.limits import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    PIXELS_ENV,
+    set_max_image_pixels,
+)
 
 ENTRY_POINT_GROUP = "synthface.cli"
 
@@ -31,6 +36,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
     parser.add_argument(
         "--quiet", action="store_true", help="no progress bars (they show only on a terminal)"
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help=f"refuse images above N pixels (default {DEFAULT_MAX_IMAGE_PIXELS}, or ${PIXELS_ENV})",
     )
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
@@ -68,7 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     argv = [a for a in argv if a not in ("--debug", "--quiet")]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = debug
     try:
+        if args.max_image_pixels is not None:
+            set_max_image_pixels(args.max_image_pixels)
         code = args.func(args)
     except SynthfaceError as exc:
         if debug:

@@ -41,6 +41,12 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         help="continue from the newest checkpoint in train.output_dir (latest) or from DIR",
     )
     c.add_argument(
+        "--resume-allow-partial",
+        action="store_true",
+        help="with --resume latest: skip damaged checkpoints for the newest intact one "
+        "(it says which it drops and which steps are trained again) instead of failing",
+    )
+    c.add_argument(
         "--stop-after",
         type=int,
         metavar="STEP",
@@ -56,7 +62,12 @@ def cmd_train(args: argparse.Namespace) -> int:
     from synthface.recognition.training import train
 
     cfg = load_config(args.config, TrainConfig, args.overrides)
-    result = train(cfg, resume=args.resume, stop_after=args.stop_after)
+    result = train(
+        cfg,
+        resume=args.resume,
+        stop_after=args.stop_after,
+        resume_allow_partial=args.resume_allow_partial,
+    )
     if not result.is_main_process:  # one report per job under accelerate launch
         return 0
     data = {

@@ -317,6 +317,35 @@ def test_prefect_deploy_and_flows_serve_register_the_same_deployments(server, mo
     assert by_serve == by_deploy
 
 
+def test_error_inside_a_flow_run_prints_one_line(server, models, tmp_path):
+    """Prefect logs a failing task and flow with tracebacks; the CLI shows one line (the
+    traceback only with --debug), and a --set value is blamed on the override."""
+    config = _config_file(tmp_path / "ok.yaml", tiny_config(models, tmp_path / "ds"))
+    missing = tmp_path / "no-such-generator"
+    cmd = ["flows", "run", "generate", "--config", str(config)]
+    bad = [*cmd, "--set", f"generator.checkpoint={missing}"]
+
+    def run(*args):
+        return subprocess.run(
+            [BIN / "synthface", *args], env=server["env"], capture_output=True, text=True
+        )
+
+    res = run(*bad)
+    assert res.returncode == 1
+    mentions = [line for line in res.stderr.splitlines() if str(missing) in line]
+    assert mentions == [
+        f"synthface: error: generator.checkpoint: {missing}: not a generator checkpoint "
+        "(no such directory); train one (`make demo` builds the demo's) or point "
+        "generator.checkpoint at one"
+    ], res.stderr
+    assert "Traceback" not in res.stderr
+    assert "Traceback" in run("--debug", *bad).stderr
+    res = run(*cmd, "--set", "identities.count=0")
+    assert res.stderr.strip() == (
+        "synthface: error: --set identities.count=0: identities.count: must be >= 1 (got 0)"
+    )
+
+
 SECTIONS = {"identities": {"count": 10, "samples_per_identity": 3}}
 
 
@@ -373,6 +402,7 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(
     res = subprocess.run(cmd, env=server["env"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert tree_hashes(out) == reference
+    print(f"sigkill-resume: {landed} kills landed, {len(reference)} files byte-identical")
 
 
 def test_dask_task_runner_with_two_local_workers(server, models, reference, tmp_path):

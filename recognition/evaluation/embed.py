@@ -7,13 +7,13 @@ uses the norm as a quality weight. Embedders expose that as ``embed_raw``.
 
 from __future__ import annotations
 
-import io
 from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
 from synthface.pipeline.progress import progress_bar
 from synthface.recognition.evaluation.verification import VerificationResult, evaluate_embeddings
 
@@ -86,14 +86,10 @@ def decode_images(blobs: list[bytes], size: tuple[int, int], *, source: str = ""
     h, w = size
     out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
     for i, blob in enumerate(blobs):
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                im = im.convert("RGB")
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.BILINEAR)
-                out[i] = np.asarray(im)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{source}: image {i} is not a decodable image ({exc})") from None
+        im = open_image(blob, f"{source}: image {i}")
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        out[i] = np.asarray(im)
     return out
 
 

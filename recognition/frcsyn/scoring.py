@@ -27,6 +27,7 @@ import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
 from synthface.pipeline.progress import progress_bar
 from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
 from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
@@ -82,14 +83,10 @@ def parse_submission(text: str, source: str = "") -> tuple[np.ndarray, np.ndarra
 def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
+    im = open_image(path)
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im)
 
 
 def embed_tree_images(

@@ -24,6 +24,7 @@ from torch import nn
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError, SynthfaceError
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.recognition.augment import Augmenter
 from synthface.recognition.config import TrainConfig
 from synthface.recognition.training import callbacks as cb
@@ -213,6 +214,17 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
     return model
 
 
+def _check_head_memory(cfg: TrainConfig, num_classes: int, device: torch.device) -> None:
+    """The class-centre matrix with its gradient and optimizer state must fit the device:
+    refuse a 10-million-identity run before allocating, not by an OOM kill."""
+    from synthface.pipeline.limits import check_memory
+
+    estimate = 16 * num_classes * cfg.model.embedding_dim  # fp32 weight, grad, 2 moments
+    what = f"margin head for {num_classes} identities x {cfg.model.embedding_dim} dims"
+    hint = "weights, gradients and optimizer state; use fewer identities or a smaller embedding"
+    check_memory(estimate, what, hint, device)
+
+
 def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
     """The architecture must match the checkpoint; other changes are allowed."""
     saved = state.get("config") or {}
@@ -231,9 +243,16 @@ def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, *, resume: str | None = None, stop_after: int | None = None
+    cfg: TrainConfig,
+    *,
+    resume: str | None = None,
+    stop_after: int | None = None,
+    resume_allow_partial: bool = False,
 ) -> TrainResult:
     """Train a recognizer as ``cfg`` says; ``resume="latest"`` continues the newest checkpoint.
+
+    A damaged newest checkpoint is an error naming the file, unless
+    ``resume_allow_partial`` lets it fall back to the newest intact one (saying so).
 
     ``stop_after`` ends the run after that global step with a checkpoint, leaving the
     schedule as if the run were whole: for jobs with a time limit that resume in chunks.
@@ -241,9 +260,11 @@ def train(
     """
     from accelerate.utils import set_seed
 
+    check_output_outside(cfg.train.output_dir, "train.output_dir", **{"data.train": cfg.data.train})
     info = inspect_dataset(cfg.data)
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
+    _check_head_memory(cfg, info.num_classes, accelerator.device)
     rank, seed, accum = accelerator.process_index, cfg.train.seed, cfg.train.grad_accum
     # before anything is written, and before seeding: a checkpoint teacher is built (random
     # init, then its weights) and must not shift the student's initialisation
@@ -271,7 +292,7 @@ def train(
     )
 
     step = 0
-    ckpt = resolve_resume(out, resume)
+    ckpt = resolve_resume(out, resume, allow_partial=resume_allow_partial)
     if ckpt is not None:
         _check_resumable(cfg, read_state(ckpt), ckpt)  # a clear message before key errors
         state = load_checkpoint(accelerator, ckpt)
