@@ -38,8 +38,8 @@ from synthface.pipeline.generate_plan import (
     read_plan,
     write_plan,
 )
-from synthface.pipeline.progress import progress_bar
 from synthface.pipeline.output_paths import check_output_outside
+from synthface.pipeline.progress import progress_bar
 from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
 from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
 from synthface.pipeline.shards.manifest import config_hash
