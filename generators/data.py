@@ -60,11 +60,10 @@ class ImageFolder(Sequence):
         return len(self.items)
 
     def __getitem__(self, i):  # type: ignore[override]
-        from PIL import Image
+        from synthface.pipeline.limits import open_image
 
         path, label = self.items[i]
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = np.asarray(open_image(path))
         side = path.with_suffix(path.suffix + ".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
         return {
