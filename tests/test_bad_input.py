@@ -229,21 +229,23 @@ YAML_CASES = [
 
 @pytest.mark.parametrize(("text", "message"), YAML_CASES)
 def test_yaml_refusals_are_one_line_naming_file_and_line(tmp_path, text, message):
-    path = _write(tmp_path, text)
+    path = _write(tmp_path, text + "generator: {checkpoint: g}\n")  # the one required key
     with pytest.raises(ConfigError, match=message) as err:
         load_config(path, GenerateConfig)
     assert str(err.value).startswith(str(path)) and "\n" not in str(err.value)
 
 
 def test_yaml_quoted_values_are_cut_short(tmp_path):
-    path = _write(tmp_path, "identities:\n  count: '" + "9x" * 50000 + "'\n")
+    path = _write(
+        tmp_path, "generator: {checkpoint: g}\nidentities:\n  count: '" + "9x" * 50000 + "'\n"
+    )
     with pytest.raises(ConfigError) as err:
         load_config(path, GenerateConfig)
     assert len(str(err.value)) < 300 and "(100002 characters)" in str(err.value)
 
 
 def test_yaml_set_errors_name_the_override_not_the_file(tmp_path):
-    path = _write(tmp_path, "identities:\n  count: 3\n")
+    path = _write(tmp_path, "identities:\n  count: 3\ngenerator: {checkpoint: g}\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, GenerateConfig, ["identities.count=-3", "output.dir=*x"])
     lines = str(err.value).splitlines()
