@@ -30,7 +30,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GENERATOR_CONFIG = REPO / "configs" / "generators" / "id3_world.yaml"
@@ -89,9 +88,9 @@ def recognizer_config(data: Path, out: Path, gpu: bool):
 
 def generator_config(name: str, data: Path, encoder: Path, dim: int, out: Path):
     from synthface.generators.config import GeneratorConfig
+    from synthface.pipeline.config import load_config
 
-    raw = yaml.safe_load(GENERATOR_CONFIGS.get(name, DEFAULT_GENERATOR_CONFIG).read_text())
-    cfg = GeneratorConfig.model_validate(raw)
+    cfg = load_config(GENERATOR_CONFIGS.get(name, DEFAULT_GENERATOR_CONFIG), GeneratorConfig)
     cfg.generator = name
     cfg.conditioning.identity_dim = dim
     cfg.encoder.path = str(encoder)
