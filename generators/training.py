@@ -55,6 +55,7 @@ from synthface.generators.data import attribute_row, open_source, sample_stream
 from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.region import store_identity_region
 from synthface.generators.sampling import make_scheduler
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError
@@ -375,4 +376,5 @@ def train_generator(
             attribute_prior=prior if prior is not None and prior.total else None,
         )
         generator.save_pretrained(final)
+        store_identity_region(final, cfg, encoder, data=data)
     return {"step": max(start, total), "final": final, "history": history}
