@@ -51,6 +51,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     serve_deployments(
         args.config or None,
         train_paths=args.train_config,
+        benchmark_paths=args.benchmark_config,
         schedules=not args.no_schedules,
         limit=args.limit,
     )
@@ -120,6 +121,12 @@ def register(groups: argparse._SubParsersAction) -> None:
         metavar="FILE",
         help="also serve train-recognizer/<stem> or train-generator/<stem> for a "
         "configs/recognition or configs/generators file (repeatable)",
+    )
+    serve.add_argument(
+        "--benchmark-config",
+        action="append",
+        metavar="FILE",
+        help="also serve benchmark-synthetic/<name> for a configs/benchmark file (repeatable)",
     )
     serve.add_argument("--no-schedules", action="store_true", help="register without schedules")
     serve.add_argument("--limit", type=int, default=None, help="at most this many concurrent runs")

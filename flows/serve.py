@@ -94,10 +94,29 @@ def training_deployment(path: str | Path):
     )
 
 
+def benchmark_deployment(path: str | Path):
+    """``benchmark-synthetic/<name>`` for a ``configs/benchmark`` file (paths made absolute)."""
+    from prefect.deployments.runner import EntrypointType
+
+    from synthface.flows.benchmark import benchmark_synthetic
+    from synthface.generators.benchmark.config import load_benchmark_config
+
+    cfg = load_benchmark_config(path)
+    return benchmark_synthetic.to_deployment(
+        name=cfg.name,
+        parameters={"config": cfg.model_dump(mode="json")},
+        description=f"benchmark-synthetic with {path} into {cfg.output_dir}",
+        tags=["synthface", "benchmark"],
+        enforce_parameter_schema=True,
+        entrypoint_type=EntrypointType.MODULE_PATH,
+    )
+
+
 def serve_deployments(
     paths: list[str] | None = None,
     *,
     train_paths: list[str] | None = None,
+    benchmark_paths: list[str] | None = None,
     schedules: bool = True,
     limit: int | None = None,
 ) -> None:
@@ -106,4 +125,5 @@ def serve_deployments(
 
     deployments = build_deployments(paths, schedules=schedules)
     deployments += [training_deployment(p) for p in train_paths or []]
+    deployments += [benchmark_deployment(p) for p in benchmark_paths or []]
     serve(*deployments, limit=limit)
