@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from synthface.generators.region import REGION_FILE
-from synthface.pipeline.atomic import atomic_write_bytes, atomic_write_json
+from synthface.pipeline.atomic import atomic_write_bytes, atomic_write_json, file_sha256
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.generate_plan import (
     GenerateConfig,
@@ -216,11 +216,22 @@ def remove_stale_temporaries(dataset_dir: Path) -> list[Path]:
     return removed
 
 
+def _weights_sha256(path: str | Path) -> str | None:
+    p = Path(path)
+    f = p / "model.safetensors" if p.is_dir() else p
+    return file_sha256(f)[0] if f.is_file() else None
+
+
 def qc_uses_conditioning_encoder(cfg: GenerateConfig, ckpt_cfg) -> bool:
-    """True when the QC recognizer is the generator's own conditioning encoder."""
+    """True when the QC recognizer is the generator's conditioning encoder (or a copy of it)."""
     qc = _qc_recognizer_path(cfg, ckpt_cfg)
     enc = _encoder_path(cfg, ckpt_cfg)
-    return enc is not None and Path(qc).resolve() == Path(enc).resolve()
+    if enc is None or not Path(enc).exists():
+        return False
+    if Path(qc).resolve() == Path(enc).resolve():
+        return True
+    same = _weights_sha256(qc)
+    return same is not None and same == _weights_sha256(enc)
 
 
 QC_INFLATED = (

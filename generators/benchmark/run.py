@@ -90,7 +90,9 @@ def run_benchmark(
                 seed=p.seed,
             ),
         )
-        bins, tree = prot["bins"], prot["tree"]
+        # (a marker's JSON has sorted keys: the protocol order comes from its list)
+        bins = {name: prot["bins"][name] for name in prot["protocols"]}
+        tree = prot["tree"]
         bins_key, tree_key = prot["key"], prot["key"]
         n_hold = min(rs.calibration_identities, rs.world.identities)
         holdout = store.run(
