@@ -244,3 +244,18 @@ def test_unknown_generator_is_refused_naming_the_registry(tmp_path):
 
     with pytest.raises(ConfigError, match=r"unknown generator 'uiface_typo' \(known: .*id3"):
         check_registered("uiface_typo")
+
+
+@pytest.mark.parametrize(
+    "path", ["configs/benchmark/cpu.yaml", "bench/gpu/benchmark_synthetic.yaml"]
+)
+def test_shipped_benchmark_configs_point_at_real_files(path):
+    from synthface.generators.benchmark.config import load_benchmark_config
+    from synthface.generators.benchmark.models import check_registered, generator_config
+
+    cfg = load_benchmark_config(ROOT / path, base=ROOT)
+    assert Path(cfg.recognition.recipe).is_file()
+    for entry in cfg.generators:
+        check_registered(entry.name)
+        gcfg = generator_config(entry, image_size=cfg.image_size, encoder="e", data="d", dim=128)
+        assert gcfg.generator == entry.name and gcfg.image_size == cfg.image_size

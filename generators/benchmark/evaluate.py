@@ -23,12 +23,14 @@ _EMBED_CACHE: dict[tuple, np.ndarray] = {}
 _CACHE_SIZE = 8
 
 
-def verification(stage_dir: Path, model: str, bins: dict[str, str], *, batch_size: int) -> dict:
+def verification(
+    stage_dir: Path, model: str, bins: dict[str, str], *, batch_size: int, device: str = "cpu"
+) -> dict:
     """10-fold accuracy (%) per protocol; the full results go to ``verification.json``."""
     from synthface.recognition import load_embedder
     from synthface.recognition.evaluation.embed import evaluate_bin
 
-    embedder = load_embedder(model)
+    embedder = load_embedder(model, device=device)
     full, out = {}, {}
     for name, path in bins.items():
         r = evaluate_bin(path, embedder, name=name, batch_size=batch_size)
@@ -44,11 +46,11 @@ def verification(stage_dir: Path, model: str, bins: dict[str, str], *, batch_siz
     return out
 
 
-def _cached_embedder(model: str, batch_size: int):
+def _cached_embedder(model: str, batch_size: int, device: str):
     from synthface.recognition import load_embedder
     from synthface.recognition.frcsyn.scoring import embed_tree_images
 
-    emb = load_embedder(model)
+    emb = load_embedder(model, device=device)
 
     def embed(images_dir, relpaths):
         key = (
@@ -77,6 +79,7 @@ def frcsyn(
     edition: str,
     method: str,
     batch_size: int,
+    device: str = "cpu",
 ) -> dict:
     """FRCSyn Task 1 (AVG, SD, TO on bupt) and Task 2 (AVG) for one training set.
 
@@ -89,8 +92,8 @@ def frcsyn(
 
     have = set(list_datasets(Path(tree) / "comparisons"))
     systems = {
-        "proposed": _cached_embedder(proposed, batch_size),
-        "baseline": _cached_embedder(baseline, batch_size),
+        "proposed": _cached_embedder(proposed, batch_size, device),
+        "baseline": _cached_embedder(baseline, batch_size, device),
     }
     out: dict = {}
     for task in (1, 2):

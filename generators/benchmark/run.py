@@ -245,7 +245,7 @@ def run_benchmark(
         def work(d, name=name, model=model, synthetic_only=synthetic_only):
             out = {
                 "verification": E.verification(
-                    d, model["model"], bins, batch_size=evaluation.batch_size
+                    d, model["model"], bins, batch_size=evaluation.batch_size, device=device
                 )
             }
             if calibration is not None:
@@ -260,6 +260,7 @@ def run_benchmark(
                     edition=evaluation.edition,
                     method=evaluation.threshold_method,
                     batch_size=evaluation.batch_size,
+                    device=device,
                 )
             return out
 
