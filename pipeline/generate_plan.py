@@ -162,12 +162,15 @@ def dataset_config(
             ids.pop(key)
         ids["anchors_sha256"] = anchors_sha256
     else:
-        # What the anchors were actually packed in, not "auto".
+        # What the anchors were actually packed in, not "auto"; whole-sphere anchors without
+        # a guard are what every dataset before these options was, so they hash as before.
         ids["anchor_region"] = anchor_region
         if anchor_region != "data":
             ids.pop("region_variance")
         if not novelty_guard:
             ids.pop("novelty_max_cos")
+            if anchor_region == "sphere":
+                ids.pop("anchor_region")
     return {
         "kind": "generate",
         "generator": gen,

@@ -105,7 +105,7 @@ def test_checkpoint_without_region_falls_back_to_the_sphere_with_a_warning(
         prepared = prepare_generation(cfg)
     assert any("whole sphere" in w for w in prepared.warnings)
     assert "stores no identity_region" in caplog.text
-    assert prepared.dataset_config["identities"]["anchor_region"] == "sphere"
+    assert "anchor_region" not in prepared.dataset_config["identities"]  # hashes as before
     with pytest.raises(ConfigError, match=r"identities\.anchor_region: data"):
         prepare_generation(
             tiny_config(models, tmp_path / "ds2", identities={"anchor_region": "data"})

@@ -8,7 +8,6 @@ unless two sources differ in size.
 
 from __future__ import annotations
 
-import hashlib
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -32,9 +31,9 @@ def dataset_identity(path: str | Path, split: str = "train") -> dict:
 
 
 def file_sha256(path: str | Path) -> str:
-    from synthface.pipeline.atomic import file_sha256 as sha
+    from synthface.pipeline.atomic import file_sha256 as sha256_and_size
 
-    return sha(path)[0]
+    return sha256_and_size(path)[0]
 
 
 def tree_identity(tree: str | Path) -> dict[str, str]:
@@ -114,7 +113,9 @@ def _raw_samples(path: str | Path) -> Iterator[dict]:
 
 
 def _ext(data: bytes) -> str:
-    return "png" if data[:8] == b"\x89PNG\r\n\x1a\n" else "jpg"
+    from synthface.pipeline.shards.sample import sniff_image_ext
+
+    return sniff_image_ext(data) or "jpg"
 
 
 def _image_size(path: str | Path) -> tuple[int, int]:
@@ -216,7 +217,3 @@ def merge_sets(out: Path, real: str, synthetic: str) -> dict:
 
 def bins_identity(bins: list[str]) -> dict[str, str]:
     return {Path(b).stem: file_sha256(b) for b in bins}
-
-
-def digest(data: bytes) -> str:
-    return hashlib.sha256(data).hexdigest()

@@ -33,11 +33,12 @@ CALIBRATION_FORMAT = "synthface-frcsyn-calibration"
 
 
 def _ext(data: bytes, key: str) -> str:
-    if data[:2] == b"\xff\xd8":
-        return "jpg"
-    if data[:8] == b"\x89PNG\r\n\x1a\n":
-        return "png"
-    raise InputError(f"sample {key!r}: image is neither JPEG nor PNG")
+    from synthface.pipeline.shards.sample import sniff_image_ext
+
+    ext = sniff_image_ext(data)
+    if ext is None:
+        raise InputError(f"sample {key!r}: image is neither JPEG nor PNG")
+    return ext
 
 
 def _identities(samples: Iterator[dict], chosen: set[int]) -> Iterator[tuple[int, list[dict]]]:
