@@ -214,6 +214,8 @@ def test_generated_anchors_lie_in_the_data_region_and_keep_the_margin(runs):
         assert region.num_identities == 12  # the real world set's identities
         ds = Path(json.loads((runs["out"] / "report" / "benchmark.json").read_text())["stages_dir"])
         anchors = np.load(next(ds.glob(f"synthetic/{g}-*/dataset/plan/anchors.npy")))
+        qc_report = next(ds.glob(f"synthetic/{g}-*/dataset/report/report.md")).read_text()
+        assert "no anchor above cos 0.8 to any of them" in qc_report
         assert (anchors @ region.centroids.T).max() <= 0.8 + 1e-4
         # inside the region: closer to the training identities' mean than whole-sphere anchors
         mean = region.mean / np.linalg.norm(region.mean)
