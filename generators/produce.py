@@ -342,6 +342,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     stored = read_plan(dataset_dir)
     apath = anchors_path(dataset_dir)
     anchors = None
+    moved = None  # anchors the novelty guard had to move (known when computed here)
     if given is not None:
         _store_anchors(apath, given)
         anchors = given
@@ -389,15 +390,20 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         if guard:
             from synthface.generators.region import novelty_guard
 
-            anchors, _ = novelty_guard(anchors, region.centroids, max_cos)
+            anchors, moved = novelty_guard(anchors, region.centroids, max_cos)
         _store_anchors(apath, anchors)
     novelty = None
     if region is not None:
         from synthface.generators.region import novelty_report
 
+        if moved is None and guard:  # anchors reused from the plan: keep the count made then
+            from synthface.pipeline.generate_finalize import read_novelty
+
+            moved = (read_novelty(dataset_dir) or {}).get("anchors_moved")
         novelty = {
             "anchor_region": mode,
             "guard": guard,
+            "anchors_moved": moved,
             **novelty_report(anchors, region, max_cos if guard else None),
         }
         atomic_write_json(novelty_path(dataset_dir), novelty)

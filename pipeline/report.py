@@ -217,6 +217,11 @@ def write_report(
             f"Anchors packed {where} ({anchors.get('training_identities')} training "
             "identities, conditioning encoder's space); novelty guard: "
             + ("off" if margin is None else f"no anchor above cos {margin} to any of them")
+            + (
+                ""
+                if anchors.get("anchors_moved") is None
+                else f" ({anchors['anchors_moved']} anchors moved to meet it)"
+            )
             + ".",
             "",
             "| cos | mean | p95 | max |",

@@ -91,6 +91,8 @@ def test_generation_packs_anchors_in_the_region_with_the_margin(models, region_c
     assert (anchors @ region.centroids.T).max() <= cfg.identities.novelty_max_cos + 1e-5
     n = prepared.novelty
     assert n["anchor_region"] == "data" and n["guard"] is True
+    assert isinstance(n["anchors_moved"], int)
+    assert prepare_generation(cfg).novelty == n  # a resumed plan reports the same
     assert n["anchor_to_nearest_training_cos"]["max"] <= 0.8 + 1e-4
     assert prepared.dataset_config["identities"]["anchor_region"] == "data"
     # the region is part of the checkpoint's identity (it changes the anchors)

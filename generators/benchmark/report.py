@@ -124,7 +124,11 @@ def markdown(s: dict) -> str:
                 _f(qc.get("gallery_similarity"), 3),
                 str(qc.get("leak", "—")),
                 a.get("anchor_region", "—"),
-                _f(a.get("max_cos_to_training"), 2) if a.get("guard") else "off",
+                (
+                    f"{_f(a.get('max_cos_to_training'), 2)} ({a.get('anchors_moved', '?')} moved)"
+                    if a.get("guard")
+                    else "off"
+                ),
                 f"{_f(near.get('mean'), 3)} / {_f(near.get('max'), 3)}",
                 f"{_f(own.get('mean'), 3)} / {_f(own.get('max'), 3)}",
             ]
