@@ -23,26 +23,49 @@ from synthface.pipeline.config import apply_overrides, validate_config
 
 
 def resolve_benchmark_config(
-    config: BenchmarkConfig, overrides: list[str] | None = None
+    config: BenchmarkConfig | None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
 ) -> BenchmarkConfig:
-    data = apply_overrides(config.model_dump(mode="json"), overrides)
-    return validate_config(data, BenchmarkConfig, "benchmark-synthetic parameters")
+    """The run's config: ``config`` or ``config_file`` (loaded now), then ``overrides``
+    (relative paths given in them resolve against the run's working directory)."""
+    from synthface.flows.defaults import flow_config
+    from synthface.pipeline.errors import ConfigError
+    from synthface.pipeline.paths import resolve_paths
+
+    cfg = flow_config(BenchmarkConfig, config, config_file, "benchmark-synthetic")
+    if cfg is None:
+        raise ConfigError("benchmark-synthetic parameters: give config or config_file")
+    if not overrides:
+        return cfg
+    data = apply_overrides(cfg.model_dump(mode="json"), overrides)
+    cfg = validate_config(
+        data,
+        BenchmarkConfig,
+        "benchmark-synthetic parameters",
+        overrides=overrides,
+        override_label="benchmark-synthetic override",
+    )
+    return resolve_paths(cfg, Path.cwd())
 
 
 @flow(name="benchmark-synthetic", validate_parameters=True)
 def benchmark_synthetic(
-    config: BenchmarkConfig, overrides: list[str] | None = None
+    config: BenchmarkConfig | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
 ) -> dict[str, Any]:
     """Train on each generator's synthetic identities, verify on held-out real ones, report.
 
     Args:
         config: the whole ``benchmark`` config (``configs/benchmark/*.yaml``).
+        config_file: instead of ``config``, a config file loaded when the run starts.
         overrides: ``section.key=value`` strings applied to it (values parsed as YAML).
     """
     from synthface.flows.generate import generate_synthetic
     from synthface.generators.benchmark.run import run_benchmark
 
-    cfg = resolve_benchmark_config(config, overrides)
+    cfg = resolve_benchmark_config(config, config_file, overrides)
     logger = get_run_logger()
 
     def execute(label: str, work, stage_dir: Path):

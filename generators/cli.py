@@ -37,7 +37,13 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = train_generator(cfg, steps=args.steps, resume=not args.no_resume, log=log)
+    result = train_generator(
+        cfg,
+        steps=args.steps,
+        resume=not args.no_resume,
+        log=log,
+        resume_allow_partial=args.resume_allow_partial,
+    )
     summary = {
         "step": result["step"],
         "final": str(result["final"]) if result["final"] else None,
@@ -228,18 +234,37 @@ def _positive(text: str) -> int:
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "generator", "train and sample diffusion face generators")
 
-    c = sub.add_parser("train", help="train (or resume) a generator from a config")
+    c = sub.add_parser(
+        "train",
+        help="train (or resume) a generator from a config",
+        description="Train (or resume) a generator as CONFIG says. Writes checkpoints and, "
+        "when done, the generator (final/) to train.output_dir (relative: under "
+        "$SYNTHFACE_HOME or the current directory).",
+    )
     c.add_argument("config", help="configs/generators/*.yaml")
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
     c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
     c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument(
+        "--resume-allow-partial",
+        action="store_true",
+        help="skip damaged checkpoints for the newest intact one (it says which it drops "
+        "and which steps are trained again) instead of failing",
+    )
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("sample", help="render an identity-set dataset (shards) from a checkpoint")
+    c = sub.add_parser(
+        "sample",
+        help="render an identity-set dataset (shards) from a checkpoint",
+        description="The generate-synthetic steps without Prefect. Writes the dataset "
+        "directory OUT: shards/, records/, qc/, plan/, views/qc.json, report/ (unless "
+        "--no-report), dataset.json and its index files. Progress on stderr when it is a "
+        "terminal.",
+    )
     c.add_argument("checkpoint", help="generator directory (train's final/ or a checkpoint)")
     c.add_argument("--identities", type=_positive, required=True)
     c.add_argument("--per-identity", type=_positive, required=True)

@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 
@@ -94,7 +95,7 @@ class AutoencoderConfig(StrictModel):
     """
 
     kind: Literal["none", "kl", "vq"] = "none"
-    path: str | None = None
+    path: InputPath | None = None
     latent_channels: int = Field(default=4, ge=1)
     block_out_channels: list[int] = Field(default=[64, 128, 256], min_length=1)
     scaling_factor: float = Field(default=1.0, gt=0)
@@ -146,16 +147,16 @@ class ID3Config(StrictModel):
 class EncoderConfig(StrictModel):
     """The frozen identity encoder (a recognizer checkpoint directory or an ONNX file).
 
-    Only a torch recognizer is differentiable, so only it can drive the identity loss and
-    identity guidance; an ONNX recognizer can only provide cached conditioning embeddings.
+    Both drive the identity loss and identity guidance: an insightface-style ONNX
+    recognizer is converted to torch operations (``synthface.recognition.onnx_to_torch``).
     """
 
-    path: str | None = None
+    path: InputPath | None = None
 
 
 class DataConfig(StrictModel):
     source: Literal["shards", "folder"] = "shards"
-    path: str | None = None
+    path: InputPath | None = None
     # Use the ``.npy`` embedding stored with each sample instead of running the encoder.
     use_cached_embeddings: bool = False
     shuffle_buffer: int = Field(default=1000, ge=1)
@@ -173,7 +174,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     checkpoint_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=50, ge=1)
-    output_dir: str = "out/generators/run"
+    output_dir: OutputPath = "out/generators/run"
     keep_checkpoints: int = Field(default=2, ge=1)
 
 

@@ -46,11 +46,10 @@ class ImageFolder(Sequence):
     def __getitem__(self, i):  # type: ignore[override]
         import json
 
-        from PIL import Image
+        from synthface.pipeline.limits import open_image
 
         path, label = self.items[i]
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = np.asarray(open_image(path))
         side = path.with_suffix(path.suffix + ".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
         return {

@@ -21,6 +21,7 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -39,6 +40,8 @@ from synthface.pipeline.generate_plan import (
     read_plan,
     write_plan,
 )
+from synthface.pipeline.output_paths import check_output_outside
+from synthface.pipeline.progress import progress_bar
 from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
 from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
 from synthface.pipeline.shards.manifest import config_hash
@@ -311,6 +314,10 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     given = None
     if cfg.identities.anchors is not None:
         given = load_anchors(cfg.identities.anchors, dim, cfg.identities.count)
+    else:
+        from synthface.generators.id3.anchors import check_tammes_memory
+
+        check_tammes_memory(cfg.identities.count, dim, ckpt_cfg.id3.anchor_block)
     warnings: list[str] = []
     if qc_uses_conditioning_encoder(cfg, ckpt_cfg):
         warnings.append(QC_INFLATED)
@@ -327,6 +334,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         log.warning(text)
 
     dataset_dir = Path(cfg.output.dir)
+    check_output_outside(dataset_dir, "output.dir", **{"generator.checkpoint": ckpt})
     remove_stale_temporaries(dataset_dir)
     dcfg = dataset_config(
         cfg,
@@ -521,9 +529,16 @@ def shard_complete(dataset_dir: Path, split: str, index: int):
 
 
 def produce_shard(
-    cfg: GenerateConfig, work: ShardWork, *, producer: Producer | None = None
+    cfg: GenerateConfig,
+    work: ShardWork,
+    *,
+    producer: Producer | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Generate, embed, score and write shard ``work.index`` (skipped when already complete)."""
+    """Generate, embed, score and write shard ``work.index`` (skipped when already complete).
+
+    ``progress(n)`` is called as each batch of ``n`` images is done.
+    """
     dataset_dir = Path(cfg.output.dir)
     done = shard_complete(dataset_dir, work.split, work.index)
     if done is not None and read_shard_qc(dataset_dir, work.split, work.index) is not None:
@@ -558,6 +573,8 @@ def produce_shard(
             precision=cfg.generator.precision,
         )
         vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
+        if progress is not None:
+            progress(n)
         for k, identity in enumerate(range(a, b)):
             rows = slice(k * m, (k + 1) * m)
             anchor = np.asarray(anchors[identity]) if producer.anchors_comparable else None
@@ -602,9 +619,12 @@ def generate_dataset(cfg: GenerateConfig) -> dict:
 
     prepared = prepare_generation(cfg)
     producer = None
-    for work in prepared.work:
-        result = produce_shard(cfg, work, producer=producer)
-        if not result.skipped and producer is None:
-            producer = load_producer(cfg)
+    with progress_bar(prepared.num_samples, desc="generating") as bar:
+        for work in prepared.work:
+            result = produce_shard(cfg, work, producer=producer, progress=bar.update)
+            if result.skipped:
+                bar.update(result.num_samples)
+            elif producer is None:
+                producer = load_producer(cfg)
     summary = finalize_generation(cfg, prepared.dataset_config, prepared.work)
     return {**summary, "warnings": list(prepared.warnings)}

@@ -27,7 +27,6 @@ resumed run reproduces the uninterrupted one.
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -42,13 +41,11 @@ import torch.nn.functional as F
 from synthface.generators.autoencoder import build_autoencoder
 from synthface.generators.base import GENERATORS, _register_builtin
 from synthface.generators.checkpoint import (
+    find_resume_checkpoint,
     generator_config_json,
     load_tensors,
     load_weights,
-    new_tmp_dir,
-    replace_dir_atomic,
-    save_tensors_atomic,
-    write_json_atomic,
+    save_tensors,
 )
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.data import attribute_row, open_source, sample_stream
@@ -57,6 +54,7 @@ from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.region import store_identity_region
 from synthface.generators.sampling import make_scheduler
+from synthface.pipeline.atomic import atomic_dir, atomic_write_json
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError
 
@@ -204,12 +202,6 @@ def training_loss(
     return loss, parts
 
 
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
-    ckpts = [c for c in ckpts if (c / "training" / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
-
-
 def _prune(run_dir: Path, keep: int) -> None:
     ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
     for old in ckpts[:-keep]:
@@ -226,30 +218,29 @@ def _save_checkpoint(
     step: int,
 ) -> None:
     """A checkpoint is a complete generator directory (EMA weights) plus ``training/``."""
-    tmp = new_tmp_dir(final)
-    write_json_atomic(tmp / "config.json", generator_config_json(cfg))
-    save_tensors_atomic(tmp / "model.safetensors", ema.state_dict())
-    if prior is not None and prior.total:
-        write_json_atomic(tmp / "attribute_prior.json", prior.to_dict())
-    tr = tmp / "training"
-    tr.mkdir()
-    save_tensors_atomic(tr / "raw.safetensors", raw_model.state_dict())
-    torch.save(opt.state_dict(), tr / "optimizer.pt")
-    state = {
-        "step": step,
-        "resume_hash": resume_hash(cfg),
-        "prior": prior.to_dict() if prior is not None else None,
-    }
-    write_json_atomic(tr / "state.json", state)
-    replace_dir_atomic(tmp, final)
+    with atomic_dir(final) as tmp:
+        atomic_write_json(tmp / "config.json", generator_config_json(cfg))
+        save_tensors(tmp / "model.safetensors", ema.state_dict())
+        if prior is not None and prior.total:
+            atomic_write_json(tmp / "attribute_prior.json", prior.to_dict())
+        tr = tmp / "training"
+        tr.mkdir()
+        save_tensors(tr / "raw.safetensors", raw_model.state_dict())
+        torch.save(opt.state_dict(), tr / "optimizer.pt")
+        state = {
+            "step": step,
+            "resume_hash": resume_hash(cfg),
+            "prior": prior.to_dict() if prior is not None else None,
+        }
+        atomic_write_json(tr / "state.json", state)
 
 
 def _require_encoder(cfg: GeneratorConfig, encoder, use_id: bool) -> None:
     if use_id and (encoder is None or not getattr(encoder, "differentiable", False)):
         raise ConfigError(
-            "the identity loss needs a differentiable identity encoder (a torch recognizer "
-            "checkpoint in encoder.path); an ONNX recognizer can only provide cached "
-            "embeddings. Set id3.id_loss_weight: 0 or use generator: plain to train without"
+            "the identity loss needs a differentiable identity encoder (a recognizer "
+            "checkpoint or .onnx file in encoder.path). Set id3.id_loss_weight: 0 or use "
+            "generator: plain to train without"
         )
     if not cfg.data.use_cached_embeddings and encoder is None:
         raise ConfigError(
@@ -266,13 +257,15 @@ def train_generator(
     steps: int | None = None,
     resume: bool = True,
     log: Callable[[dict], None] | None = None,
+    resume_allow_partial: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume) the configured generator; returns the run summary.
 
     ``data``: a sequence of sample dicts or a shards pipeline (default: ``cfg.data``);
     ``encoder``: the frozen identity encoder (default: loaded from ``cfg.encoder.path``);
     ``steps``: stop after this global step (default ``cfg.train.steps``), e.g. to test
-    resumption.
+    resumption. A damaged newest checkpoint stops the run naming the file, unless
+    ``resume_allow_partial`` lets it fall back to the newest intact one (saying so).
     """
     from accelerate import Accelerator
 
@@ -289,6 +282,8 @@ def train_generator(
     tc = cfg.train
     total = min(steps or tc.steps, tc.steps)
     run_dir = Path(tc.output_dir)
+    # every file a resume loads is checked before anything is built
+    found = find_resume_checkpoint(run_dir, resume_allow_partial) if resume else None
     accelerator = Accelerator(mixed_precision=tc.mixed_precision)
     device = accelerator.device
 
@@ -303,9 +298,8 @@ def train_generator(
         else None
     )
     start = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        state = json.loads((ckpt / "training" / "state.json").read_text())
+    if found is not None:
+        ckpt, state = found
         if state.get("resume_hash") != resume_hash(cfg):
             raise ConfigError(
                 f"{ckpt}: checkpoint was trained with a different config; use a new "

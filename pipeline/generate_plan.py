@@ -14,12 +14,14 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import StrictModel, config_hash
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.paths import InputPath, OutputPath
 from synthface.pipeline.qc.config import QCConfig
+from synthface.pipeline.schedule import DeploymentSchedule
 from synthface.pipeline.shards.plan import plan_shards
 
 PLAN_DIR = "plan"
@@ -31,10 +33,10 @@ NOVELTY_FILE = "novelty.json"
 class GeneratorSection(StrictModel):
     # Registry name expected of the checkpoint (None = whatever the checkpoint says).
     name: str | None = None
-    # A ``save_pretrained`` generator directory.
-    checkpoint: str = "data/demo/id3_world/generator"
+    # A ``save_pretrained`` generator directory (required: there is no sensible default).
+    checkpoint: InputPath
     # Conditioning encoder for identity guidance; None = the checkpoint's ``encoder.path``.
-    encoder: str | None = None
+    encoder: InputPath | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     # Run on the CPU when ``device: cuda`` is requested but no GPU is visible.
     allow_cpu_fallback: bool = False
@@ -57,7 +59,7 @@ class IdentitiesSection(StrictModel):
     anchor_iterations: int | None = Field(default=None, ge=0)
     # A ``.npy`` of N x D identity anchors (N >= count, D = the generator's identity_dim)
     # to use instead of Tammes anchors; the first ``count`` rows, L2-normalised.
-    anchors: str | None = None
+    anchors: InputPath | None = None
     # Where Tammes anchors are packed. "auto": inside the region of the generator's
     # training identities when its checkpoint stores it (identity_region.safetensors),
     # else the whole sphere, with a warning; "data": that region (an error without it);
@@ -71,7 +73,8 @@ class IdentitiesSection(StrictModel):
 
 
 class OutputSection(StrictModel):
-    dir: str = "out/datasets/demo"
+    # Relative: under $SYNTHFACE_HOME or the current directory (synthface.pipeline.paths).
+    dir: OutputPath = "out/datasets/demo"
     split: str = Field(default="train", pattern=r"^[a-z][a-z0-9_]*$")
     image_format: Literal["jpg", "png"] = "jpg"
     jpeg_quality: int = Field(default=95, ge=1, le=100)
@@ -104,32 +107,19 @@ class RunnerSection(StrictModel):
     retry_delay_seconds: float = Field(default=2.0, ge=0)
 
 
-class ScheduleSection(StrictModel):
-    """Schedules attached by ``synthface flows serve`` (at most one of cron / interval)."""
-
-    cron: str | None = None
-    interval_seconds: int | None = Field(default=None, ge=1)
-    timezone: str = "UTC"
-
-    @model_validator(mode="after")
-    def _one(self) -> ScheduleSection:
-        if self.cron is not None and self.interval_seconds is not None:
-            raise ValueError("set cron or interval_seconds, not both")
-        return self
-
-
 class GenerateConfig(StrictModel):
     """Config kind ``generate`` (``configs/generate/*.yaml``)."""
 
     # Deployment name for ``synthface flows serve``: generate-synthetic/<name>.
     name: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    generator: GeneratorSection
     identities: IdentitiesSection = Field(default_factory=IdentitiesSection)
     output: OutputSection = Field(default_factory=OutputSection)
     qc: QCConfig = Field(default_factory=QCConfig)
     report: ReportSection = Field(default_factory=ReportSection)
     runner: RunnerSection = Field(default_factory=RunnerSection)
-    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    # The schedule of its deployment generate-synthetic/<name> (serve and prefect.yaml alike).
+    schedule: DeploymentSchedule = Field(default_factory=DeploymentSchedule)
 
 
 def dataset_config(

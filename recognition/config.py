@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 Probability = float
 
@@ -25,7 +26,7 @@ Probability = float
 class DataConfig(StrictModel):
     """Where the training shards are and how they are batched."""
 
-    train: str = Field(description="dataset directory written by pipeline.shards")
+    train: InputPath = Field(description="dataset directory written by pipeline.shards")
     split: str = "train"
     num_classes: int | None = Field(
         default=None,
@@ -96,7 +97,7 @@ class ScheduleConfig(StrictModel):
 class RunConfig(StrictModel):
     """How long, on what, with which numerics."""
 
-    output_dir: str = "out/recognition/run"
+    output_dir: OutputPath = "out/recognition/run"
     epochs: float = Field(default=20.0, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
     seed: int = Field(default=0, ge=0)
@@ -160,7 +161,7 @@ class AugmentConfig(StrictModel):
 
 class ValidationConfig(StrictModel):
     every_steps: int = Field(default=0, ge=0, description="0 = only at the end (if sets given)")
-    sets: list[str] = Field(
+    sets: list[InputPath] = Field(
         default_factory=list, description="verification .bin files (insightface layout)"
     )
     batch_size: int = Field(default=256, gt=0)
@@ -180,6 +181,21 @@ class LoggingConfig(StrictModel):
     progress: bool = True
 
 
+class DistillConfig(StrictModel):
+    """A frozen teacher recognizer whose embeddings the student is pulled towards.
+
+    The loss adds ``weight * mean(1 - cos(student(x), teacher(x)))`` to the margin loss,
+    on the same (augmented) batch; the teacher sees it resized to its own input size.
+    """
+
+    teacher: InputPath | None = Field(
+        default=None,
+        description="recognizer checkpoint directory or insightface-style .onnx file "
+        "(converted to torch operations); its embedding size must equal model.embedding_dim",
+    )
+    weight: float = Field(default=1.0, gt=0, description="factor of the distillation term")
+
+
 class TrainConfig(StrictModel):
     """A recognizer training run (``configs/recognition/*.yaml``)."""
 
@@ -193,6 +209,7 @@ class TrainConfig(StrictModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:

@@ -255,7 +255,7 @@ def test_shipped_benchmark_configs_point_at_real_files(path):
     from synthface.generators.benchmark.config import load_benchmark_config
     from synthface.generators.benchmark.models import check_registered, generator_config
 
-    cfg = load_benchmark_config(ROOT / path, base=ROOT)
+    cfg = load_benchmark_config(ROOT / path)
     assert Path(cfg.recognition.recipe).is_file()
     for entry in cfg.generators:
         check_registered(entry.name)

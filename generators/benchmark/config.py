@@ -2,8 +2,9 @@
 
 Every generator gets the same identity budget, sampler seed, QC recognizer and
 recognizer recipe; the real-data baseline gets the same recipe on as many real images.
-Paths are resolved against the working directory when the file is loaded
-(:func:`load_benchmark_config`), so a served deployment does not depend on where its
+Paths follow the project's rule (``synthface.pipeline.paths``): inputs relative to the
+config file's folder, outputs under ``$SYNTHFACE_HOME`` or the working directory; a
+loaded config holds them absolute, so a served deployment does not depend on where its
 runs start. Stage keys hash the *content* behind every path (config files, checkpoint
 and recognizer hashes, dataset manifests), never the paths themselves.
 """
@@ -16,6 +17,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel, load_config
+from synthface.pipeline.paths import InputPath, OutputPath
 from synthface.pipeline.qc.config import QCConfig
 
 
@@ -51,10 +53,10 @@ class RealSection(StrictModel):
     source: Literal["world", "shards"] = "world"
     world: WorldSet = Field(default_factory=WorldSet)
     protocols: ProtocolsSection = Field(default_factory=ProtocolsSection)
-    train: str | None = None
-    bins: list[str] = Field(default_factory=list)
-    tree: str | None = None
-    holdout: str | None = None
+    train: InputPath | None = None
+    bins: list[InputPath] = Field(default_factory=list)
+    tree: InputPath | None = None
+    holdout: InputPath | None = None
     calibration_identities: int = Field(default=200, ge=2)
 
     @model_validator(mode="after")
@@ -78,7 +80,7 @@ class BudgetSection(StrictModel):
 class RecognizerSource(StrictModel):
     """An existing recognizer, or one trained here with the recipe + ``overrides``."""
 
-    recognizer: str | None = None
+    recognizer: InputPath | None = None
     overrides: list[str] = Field(default_factory=list)
 
 
@@ -105,8 +107,8 @@ class GeneratorEntry(StrictModel):
 
     name: str
     label: str | None = Field(default=None, pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    config: str | None = None
-    checkpoint: str | None = None
+    config: InputPath | None = None
+    checkpoint: InputPath | None = None
     overrides: list[str] = Field(default_factory=list)
 
     @model_validator(mode="after")
@@ -149,7 +151,7 @@ class GenerationSection(StrictModel):
 class RecognitionSection(StrictModel):
     """The one recipe every training set gets (a ``configs/recognition`` file + overrides)."""
 
-    recipe: str = "configs/recognition/world_tiny.yaml"
+    recipe: InputPath = "synthface:recognition/world_tiny.yaml"
     overrides: list[str] = Field(default_factory=list)
 
 
@@ -185,7 +187,7 @@ class BenchmarkConfig(StrictModel):
     """Config kind ``benchmark`` (``configs/benchmark/*.yaml``)."""
 
     name: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    output_dir: str = "out/benchmark/default"
+    output_dir: OutputPath = "out/benchmark/default"
     # Pixels of every image: world renders, generator output, recognizer input.
     image_size: int = Field(default=32, ge=16)
     device: Literal["cpu", "cuda", "auto"] = "cpu"
@@ -219,38 +221,6 @@ class BenchmarkConfig(StrictModel):
         return self
 
 
-PATH_FIELDS = (
-    ("real", "train"),
-    ("real", "tree"),
-    ("real", "holdout"),
-    ("encoder", "recognizer"),
-    ("judge", "recognizer"),
-    ("recognition", "recipe"),
-)
-
-
-def resolve_paths(cfg: BenchmarkConfig, base: Path) -> BenchmarkConfig:
-    """Relative paths made absolute against ``base`` (the output dir included)."""
-
-    def absolute(path: str | None) -> str | None:
-        if path is None or Path(path).is_absolute():
-            return path
-        return str((base / path).resolve())
-
-    data = cfg.model_dump(mode="json")
-    data["output_dir"] = absolute(data["output_dir"])
-    for section, key in PATH_FIELDS:
-        data[section][key] = absolute(data[section][key])
-    data["real"]["bins"] = [absolute(p) for p in data["real"]["bins"]]
-    for g in data["generators"]:
-        g["config"] = absolute(g["config"])
-        g["checkpoint"] = absolute(g["checkpoint"])
-    return BenchmarkConfig.model_validate(data)
-
-
-def load_benchmark_config(
-    path: str | Path, overrides: list[str] | None = None, *, base: Path | None = None
-) -> BenchmarkConfig:
-    """A ``benchmark`` config file with its paths made absolute (against ``base`` or cwd)."""
-    cfg = load_config(path, BenchmarkConfig, overrides)
-    return resolve_paths(cfg, base or Path.cwd())
+def load_benchmark_config(path: str | Path, overrides: list[str] | None = None) -> BenchmarkConfig:
+    """A ``benchmark`` config file with its paths made absolute (``load_config``'s rule)."""
+    return load_config(path, BenchmarkConfig, overrides)

@@ -56,6 +56,22 @@ def packing_stats(x: torch.Tensor, block: int = 4096) -> dict[str, float]:
     }
 
 
+def tammes_memory_bytes(n: int, dim: int, block: int) -> int:
+    """Peak bytes of :func:`tammes_anchors`: the float64 start (then float32 points) and, per
+    block, three ``block x n`` float32 matrices (similarities, scaled, softmax weights)."""
+    b = min(block, n)
+    return 20 * n * dim + 16 * n + 12 * b * n + 16 * b * dim
+
+
+def check_tammes_memory(n: int, dim: int, block: int, device: str | torch.device = "cpu") -> None:
+    """Refuse, before allocating, a packing that would not fit the device's memory."""
+    from synthface.pipeline.limits import check_memory
+
+    what = f"Tammes anchors for {n} identities x {dim} dims (block {min(block, n)})"
+    hint = "use fewer identities or a smaller anchor block (id3.anchor_block)"
+    check_memory(tammes_memory_bytes(n, dim, block), what, hint, device)
+
+
 @torch.no_grad()
 def tammes_anchors(
     n: int,
@@ -77,6 +93,7 @@ def tammes_anchors(
     """
     if n < 2:
         return random_unit_vectors(max(n, 0), dim, seed).to(device)
+    check_tammes_memory(n, dim, block, device)
     x = random_unit_vectors(n, dim, seed).to(device)
     g = torch.Generator().manual_seed(int(seed) + 1)
     for it in range(iterations):
@@ -176,16 +193,8 @@ def anchors_within(
 
 def save_anchors(path, anchors: torch.Tensor | np.ndarray) -> None:
     """Atomic ``.npy`` write (float32)."""
-    import os
-    import uuid
-    from pathlib import Path
+    from synthface.pipeline.atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(anchors.cpu() if isinstance(anchors, torch.Tensor) else anchors, np.float32)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.save(f, arr, allow_pickle=False)

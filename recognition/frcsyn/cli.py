@@ -36,7 +36,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--calibration", type=Path, required=True, help="training-side calibration tree")
     c.add_argument("--proposed", required=True, help="proposed system: checkpoint dir or .onnx")
     c.add_argument("--baseline", required=True, help="real-data baseline: checkpoint dir or .onnx")
-    c.add_argument("--out", type=Path, required=True, help="run directory to write")
+    c.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run directory to write: scores/<dataset>/<system>.txt, thresholds.json, run.json "
+        "and, with ground truth, metrics.json, report.md and plots",
+    )
     c.add_argument("--datasets", type=_csv, help="comma list (default: the task's datasets)")
     c.add_argument(
         "--threshold-method", choices=["min_fnmr_fmr", "target_fmr"], default="min_fnmr_fmr"

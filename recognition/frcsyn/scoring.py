@@ -27,6 +27,8 @@ import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
+from synthface.pipeline.progress import progress_bar
 from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
 from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
 from synthface.recognition.frcsyn.threshold import choose_threshold
@@ -81,14 +83,10 @@ def parse_submission(text: str, source: str = "") -> tuple[np.ndarray, np.ndarra
 def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
+    im = open_image(path)
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im)
 
 
 def embed_tree_images(
@@ -98,11 +96,13 @@ def embed_tree_images(
     images_dir = Path(images_dir)
     size = tuple(embedder.input_size)
     out = np.empty((len(relpaths), embedder.dim), dtype=np.float32)
-    for lo in range(0, len(relpaths), batch_size):
-        batch = np.stack(
-            [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
-        )
-        out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
+    with progress_bar(len(relpaths), desc=f"scoring {images_dir.parent.name}") as bar:
+        for lo in range(0, len(relpaths), batch_size):
+            batch = np.stack(
+                [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
+            )
+            out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
+            bar.update(len(batch))
     return out
 
 
