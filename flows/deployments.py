@@ -76,6 +76,14 @@ FLOWS: tuple[FlowEntry, ...] = (
         ("train",),
     ),
     FlowEntry(
+        "benchmark-synthetic",
+        "synthface.flows.benchmark.benchmark_synthetic",
+        "benchmark",
+        "Train one recognizer recipe on each generator's synthetic set and on real data; "
+        "verify on held-out identities; report the gap to real.",
+        ("benchmark",),
+    ),
+    FlowEntry(
         "frcsyn-benchmark",
         "synthface.flows.training.frcsyn_benchmark",
         None,

@@ -89,10 +89,13 @@ def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
         prepared.dataset_dir,
         time.perf_counter() - t0,
     )
+    for text in prepared.warnings:
+        logger.warning(text)
     return {
         "dataset_config": prepared.dataset_config,
         "work": [w.to_dict() for w in prepared.work],
         "generator": prepared.generator_name,
+        "warnings": list(prepared.warnings),
     }
 
 
@@ -229,4 +232,7 @@ def generate_synthetic(
         description="QC flags (identities, or samples for sample: rows)",
     )
     create_markdown_artifact(_markdown(summary), key="generate-summary")
-    return {k: v for k, v in summary.items() if k != "qc"} | {"qc_flags": qc["flagged_identities"]}
+    return {k: v for k, v in summary.items() if k != "qc"} | {
+        "qc_flags": qc["flagged_identities"],
+        "warnings": plan["warnings"],
+    }

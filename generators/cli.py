@@ -7,6 +7,7 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
 from synthface.pipeline.errors import InputError
@@ -166,6 +167,60 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_region(args: argparse.Namespace) -> int:
+    from synthface.generators.checkpoint import read_generator_config
+    from synthface.generators.encoder import load_identity_encoder
+    from synthface.generators.region import (
+        fit_identity_region,
+        load_identity_region,
+        save_identity_region,
+    )
+
+    _threads(args)
+    cfg = read_generator_config(args.checkpoint)
+    encoder_path = args.encoder or cfg.encoder.path
+    if encoder_path is None:
+        raise InputError(
+            f"{args.checkpoint}: the checkpoint names no conditioning encoder; give --encoder"
+        )
+    if args.encoder and cfg.encoder.path and args.encoder != cfg.encoder.path:
+        print(
+            f"synthface: warning: --encoder {args.encoder} is not the checkpoint's conditioning "
+            f"encoder ({cfg.encoder.path}); the region is only meaningful in the space the "
+            "generator is conditioned on",
+            file=sys.stderr,
+        )
+    data = cfg.model_copy(deep=True)
+    data.data.path = args.data
+    data.data.source = args.source
+    data.encoder.path = encoder_path
+    encoder = load_identity_encoder(encoder_path, differentiable=False)
+    region = fit_identity_region(
+        data, encoder, max_images_per_identity=args.max_images_per_identity
+    )
+    path = save_identity_region(args.checkpoint, region)
+    region = load_identity_region(args.checkpoint)
+    own = region.neighbour_cosines()
+    info = {
+        "region": str(path),
+        **region.meta,
+        "dim": region.dim,
+        "axes": int(region.axes.shape[0]),
+        "training_nearest_neighbour_cos": {
+            "mean": round(float(own.mean()), 4),
+            "max": round(float(own.max()), 4),
+        },
+    }
+    emit(
+        args,
+        info,
+        f"{path}: {region.num_identities} training identities ({info['num_images']} images), "
+        f"{info['axes']} principal axes; nearest-neighbour cos mean "
+        f"{info['training_nearest_neighbour_cos']['mean']:.3f}",
+    )
+    return 0
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -246,6 +301,26 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=_positive, help="torch CPU threads (default 1)")
     add_json_flag(c)
     c.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser(
+        "region",
+        help="store the region of a generator's training identities in its checkpoint",
+        description=(
+            "Embed the training identities with the generator's conditioning encoder and "
+            "write identity_region.safetensors into the checkpoint (training does this at its "
+            "end; use this for checkpoints made without it). Generation then packs new "
+            "identities' anchors inside that region and keeps them away from every training "
+            "identity (identities.anchor_region, identities.novelty_max_cos)."
+        ),
+    )
+    c.add_argument("checkpoint", help="generator directory (train's final/)")
+    c.add_argument("--data", required=True, help="the generator's training data")
+    c.add_argument("--source", choices=["shards", "folder"], default="shards")
+    c.add_argument("--encoder", help="conditioning encoder (default: the checkpoint's)")
+    c.add_argument("--max-images-per-identity", type=_positive, default=16)
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_region)
 
     c = sub.add_parser("anchors", help="Tammes identity anchors on the unit hypersphere")
     c.add_argument("--n", type=_positive, required=True, help="number of identities")

@@ -68,6 +68,7 @@ from synthface.generators.data import attribute_row, open_source, training_batch
 from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.region import store_identity_region
 from synthface.generators.sampling import make_scheduler
 from synthface.pipeline.atomic import atomic_dir, atomic_write_json
 from synthface.pipeline.config import config_hash
@@ -411,5 +412,6 @@ def train_generator(
             attribute_prior=prior if prior is not None and prior.total else None,
         )
         generator.save_pretrained(final)
+        store_identity_region(final, cfg, encoder, data=data)
     accelerator.wait_for_everyone()
     return {"step": max(start, total), "final": final, "history": history}

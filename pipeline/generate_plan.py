@@ -27,6 +27,7 @@ from synthface.pipeline.shards.plan import plan_shards
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.json"
 ANCHORS_FILE = "anchors.npy"
+NOVELTY_FILE = "novelty.json"
 
 
 class GeneratorSection(StrictModel):
@@ -59,6 +60,16 @@ class IdentitiesSection(StrictModel):
     # A ``.npy`` of N x D identity anchors (N >= count, D = the generator's identity_dim)
     # to use instead of Tammes anchors; the first ``count`` rows, L2-normalised.
     anchors: InputPath | None = None
+    # Where Tammes anchors are packed. "auto": inside the region of the generator's
+    # training identities when its checkpoint stores it (identity_region.safetensors),
+    # else the whole sphere, with a warning; "data": that region (an error without it);
+    # "sphere": the whole hypersphere (ID³ as published).
+    anchor_region: Literal["auto", "data", "sphere"] = "auto"
+    # Share of the training identities' spread the packing axes keep ("data" anchors).
+    region_variance: float = Field(default=0.95, gt=0, le=1)
+    # Novelty guard: no anchor's cosine to any training identity may exceed this (the
+    # checkpoint's stored identities, in the conditioning encoder's space); None = off.
+    novelty_max_cos: float | None = Field(default=0.8, ge=-1, le=1)
 
 
 class OutputSection(StrictModel):
@@ -117,6 +128,8 @@ def dataset_config(
     checkpoint_sha256: str,
     generator_name: str,
     anchors_sha256: str | None = None,
+    anchor_region: str = "sphere",
+    novelty_guard: bool = False,
 ) -> dict:
     """The part of the config that determines the dataset's bytes (its identity).
 
@@ -135,8 +148,19 @@ def dataset_config(
     qc = cfg.qc.model_dump(mode="json")
     ids = cfg.identities.model_dump(mode="json")
     if ids.pop("anchors") is not None:
-        ids.pop("anchor_iterations")
+        for key in ("anchor_iterations", "anchor_region", "region_variance", "novelty_max_cos"):
+            ids.pop(key)
         ids["anchors_sha256"] = anchors_sha256
+    else:
+        # What the anchors were actually packed in, not "auto"; whole-sphere anchors without
+        # a guard are what every dataset before these options was, so they hash as before.
+        ids["anchor_region"] = anchor_region
+        if anchor_region != "data":
+            ids.pop("region_variance")
+        if not novelty_guard:
+            ids.pop("novelty_max_cos")
+            if anchor_region == "sphere":
+                ids.pop("anchor_region")
     return {
         "kind": "generate",
         "generator": gen,
@@ -203,6 +227,10 @@ def plan_path(dataset_dir: str | Path) -> Path:
 
 def anchors_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / PLAN_DIR / ANCHORS_FILE
+
+
+def novelty_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / PLAN_DIR / NOVELTY_FILE
 
 
 def write_plan(dataset_dir: str | Path, dataset_cfg: dict, work: list[ShardWork]) -> None:

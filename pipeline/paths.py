@@ -107,7 +107,13 @@ def _expand(value: str) -> str:
 
 
 def resolve_path(value: str, role: PathRole, base: Path) -> str:
-    """One path: expanded, then made absolute (inputs against ``base``, outputs against home)."""
+    """One path: expanded, then made absolute (inputs against ``base``, outputs against home).
+
+    A shipped config reference (``synthface:KIND/NAME.yaml``) is left as it is: it names
+    the same file from anywhere.
+    """
+    if role is PathRole.INPUT and value.startswith(SHIPPED_PREFIX):
+        return value
     path = Path(_expand(value))
     if path.is_absolute():
         return str(path)
@@ -130,18 +136,6 @@ def _role(annotation: Any) -> PathRole | None:
     return None
 
 
-def path_fields(model: type[BaseModel], prefix: str = "") -> Iterable[tuple[str, PathRole]]:
-    """Dotted locations of every path field of a config model, with their role."""
-    for name, field in model.model_fields.items():
-        role = next((m for m in field.metadata if isinstance(m, PathRole)), None)
-        role = role or _role(field.annotation)
-        if role is not None:
-            yield prefix + name, role
-            continue
-        for sub in _submodels(field.annotation):
-            yield from path_fields(sub, f"{prefix}{name}.")
-
-
 def _submodels(annotation: Any) -> list[type[BaseModel]]:
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return [annotation]
@@ -156,25 +150,38 @@ def resolve_paths(cfg: BaseModel, base: str | os.PathLike, *, from_cwd: Iterable
     """``cfg`` with every relative path made absolute (see the module docstring).
 
     ``from_cwd`` lists dotted keys (``--set`` overrides) whose inputs resolve against the
-    current directory rather than ``base``.
+    current directory rather than ``base``. Path fields inside lists of sections (e.g. a
+    benchmark's ``generators``) count too.
     """
     base, keys = Path(base), list(from_cwd)
     data = cfg.model_dump(mode="json")
     changed = False
-    for location, role in path_fields(type(cfg)):
-        *parents, leaf = location.split(".")
-        node = data
-        for part in parents:
-            node = node.get(part) if isinstance(node, dict) else None
-        if not isinstance(node, dict) or node.get(leaf) is None:
-            continue
-        anchor = Path.cwd() if _overridden(location, keys) else base
-        value = node[leaf]
-        if isinstance(value, list):
-            new = [resolve_path(v, role, anchor) for v in value]
-        else:
-            new = resolve_path(value, role, anchor)
-        if new != value:
-            node[leaf] = new
-            changed = True
+
+    def walk(model: type[BaseModel], node: dict, prefix: str) -> None:
+        nonlocal changed
+        for name, field in model.model_fields.items():
+            value = node.get(name)
+            if value is None:
+                continue
+            location = prefix + name
+            role = next((m for m in field.metadata if isinstance(m, PathRole)), None)
+            role = role or _role(field.annotation)
+            if role is not None:
+                anchor = Path.cwd() if _overridden(location, keys) else base
+                if isinstance(value, list):
+                    new = [resolve_path(v, role, anchor) for v in value]
+                else:
+                    new = resolve_path(value, role, anchor)
+                if new != value:
+                    node[name] = new
+                    changed = True
+                continue
+            subs = _submodels(field.annotation)
+            if not subs:
+                continue
+            for item in value if isinstance(value, list) else [value]:
+                if isinstance(item, dict):
+                    walk(subs[0], item, location + ".")
+
+    walk(type(cfg), data, "")
     return type(cfg).model_validate(data) if changed else cfg

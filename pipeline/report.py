@@ -211,6 +211,39 @@ def write_report(
             "further samples; the shards themselves are unchanged.",
             "",
         ]
+    anchors = (entry.get("extra") or {}).get("anchors")
+    if anchors:
+        near = anchors.get("anchor_to_nearest_training_cos") or {}
+        own = anchors.get("training_nearest_neighbour_cos") or {}
+        where = (
+            "inside the region of the generator's training identities"
+            if anchors.get("anchor_region") == "data"
+            else "on the whole sphere"
+        )
+        margin = anchors.get("max_cos_to_training")
+        lines += [
+            "## Anchors and novelty",
+            "",
+            f"Anchors packed {where} ({anchors.get('training_identities')} training "
+            "identities, conditioning encoder's space); novelty guard: "
+            + ("off" if margin is None else f"no anchor above cos {margin} to any of them")
+            + (
+                ""
+                if anchors.get("anchors_moved") is None
+                else f" ({anchors['anchors_moved']} anchors moved to meet it)"
+            )
+            + ".",
+            "",
+            "| cos | mean | p95 | max |",
+            "|---|---|---|---|",
+            "| anchor to nearest training identity | "
+            + " | ".join(_fmt(near.get(k)) for k in ("mean", "p95", "max"))
+            + " |",
+            "| training identity to nearest other | "
+            + " | ".join(_fmt(own.get(k)) for k in ("mean", "p95", "max"))
+            + " |",
+            "",
+        ]
     if "similarity" in paths:
         lines += ["## Similarities", "", "![similarities](similarity.png)", ""]
     if "contact_sheet" in paths:

@@ -469,3 +469,38 @@ def test_frcsyn_benchmark_flow_scores_packages_and_validates(server, tmp_path):
     out = json.loads(res.stdout.split("RESULT ", 1)[1])
     assert out["valid"] is True and out["zip"].endswith(".zip")
     assert "TO" in out["metrics"]["systems"]["proposed"]
+
+
+def test_benchmark_flow_through_the_cli_runs_generation_as_a_subflow(server, tmp_path):
+    """`synthface benchmark synthetic`: the flow, its stage tasks and the generate-synthetic
+    subflow, on the smallest benchmark (one generator, one protocol, no FRCSyn/variation)."""
+    import json
+
+    from synthface.flows.deployments import build_table
+    from tests.test_benchmark import tiny_config
+
+    cfg = tiny_config(
+        tmp_path / "bench",
+        real={"protocols": {"names": ["lfw"], "folds": 2, "pairs_per_fold": 16}},
+        evaluation={"frcsyn": False},
+        variation={"enabled": False},
+    )
+    (tmp_path / "configs" / "benchmark").mkdir(parents=True)
+    config = _config_file(tmp_path / "configs" / "benchmark" / "tiny.yaml", cfg)
+    res = subprocess.run(
+        [BIN / "synthface", "benchmark", "synthetic", "--config", str(config), "--json"],
+        env={**server["env"], "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = res.stdout + res.stderr
+    assert "subflow run" in logs and "generate-synthetic" in logs
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert set(out["mean_accuracy"]) == {"real", "plain", "real+plain"}
+    assert "generator/plain" in out["stages"]["executed"]
+    assert (tmp_path / "bench" / "report" / "benchmark.md").is_file()
+    (row,) = build_table([config], base=tmp_path)
+    assert row.full_name == "benchmark-synthetic/tiny"
+    assert row.parameters == {"config_file": "configs/benchmark/tiny.yaml"}

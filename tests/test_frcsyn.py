@@ -448,3 +448,49 @@ def test_cli_score_package_validate_with_tiny_models(tmp_path, capsys):
         == 0
     )
     assert "valid cvpr2024 1.1 package" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ calibration from training shards
+
+
+def test_calibration_from_training_shards(tmp_path, capsys):
+    from synthface.pipeline.shards import iter_samples
+    from synthface.pipeline.world import make_world_dataset
+
+    ds = tmp_path / "train"
+    make_world_dataset(ds, identities=6, per_identity=3, size=32)
+    out = tmp_path / "cal"
+    args = ["frcsyn", "calibration", "--from-shards", str(ds), "--out", str(out)]
+    assert main([*args, "--identities", "5", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_genuine"] == info["num_impostor"] == 5
+    cset = read_comparisons(out / "comparisons", "calibration", need_labels=True)
+    assert cset.labels.tolist() == [True] * 5 + [False] * 5
+    ident = [int(p.split("/")[1]) for p in cset.first]
+    other = [int(p.split("/")[1]) for p in cset.second]
+    assert [a == b for a, b in zip(ident, other)] == cset.labels.tolist()  # impostors differ
+    # each identity's last two images, byte for byte
+    last = {}
+    for s in iter_samples(ds, decode=False):
+        last.setdefault(s["label"], []).append(s["image"])
+    for a, b in zip(cset.first[:5], cset.second[:5]):
+        i = int(a.split("/")[1])
+        assert (out / "images" / a).read_bytes() == last[i][-2]
+        assert (out / "images" / b).read_bytes() == last[i][-1]
+    # a re-run with the same arguments is a no-op; the tree feeds the threshold choice
+    assert main([*args, "--identities", "5"]) == 0
+    assert "5 genuine + 5 impostor" in capsys.readouterr().out
+    with pytest.raises(InputError, match="has 6 identities, 9 were asked"):
+        from synthface.recognition.frcsyn.calibration import calibration_from_shards
+
+        calibration_from_shards(ds, tmp_path / "x", identities=9)
+
+
+def test_validate_without_run_warns_what_it_did_not_check(run_task2, tmp_path, capsys):
+    _, ev, _, run_dir, _ = run_task2
+    good = package_run(run_dir, tmp_path / "sub")
+    rep = validate_package(good, ev / "comparisons")
+    assert rep.ok and "no run given" in rep.warnings[0]
+    assert main(["frcsyn", "validate", str(good), "--comparisons", str(ev / "comparisons")]) == 0
+    assert "warning: no run given" in capsys.readouterr().err
+    assert not validate_package(good, ev / "comparisons", run_dir=run_dir).warnings

@@ -69,6 +69,14 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     assert gen.attribute_prior is not None and gen.attribute_prior.total == 40 * 4
     imgs = gen.generate(np.ones((2, 8), np.float32), None, [1, 2])
     assert imgs.shape == (2, 16, 16, 3)
+    # and the region of its training identities: each the mean encoder embedding of its images
+    from synthface.generators.region import load_identity_region
+
+    region = load_identity_region(result["final"])
+    assert region.num_identities == 4 and region.meta["num_images"] == 4 * 4
+    first = enc.embed_uint8(np.stack([s["image"] for s in data if s["label"] == 0][:16]))
+    want = first.mean(0) / np.linalg.norm(first.mean(0))
+    assert np.abs(region.centroids[0] - want).max() < 2e-3  # stored as float16
 
 
 def test_identity_loss_gradient_reaches_the_unet():

@@ -58,6 +58,15 @@ class Sample:
         return make_key(self.identity, self.index)
 
 
+def sniff_image_ext(data: bytes) -> str | None:
+    """``"jpg"`` or ``"png"`` from an encoded image's magic bytes (``None`` for neither)."""
+    if data[:2] == b"\xff\xd8":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
 def encode_image(img: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
     """HxWx3 uint8 RGB -> JPEG/PNG bytes with fixed encoder options and no metadata.
 

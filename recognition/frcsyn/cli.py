@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
@@ -58,6 +59,25 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     add_json_flag(c)
     c.set_defaults(func=cmd_score)
+
+    c = sub.add_parser(
+        "calibration",
+        help="build a calibration comparison tree from your own training shards",
+        description=(
+            "Genuine and impostor pairs (with ground truth) of training identities' images, in "
+            "the tree layout 'frcsyn score --calibration' reads, so that a submission's "
+            "threshold never comes from evaluation data. Each chosen identity gives its last "
+            "two images; keep them out of recognizer training for an unseen-image threshold."
+        ),
+    )
+    c.add_argument("--from-shards", type=Path, required=True, metavar="DATASET")
+    c.add_argument("--out", type=Path, required=True, help="calibration tree to write")
+    c.add_argument("--split", default="train")
+    c.add_argument("--identities", type=int, help="use this many identities (default: all)")
+    c.add_argument("--name", default="calibration", help="comparison-file stem")
+    c.add_argument("--seed", type=int, default=0)
+    add_json_flag(c)
+    c.set_defaults(func=cmd_calibration)
 
     c = sub.add_parser(
         "package", help="write <subtask>/<dataset>/{proposed,baseline}.txt and <subtask>.zip"
@@ -146,6 +166,27 @@ def cmd_score(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_calibration(args: argparse.Namespace) -> int:
+    from synthface.recognition.frcsyn.calibration import calibration_from_shards
+
+    info = calibration_from_shards(
+        args.from_shards,
+        args.out,
+        split=args.split,
+        name=args.name,
+        identities=args.identities,
+        seed=args.seed,
+    )
+    emit(
+        args,
+        info,
+        f"{args.out}: {info['num_genuine']} genuine + {info['num_impostor']} impostor "
+        f"comparisons of {info['identities_used']} training identities "
+        f"({info['comparison']})",
+    )
+    return 0
+
+
 def cmd_package(args: argparse.Namespace) -> int:
     import hashlib
 
@@ -169,6 +210,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         run_dir=args.run,
         score_range=None if args.no_range_check else (-1.0, 1.0),
     )
+    for text in report.warnings:
+        print(f"synthface: warning: {text} (--run RUN)", file=sys.stderr)
     if report.ok:
         text = f"{args.zip}: valid {report.edition} {report.subtask} package ({len(report.checked)} files)"
     else:
