@@ -93,8 +93,8 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
-def _config_file(path: Path, cfg) -> Path:
-    path.write_text(yaml.safe_dump({"kind": "generate", **cfg.model_dump(mode="json")}))
+def _config_file(path: Path, cfg, kind: str = "generate") -> Path:
+    path.write_text(yaml.safe_dump({"kind": kind, **cfg.model_dump(mode="json")}))
     return path
 
 
@@ -486,7 +486,7 @@ def test_benchmark_flow_through_the_cli_runs_generation_as_a_subflow(server, tmp
         variation={"enabled": False},
     )
     (tmp_path / "configs" / "benchmark").mkdir(parents=True)
-    config = _config_file(tmp_path / "configs" / "benchmark" / "tiny.yaml", cfg)
+    config = _config_file(tmp_path / "configs" / "benchmark" / "tiny.yaml", cfg, "benchmark")
     res = subprocess.run(
         [BIN / "synthface", "benchmark", "synthetic", "--config", str(config), "--json"],
         env={**server["env"], "OMP_NUM_THREADS": "1"},
@@ -501,6 +501,6 @@ def test_benchmark_flow_through_the_cli_runs_generation_as_a_subflow(server, tmp
     assert set(out["mean_accuracy"]) == {"real", "plain", "real+plain"}
     assert "generator/plain" in out["stages"]["executed"]
     assert (tmp_path / "bench" / "report" / "benchmark.md").is_file()
-    (row,) = build_table([config], base=tmp_path)
+    (row,) = build_table([config], flows=["benchmark-synthetic"], base=tmp_path)
     assert row.full_name == "benchmark-synthetic/tiny"
     assert row.parameters == {"config_file": "configs/benchmark/tiny.yaml"}
