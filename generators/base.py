@@ -11,8 +11,9 @@ config and ``load_generator`` rebuilds one from a ``save_pretrained`` directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -32,10 +33,16 @@ from synthface.generators.config import GeneratorConfig
 from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.sampling import sample
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.registry import Registry
 
 GENERATORS: Registry = Registry("generator")
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float images in [-1, 1] (N, 3, H, W) -> uint8 (N, H, W, 3) RGB."""
+    return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class DiffusionGenerator:
@@ -53,14 +60,45 @@ class DiffusionGenerator:
         autoencoder: Autoencoder | None = None,
         encoder=None,
         attribute_prior: AttributePrior | None = None,
+        extras: Mapping[str, bytes] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.denoiser = (denoiser or ConditionalDenoiser(config)).to(self.device).eval()
+        self.denoiser = (denoiser or self.build_denoiser(config)).to(self.device).eval()
         self.autoencoder = (autoencoder or build_autoencoder(config.autoencoder)).to(self.device)
         self.encoder = encoder.to(self.device) if hasattr(encoder, "to") else encoder
         self.attribute_prior = attribute_prior
+        self.extras = dict(extras or {})
+
+    # ----------------------------------------------------------------- hooks
+    # What a generator adds to the shared core: its denoiser, the conditions of a training
+    # batch, and files fitted on the data before training (``extra_files``, stored in every
+    # checkpoint). training.py calls these; the defaults are the ID³/plain behaviour.
+    extra_files: tuple[str, ...] = ()
+
+    @classmethod
+    def build_denoiser(cls, config: GeneratorConfig) -> torch.nn.Module:
+        return ConditionalDenoiser(config)
+
+    @classmethod
+    def training_batch(cls, samples: Sequence[dict[str, Any]], config: GeneratorConfig, encoder):
+        from synthface.generators.training import make_batch
+
+        return make_batch(samples, config, encoder)
+
+    @classmethod
+    def fit_extras(cls, config: GeneratorConfig, data) -> dict[str, bytes]:
+        """Files fitted on the training data before the first step (name -> bytes)."""
+        return {}
+
+    @classmethod
+    def read_extras(cls, path: str | Path) -> dict[str, bytes]:
+        path = Path(path)
+        return {n: (path / n).read_bytes() for n in cls.extra_files if (path / n).is_file()}
+
+    def extra_payloads(self) -> dict[str, bytes]:
+        return dict(self.extras)
 
     # ----------------------------------------------------------------- conditions
     @property
@@ -177,7 +215,7 @@ class DiffusionGenerator:
         images = torch.cat(outs)
         if return_float:
             return images.numpy()
-        return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return to_uint8(images)
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, path: str | Path) -> Path:
@@ -192,6 +230,8 @@ class DiffusionGenerator:
         )
         if self.attribute_prior is not None:
             write_json_atomic(tmp / "attribute_prior.json", self.attribute_prior.to_dict())
+        for name, payload in self.extra_payloads().items():
+            atomic_write_bytes(tmp / name, payload)
         if self.autoencoder.model is not None:
             self.autoencoder.model.save_pretrained(tmp / "autoencoder", safe_serialization=True)
         replace_dir_atomic(tmp, final)
@@ -209,7 +249,7 @@ class DiffusionGenerator:
         """Rebuild from ``save_pretrained`` output; ``config`` forces an architecture."""
         path = Path(path)
         cfg = config or read_generator_config(path)
-        denoiser = ConditionalDenoiser(cfg)
+        denoiser = cls.build_denoiser(cfg)
         load_weights(denoiser, path / "model.safetensors")
         ae_dir = path / "autoencoder"
         autoencoder = build_autoencoder(cfg.autoencoder, ae_dir if ae_dir.is_dir() else None)
@@ -224,6 +264,7 @@ class DiffusionGenerator:
             autoencoder=autoencoder,
             encoder=encoder,
             attribute_prior=prior,
+            extras=cls.read_extras(path),
             device=device,
         )
 
@@ -231,6 +272,7 @@ class DiffusionGenerator:
 def _register_builtin() -> None:
     """Import the modules whose decorators fill :data:`GENERATORS` (idempotent)."""
     import synthface.generators.id3.generator
+    import synthface.generators.morphface.generator
     import synthface.generators.plain  # noqa: F401
 
 

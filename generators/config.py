@@ -2,9 +2,9 @@
 
 One file describes everything needed to rebuild a generator: the denoiser architecture,
 the conditioning, the optional latent autoencoder, the noise schedule, the default
-sampler, the ID³ specifics, the frozen identity encoder, the data and the training run.
-The same model is stored as ``config.json`` next to every checkpoint, so a checkpoint
-can be rebuilt without the YAML that produced it.
+sampler, the ID³ and MorphFace specifics, the frozen identity encoder, the data and the
+training run. The same model is stored as ``config.json`` next to every checkpoint, so a
+checkpoint can be rebuilt without the YAML that produced it.
 """
 
 from __future__ import annotations
@@ -13,6 +13,7 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from synthface.generators.morphface.config import MorphFaceConfig
 from synthface.pipeline.config import StrictModel
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
@@ -188,6 +189,7 @@ class GeneratorConfig(StrictModel):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     id3: ID3Config = Field(default_factory=ID3Config)
+    morphface: MorphFaceConfig = Field(default_factory=MorphFaceConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)

@@ -52,10 +52,10 @@ from synthface.generators.checkpoint import (
 )
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.data import attribute_row, open_source, sample_stream
-from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.sampling import make_scheduler
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError
 
@@ -223,6 +223,7 @@ def _save_checkpoint(
     opt,
     prior: AttributePrior | None,
     step: int,
+    extras: dict[str, bytes] | None = None,
 ) -> None:
     """A checkpoint is a complete generator directory (EMA weights) plus ``training/``."""
     tmp = new_tmp_dir(final)
@@ -230,6 +231,8 @@ def _save_checkpoint(
     save_tensors_atomic(tmp / "model.safetensors", ema.state_dict())
     if prior is not None and prior.total:
         write_json_atomic(tmp / "attribute_prior.json", prior.to_dict())
+    for name, payload in (extras or {}).items():  # the generator's fitted files
+        atomic_write_bytes(tmp / name, payload)
     tr = tmp / "training"
     tr.mkdir()
     save_tensors_atomic(tr / "raw.safetensors", raw_model.state_dict())
@@ -292,7 +295,7 @@ def train_generator(
     device = accelerator.device
 
     torch.manual_seed(tc.seed)
-    model = ConditionalDenoiser(cfg)
+    model = gen_cls.build_denoiser(cfg)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     names = [a.name for a in cfg.conditioning.attributes]
@@ -318,6 +321,9 @@ def train_generator(
         if prior is not None and state.get("prior"):
             prior = AttributePrior.from_dict(state["prior"])
         start = int(state["step"])
+    extras = gen_cls.read_extras(ckpt) if ckpt is not None else {}
+    if len(extras) < len(gen_cls.extra_files):
+        extras = gen_cls.fit_extras(cfg, data)
     if encoder is not None and hasattr(encoder, "to"):
         encoder = encoder.to(device)
     autoencoder = build_autoencoder(cfg.autoencoder).to(device)
@@ -331,7 +337,7 @@ def train_generator(
     step = start
     for step in range(start, total):
         samples = [next(stream) for _ in range(tc.batch_size)]
-        batch = make_batch(samples, cfg, encoder)
+        batch = gen_cls.training_batch(samples, cfg, encoder)
         if prior is not None:
             prior.add(batch.raw_attributes)
         loss, parts = training_loss(
@@ -360,19 +366,27 @@ def train_generator(
         done = step + 1
         if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
             _save_checkpoint(
-                run_dir / "checkpoints" / f"step-{done:08d}", cfg, raw_model, ema, opt, prior, done
+                run_dir / "checkpoints" / f"step-{done:08d}",
+                cfg,
+                raw_model,
+                ema,
+                opt,
+                prior,
+                done,
+                extras,
             )
             _prune(run_dir, tc.keep_checkpoints)
     final = None
     if accelerator.is_main_process and start < total and total == tc.steps:
         final = run_dir / "final"
-        export = ConditionalDenoiser(cfg)
+        export = gen_cls.build_denoiser(cfg)
         ema.copy_to(export)
         generator = gen_cls(
             cfg,
             denoiser=export,
             autoencoder=autoencoder,
             attribute_prior=prior if prior is not None and prior.total else None,
+            extras=extras,
         )
         generator.save_pretrained(final)
     return {"step": max(start, total), "final": final, "history": history}
