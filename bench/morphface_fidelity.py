@@ -250,6 +250,19 @@ def main() -> None:
     rec = args.recognizer or str(
         train_recognizer(work, train_dir, args.world_size, args.recognizer_steps, dim)
     )
+    encoder = load_identity_encoder(rec)
+    models = args.models.split(",")
+    runs = {
+        "morphface": ("morphface", mf_base, {"blending": "timestep"}),
+        "morphface_noblend": ("morphface", mf_base, {"blending": "none"}),
+        "morphface_constant": ("morphface", mf_base, {"blending": "constant"}),
+        "id3": ("id3", id3_base, {}),
+    }
+    if args.train_only:
+        for name in models:
+            generator, base, extra = runs[name]
+            train_one(name, generator, base, args, work, train_dir, rec, encoder, **extra)
+        return
     judge_dir = args.judge or str(
         train_recognizer(
             work,
@@ -263,20 +276,8 @@ def main() -> None:
             seed=1,
         )
     )
-    encoder, judge = load_identity_encoder(rec), load_identity_encoder(judge_dir)
+    judge = load_identity_encoder(judge_dir)
     regressor = train_regressor(work, train_dir, size, args.regressor_steps)
-    models = args.models.split(",")
-    runs = {
-        "morphface": ("morphface", mf_base, {"blending": "timestep"}),
-        "morphface_noblend": ("morphface", mf_base, {"blending": "none"}),
-        "morphface_constant": ("morphface", mf_base, {"blending": "constant"}),
-        "id3": ("id3", id3_base, {}),
-    }
-    if args.train_only:
-        for name in models:
-            generator, base, extra = runs[name]
-            train_one(name, generator, base, args, work, train_dir, rec, encoder, **extra)
-        return
     results: dict = {"args": vars(args), "recognizer": rec, "judge": judge_dir}
 
     # held-out identities and the real-image references

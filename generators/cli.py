@@ -156,6 +156,56 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_identities(args: argparse.Namespace) -> int:
+    """New identities from the generator's empty-context faces (MorphFace)."""
+    import time
+
+    from synthface.generators.base import load_generator
+    from synthface.generators.encoder import load_identity_encoder
+    from synthface.generators.id3.anchors import save_anchors
+    from synthface.generators.morphface.identities import novel_identities
+    from synthface.generators.produce import load_anchors
+    from synthface.pipeline.errors import ConfigError
+
+    _threads(args)
+    gen = load_generator(args.checkpoint)
+    if not hasattr(gen, "generate_unconditional"):
+        raise ConfigError(
+            f"{args.checkpoint}: a {gen.name!r} generator; new identities from empty-context "
+            "faces need a morphface generator (use `generator anchors` for Tammes anchors)"
+        )
+    enc_path = args.encoder or gen.config.encoder.path
+    if enc_path is None:
+        raise ConfigError("--encoder: the checkpoint names no identity encoder; give one")
+    encoder = load_identity_encoder(enc_path, differentiable=False)
+    dim = gen.config.conditioning.identity_dim
+    training = None
+    if args.training:
+        training = load_anchors(args.training, dim, field="--training")
+    t0 = time.perf_counter()
+    anchors, stats = novel_identities(
+        gen,
+        encoder,
+        args.n,
+        training=training,
+        max_cos=args.max_cos,
+        max_cos_training=args.max_cos_training,
+        seed=args.seed,
+        batch=args.batch_size,
+        max_candidates=args.max_candidates,
+        steps=args.steps,
+    )
+    save_anchors(args.out, anchors)
+    data = {**stats, "out": args.out, "seconds": round(time.perf_counter() - t0, 1)}
+    text = (
+        f"{args.n} new identities from {stats['candidates']} empty-context faces -> {args.out}\n"
+        f"  max cos between new: {stats['max_cos_between_new']}, "
+        f"to training: {stats['max_cos_to_training']}"
+    )
+    emit(args, data, text)
+    return 0
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -238,3 +288,28 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_anchors)
+
+    c = sub.add_parser(
+        "identities",
+        help="new identities from a MorphFace generator's empty-context faces, kept apart",
+    )
+    c.add_argument("checkpoint", help="morphface generator directory")
+    c.add_argument("--n", type=_positive, required=True, help="number of identities")
+    c.add_argument("--out", required=True, help="output .npy (use as --anchors of sample)")
+    c.add_argument("--encoder", help="conditioning encoder (default: the checkpoint's)")
+    c.add_argument(
+        "--training",
+        metavar="EMB.npy",
+        help="embeddings of the training identities that new ones must stay away from",
+    )
+    c.add_argument("--max-cos", type=float, help="between new identities (default: config)")
+    c.add_argument(
+        "--max-cos-training", type=float, help="to any training identity (default: config)"
+    )
+    c.add_argument("--max-candidates", type=_positive, help="faces to try (default 20 x n)")
+    c.add_argument("--steps", type=_positive, help="sampler steps per candidate face")
+    c.add_argument("--batch-size", type=_positive, default=64)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_identities)

@@ -77,9 +77,13 @@ def _checkpoint_dir(cfg: GenerateConfig) -> Path:
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """Hash of a generator checkpoint's config and weights (its identity, not its path)."""
+    """Hash of a generator checkpoint's config, weights and fitted files (not its path)."""
+    from synthface.generators.base import GENERATORS, _register_builtin
+
+    _register_builtin()
+    extra = sorted({f for name in GENERATORS.names() for f in GENERATORS.get(name).extra_files})
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "attribute_prior.json"):
+    for name in ("config.json", "model.safetensors", "attribute_prior.json", *extra):
         f = Path(path) / name
         if f.is_file():
             h.update(name.encode())

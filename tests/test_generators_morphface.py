@@ -271,3 +271,151 @@ def test_new_identities_keep_their_margins():
     s = kept @ kept.T
     np.fill_diagonal(s, -1)
     assert s.max() <= 0.3
+
+
+def toy_renderer(groups: dict, size: int) -> dict:
+    """A stand-in for a user's fitter renderer (referenced as module:function by config)."""
+    n = len(groups["shape"])
+    grid = np.linspace(-1, 1, size, dtype=np.float32)
+    ramp = np.broadcast_to(grid[None, None, :, None], (n, size, size, 1))
+    shape = np.tanh(groups["shape"][:, None, None, :3]).astype(np.float32)
+    light = 1 / (1 + np.exp(-groups["lighting"][:, None, None, :3])).astype(np.float32)
+    return {
+        "normal": np.broadcast_to(shape, (n, size, size, 3)) * ramp,
+        "albedo": np.broadcast_to(light, (n, size, size, 3)).copy(),
+        "shading": np.broadcast_to(
+            np.abs(groups["expression"][:, None, None, :1]), (n, size, size, 3)
+        ),
+    }
+
+
+def test_external_fits_train_and_sample_with_the_users_renderer(tmp_path):
+    from tests.generators_helpers import toy_samples
+
+    layout = [
+        {"name": "shape", "key": "shape", "size": 4},
+        {"name": "expression", "key": "exp", "size": 2},
+        {"name": "lighting", "key": "light", "size": 3},
+    ]
+    samples = toy_samples(identities=3, per_identity=3)
+    for s in samples:
+        rng = np.random.default_rng(list(map(int, s["__key__"].split("/"))))
+        shape = np.random.default_rng(s["label"]).standard_normal(4)  # fixed per subject
+        fit = {"shape": shape, "exp": rng.standard_normal(2), "light": rng.standard_normal(3)}
+        _fit_file(tmp_path / "fits" / f"{s['__key__']}.npz", **fit)
+        maps = toy_renderer(
+            {"shape": shape[None], "expression": fit["exp"][None], "lighting": fit["light"][None]},
+            24,  # maps of another size are resized to morphface.map_size
+        )
+        _fit_file(tmp_path / "maps" / f"{s['__key__']}.npz", **{k: v[0] for k, v in maps.items()})
+    external = {
+        "fits": str(tmp_path / "fits"),
+        "maps": str(tmp_path / "maps"),
+        "renderer": "tests.test_generators_morphface:toy_renderer",
+        "layout": layout,
+    }
+    cfg = mf_config(
+        tmp_path,
+        morphface={"style_source": "external", "map_size": 16, "external": external},
+        train={"steps": 2, "checkpoint_every": 2},
+    )
+    out = train_generator(cfg, data=samples, encoder=tiny_encoder())
+    gen = load_generator(out["final"])
+    prior = gen.style_prior
+    assert prior.dim == 9 and prior.subjects == 3
+    assert np.abs(prior.within[:4, :4]).max() < 1e-9  # shape never varies within a subject
+    cond = gen.dataset_conditions(np.eye(2, ID_DIM, dtype=np.float32), 2, seed=0)
+    images = gen.generate(
+        cond["identity"].reshape(4, -1), cond["attributes"].reshape(4, -1), [1, 2, 3, 4]
+    )
+    assert images.shape == (4, 16, 16, 3)
+
+
+def test_cli_identities_then_sample_writes_styles_into_meta(world_prior, tmp_path, capsys):
+    import json
+
+    from synthface.pipeline.cli import main
+    from synthface.pipeline.shards import iter_samples
+    from synthface.recognition import create_backbone, save_recognizer
+
+    torch.manual_seed(0)
+    gen = create_generator("morphface", mf_config(sampler={"steps": 2}), style_prior=world_prior)
+    ckpt = gen.save_pretrained(tmp_path / "g")
+    rec = save_recognizer(
+        create_backbone("tiny", input_size=16, embedding_dim=ID_DIM), tmp_path / "rec", {}
+    )
+    training = np.random.default_rng(0).standard_normal((5, ID_DIM)).astype(np.float32)
+    np.save(tmp_path / "train.npy", training)
+    ids = tmp_path / "ids.npy"
+    args = [
+        "generator",
+        "identities",
+        str(ckpt),
+        "--n",
+        "3",
+        "--out",
+        str(ids),
+        "--encoder",
+        str(rec),
+        "--training",
+        str(tmp_path / "train.npy"),
+        "--max-cos",
+        "0.999",
+        "--max-cos-training",
+        "0.999",
+        "--steps",
+        "2",
+        "--json",
+    ]
+    assert main(args) == 0
+    report = json.loads(capsys.readouterr().out)
+    assert report["identities"] == 3 and np.load(ids).shape == (3, ID_DIM)
+    assert main([*args[:-1], "--max-cos", "-1.0", "--max-candidates", "4"]) != 0
+    assert "loosen a margin" in capsys.readouterr().err
+
+    out = tmp_path / "ds"
+    assert (
+        main(
+            [
+                "generator",
+                "sample",
+                str(ckpt),
+                "--identities",
+                "3",
+                "--per-identity",
+                "2",
+                "--out",
+                str(out),
+                "--anchors",
+                str(ids),
+                "--qc-recognizer",
+                str(rec),
+                "--steps",
+                "2",
+                "--no-report",
+                "--json",
+            ]
+        )
+        == 0
+    )
+    metas = [s["meta"] for s in iter_samples(out, decode=False)]
+    assert len(metas) == 6 and {m["generator"] for m in metas} == {"morphface"}
+    assert set(metas[0]["attributes"]) == set(gen.style_source.param_names)
+    yaws = [m["attributes"]["yaw"] for m in metas[:2]]
+    assert yaws[0] != yaws[1]  # each image its own pose
+    assert metas[0]["attributes"]["head_w"] == metas[1]["attributes"]["head_w"]  # one subject
+
+
+@pytest.mark.parametrize("blending", ["timestep", "none"])
+def test_denoiser_runs_under_bf16_autocast(blending):
+    from synthface.generators.morphface.model import MorphFaceDenoiser
+
+    torch.manual_seed(0)
+    model = MorphFaceDenoiser(mf_config(morphface={"blending": blending}))
+    x, t = torch.randn(2, 3, 16, 16), torch.tensor([10, 900])
+    maps, ident = torch.rand(2, 9, 32, 32), torch.randn(2, ID_DIM)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        eps = model(x, t, identity=ident, attributes=maps, drop=torch.tensor([False, True]))
+    assert eps.shape == x.shape and torch.isfinite(eps.float()).all()
+    eps.float().mean().backward()
+    assert model.cond.style.proj.weight.grad is not None  # the style encoder is trained
