@@ -116,12 +116,20 @@ def build_unet(cfg: GeneratorConfig) -> nn.Module:
 
 
 class ConditionalDenoiser(nn.Module):
-    """eps_theta(x_t, t, tokens); ``cond`` turns raw conditions into tokens."""
+    """eps_theta(x_t, t, tokens); ``cond`` turns raw conditions into tokens.
 
-    def __init__(self, cfg: GeneratorConfig) -> None:
+    A generator with other conditions passes its own ``cond`` (same ``check``/``forward``/
+    ``null`` interface) and may add UNet call arguments through ``unet_kwargs``.
+    """
+
+    def __init__(self, cfg: GeneratorConfig, cond: nn.Module | None = None) -> None:
         super().__init__()
         self.unet = build_unet(cfg)
-        self.cond = ConditionEncoder(cfg)
+        self.cond = cond if cond is not None else ConditionEncoder(cfg)
+
+    def unet_kwargs(self, sample: torch.Tensor, t: torch.Tensor) -> dict:
+        """Extra keyword arguments of the UNet call (none here)."""
+        return {}
 
     def forward(
         self,
@@ -136,4 +144,7 @@ class ConditionalDenoiser(nn.Module):
         """Predicted noise; pass ``tokens`` or the raw conditions (one call, DDP-safe)."""
         if tokens is None:
             tokens = self.cond(identity, attributes, drop)
-        return self.unet(sample, t, encoder_hidden_states=tokens.to(sample.dtype)).sample
+        states = tokens.to(sample.dtype)
+        return self.unet(
+            sample, t, encoder_hidden_states=states, **self.unet_kwargs(sample, t)
+        ).sample

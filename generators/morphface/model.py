@@ -33,7 +33,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from synthface.generators.config import GeneratorConfig
-from synthface.generators.denoiser import _mlp, build_unet
+from synthface.generators.denoiser import ConditionalDenoiser, _mlp
 from synthface.generators.morphface.styles import MAP_CHANNELS
 from synthface.pipeline.errors import InputError
 
@@ -181,35 +181,25 @@ class BlendedAttnProcessor:
         return out / attn.rescale_output_factor
 
 
-class MorphFaceDenoiser(nn.Module):
-    """eps_theta(x_t, t, [identity | style] tokens), with context blending inside."""
+class MorphFaceDenoiser(ConditionalDenoiser):
+    """eps_theta(x_t, t, [identity | style] tokens), with context blending inside.
+
+    The core denoiser with MorphFace's conditioner; ``attributes`` of ``forward`` are the
+    style maps. Blending needs t inside every cross-attention layer, so the weights travel
+    as a ``cross_attention_kwargs`` argument of the UNet call.
+    """
 
     def __init__(self, cfg: GeneratorConfig) -> None:
-        super().__init__()
-        self.unet = build_unet(cfg)
-        self.cond = MorphFaceConditioner(cfg)
+        super().__init__(cfg, cond=MorphFaceConditioner(cfg))
         self.blending = cfg.morphface.blending
         self.blend_strength = cfg.morphface.blend_strength
         self.num_train_timesteps = cfg.diffusion.num_train_timesteps
         if self.blending != "none":
             self.unet.set_attn_processor(BlendedAttnProcessor(self.cond.identity_tokens))
 
-    def forward(
-        self,
-        sample: torch.Tensor,
-        t: torch.Tensor,
-        tokens: torch.Tensor | None = None,
-        *,
-        identity: torch.Tensor | None = None,
-        attributes: torch.Tensor | None = None,
-        drop: torch.Tensor | None = None,
-    ) -> torch.Tensor:
-        """Predicted noise; ``attributes`` are the style maps when tokens are not given."""
-        if tokens is None:
-            tokens = self.cond(identity, attributes, drop)
-        kwargs = {}
-        if self.blending != "none":
-            t_rows = t.reshape(-1).expand(sample.shape[0]) if t.numel() == 1 else t
-            w = blend_weights(t_rows, self.num_train_timesteps, self.blending, self.blend_strength)
-            kwargs["cross_attention_kwargs"] = {"blend": w.to(sample.device)}
-        return self.unet(sample, t, encoder_hidden_states=tokens.to(sample.dtype), **kwargs).sample
+    def unet_kwargs(self, sample: torch.Tensor, t: torch.Tensor) -> dict:
+        if self.blending == "none":
+            return {}
+        rows = t.reshape(-1).expand(sample.shape[0]) if t.numel() == 1 else t
+        w = blend_weights(rows, self.num_train_timesteps, self.blending, self.blend_strength)
+        return {"cross_attention_kwargs": {"blend": w.to(sample.device)}}
