@@ -49,7 +49,7 @@ from synthface.generators.config import GeneratorConfig
 from synthface.generators.encoder import load_identity_encoder
 from synthface.generators.id3.anchors import anchors_within
 from synthface.generators.morphface.identities import novel_identities
-from synthface.generators.training import train_generator
+from synthface.generators.training import latest_checkpoint, train_generator
 from synthface.pipeline.atomic import atomic_write_json
 
 TARGETS = ("yaw", "pitch", "roll", "smile", "mouth_open", "light_az", "light_el")
@@ -305,7 +305,11 @@ def main() -> None:
         generator, base, extra = runs[name]
         run = train_one(name, generator, base, args, work, train_dir, rec, encoder, **extra)
         trained = json.loads((run / "bench_train.json").read_text())
-        gen = load_generator(run / "final", encoder=encoder)
+        # A run cut short by --steps ends at a checkpoint (a complete generator directory)
+        # instead of final/; say which weights were measured.
+        weights = run / "final" if (run / "final").is_dir() else latest_checkpoint(run)
+        trained["weights"] = str(weights.relative_to(run))
+        gen = load_generator(weights, encoder=encoder)
         variants = [(name, {})]
         if name == "morphface":
             variants.append(("morphface_subject_agnostic", {"subject_aware": False}))

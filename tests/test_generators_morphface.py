@@ -365,6 +365,8 @@ def test_cli_identities_then_sample_writes_styles_into_meta(world_prior, tmp_pat
         "0.999",
         "--steps",
         "2",
+        "--batch-size",
+        "4",
         "--json",
     ]
     assert main(args) == 0
