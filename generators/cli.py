@@ -63,6 +63,8 @@ def sample_config(args: argparse.Namespace):
     for key in ("sampler", "steps", "guidance_scale", "id_guidance_scale", "batch_size"):
         if getattr(args, key) is not None:
             gen[key] = getattr(args, key)
+    if args.sampler_option:
+        gen["sampler_options"] = dict(args.sampler_option)
     data = {
         "generator": gen,
         "identities": {
@@ -156,11 +158,39 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_import_uiface(args: argparse.Namespace) -> int:
+    from synthface.generators.uiface.convert import import_uiface
+
+    config = None
+    if args.config:
+        from synthface.generators.config import GeneratorConfig
+        from synthface.pipeline.config import load_config
+
+        config = load_config(args.config, GeneratorConfig, None)
+    info = import_uiface(args.unet, args.vq_encoder, args.vq_decoder, args.out, config)
+    emit(
+        args,
+        info,
+        f"imported UIFace ({info['layout']} weights, {info['unet_parameters']:,} UNet + "
+        f"{info['autoencoder_parameters']:,} VQ-f4 parameters) -> {info['out']}",
+    )
+    return 0
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1] (got {text})")
     return value
+
+
+def _option(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (got {text!r})")
+    return key, yaml.safe_load(value)
 
 
 def _positive(text: str) -> int:
@@ -200,6 +230,14 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="identity encoder for identity guidance (and QC when --qc-recognizer is not given)",
     )
     c.add_argument("--batch-size", type=_positive)
+    c.add_argument(
+        "--sampler-option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="generator-specific sampler switch, repeatable (uiface: two_stage=false, "
+        "injection=false, switch_threshold=0.006, switch_bound=500)",
+    )
     c.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     c.add_argument("--ext", choices=["jpg", "png"], default="png")
     c.add_argument("--max-samples-per-shard", type=_positive, default=10000)
@@ -217,6 +255,20 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=_positive, help="torch CPU threads (default 1)")
     add_json_flag(c)
     c.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser(
+        "import-uiface",
+        help="convert UIFace's released UNet and VQ-f4 files into a uiface generator directory",
+    )
+    c.add_argument("--unet", required=True, help="ema_averaged_model_*.ckpt (or model_*.ckpt)")
+    c.add_argument("--vq-encoder", required=True, help="first_stage_encoder_state_dict.pt")
+    c.add_argument("--vq-decoder", required=True, help="first_stage_decoder_state_dict.pt")
+    c.add_argument("--out", required=True, help="generator directory to write")
+    c.add_argument(
+        "--config", help="generator config describing the model (default: uiface_128.yaml)"
+    )
+    add_json_flag(c)
+    c.set_defaults(func=cmd_import_uiface)
 
     c = sub.add_parser("anchors", help="Tammes identity anchors on the unit hypersphere")
     c.add_argument("--n", type=_positive, required=True, help="number of identities")

@@ -136,6 +136,16 @@ def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
         )
 
 
+def _check_sampler_options(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
+    """Generator-specific sampler switches are checked before anything is written."""
+    from synthface.generators.base import GENERATORS
+
+    try:
+        GENERATORS.get(name).validate_sampler_options(ckpt_cfg, cfg.generator.sampler_options)
+    except InputError as exc:
+        raise ConfigError(f"generator.sampler_options: {exc}") from None
+
+
 # --------------------------------------------------------------------------- anchors
 def load_anchors(
     path: str | Path, dim: int, count: int | None = None, *, field: str = "identities.anchors"
@@ -242,6 +252,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     ckpt_cfg = read_generator_config(ckpt)
     name = _generator_name(cfg, ckpt_cfg)
     _check_identity_guidance(cfg, ckpt_cfg, name)
+    _check_sampler_options(cfg, ckpt_cfg, name)
     resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
     _qc_recognizer_path(cfg, ckpt_cfg)
     if cfg.qc.gallery is not None and not Path(cfg.qc.gallery).is_file():
@@ -443,6 +454,7 @@ def produce_shard(
         ident = cond["identity"].reshape(n, -1)
         attrs = cond["attributes"].reshape(n, -1) if attr_names else None
         seeds = cond["seeds"].reshape(n)
+        decided: list[dict] = []
         images = gen.generate(
             ident,
             attrs,
@@ -453,6 +465,8 @@ def produce_shard(
             id_guidance_scale=cfg.generator.id_guidance_scale,
             batch_size=cfg.generator.batch_size,
             precision=cfg.generator.precision,
+            sampler_options=cfg.generator.sampler_options,
+            sample_meta=decided,
         )
         vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
         for k, identity in enumerate(range(a, b)):
@@ -467,6 +481,7 @@ def produce_shard(
                     "seed": int(seeds[i]),
                     "condition_cos": _r(cond["cos"][k, j]),
                     "qc": per_sample[j],
+                    **decided[i],  # what the sampler decided for this image (uiface: switch)
                 }
                 if attr_names:
                     meta["attributes"] = {

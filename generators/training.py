@@ -52,7 +52,6 @@ from synthface.generators.checkpoint import (
 )
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.data import attribute_row, open_source, sample_stream
-from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.sampling import make_scheduler
@@ -171,6 +170,9 @@ def training_loss(
         images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
     t = torch.randint(0, T, (n,), generator=gen)
     drop = torch.rand(n, generator=gen) < cfg.conditioning.p_uncond
+    # Generator-specific per-step draws (UIFace: the element-wise context dropout mask).
+    hook = getattr(getattr(model, "module", model), "training_extras", None)
+    extras = hook(n, gen) if hook is not None else {}
     images, t, drop = images.to(device), t.to(device), drop.to(device)
     x0 = autoencoder.encode(images)
     noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -182,7 +184,7 @@ def training_loss(
         return autocast() if autocast is not None else nullcontext()
 
     with ctx():
-        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop)
+        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop, **extras)
     eps = eps.float()
     mse = F.mse_loss(eps, noise)
     parts = {"mse": float(mse.detach())}
@@ -292,7 +294,7 @@ def train_generator(
     device = accelerator.device
 
     torch.manual_seed(tc.seed)
-    model = ConditionalDenoiser(cfg)
+    model = gen_cls.build_denoiser(cfg)
     ema = EMA(model, tc.ema_decay)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     names = [a.name for a in cfg.conditioning.attributes]
@@ -366,7 +368,7 @@ def train_generator(
     final = None
     if accelerator.is_main_process and start < total and total == tc.steps:
         final = run_dir / "final"
-        export = ConditionalDenoiser(cfg)
+        export = gen_cls.build_denoiser(cfg)
         ema.copy_to(export)
         generator = gen_cls(
             cfg,

@@ -46,6 +46,9 @@ class GeneratorSection(StrictModel):
     batch_size: int = Field(default=32, ge=1)
     # Denoiser compute precision (bf16: autocast on the GPU; images change slightly).
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Generator-specific sampler switches, checked by the generator before anything is
+    # written (uiface: two_stage, injection, switch_threshold, switch_bound).
+    sampler_options: dict[str, bool | int | float] = Field(default_factory=dict)
 
 
 class IdentitiesSection(StrictModel):
