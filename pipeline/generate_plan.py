@@ -141,6 +141,8 @@ def dataset_config(
     gen = cfg.generator.model_dump(mode="json")
     for key in ("checkpoint", "encoder", "device", "allow_cpu_fallback"):
         gen.pop(key)
+    if not gen["sampler_options"]:  # absent = empty: datasets from before the field keep their hash
+        gen.pop("sampler_options")
     gen["name"] = generator_name
     gen["checkpoint_sha256"] = checkpoint_sha256
     out = cfg.output.model_dump(mode="json")

@@ -95,46 +95,58 @@ SEEDS = [11, 12, 13, 14, 15, 16]
 STAGE1 = (875, 750, 625, 500)  # DDIM-8 timesteps >= switch_bound 400; then 375, 250, ...
 
 
+def _switch_times(gen, ident, seeds, threshold):
+    meta: list[dict] = []
+    gen.generate(
+        ident, None, seeds, sampler_options={"switch_threshold": threshold}, sample_meta=meta
+    )
+    return [m["uiface"] for m in meta]
+
+
 @pytest.fixture(scope="module")
 def sampled():
-    """The generator, its conditions and a threshold at which samples switch at different times."""
+    """The generator, its conditions and a threshold that splits the samples' decisions."""
+    from synthface.generators.uiface.sampling import sample_two_stage
+
     gen = _generator()
     ident = _ident(len(SEEDS))
-    runs = {}
-    for thr in [0.0, *np.geomspace(1e-3, 3.0, 12).tolist(), 1e9]:
-        meta: list[dict] = []
-        gen.generate(
-            ident, None, SEEDS, sampler_options={"switch_threshold": thr}, sample_meta=meta
-        )
-        runs[thr] = [m["uiface"] for m in meta]
-    mixed = next(thr for thr, ms in runs.items() if len({m["switch_timestep"] for m in ms}) > 1)
-    return gen, ident, runs, mixed
+    trace: list = []
+    context = gen.denoiser.cond(torch.from_numpy(ident))
+    sample_two_stage(
+        gen.denoiser,
+        context,
+        SEEDS,
+        sampler=gen.config.sampler,
+        diffusion=gen.config.diffusion,
+        options=gen.config.uiface.model_copy(update={"switch_threshold": 0.0}),
+        shape=(3, 16, 16),
+        trace=trace,
+    )
+    assert [t for t, _ in trace] == [750, 625, 500]  # comparisons need a previous map
+    first = np.sort(trace[0][1].numpy())  # per-sample map change at the first comparison
+    gap = int(np.argmax(np.diff(first)))
+    mixed = float(first[gap] + first[gap + 1]) / 2  # far from every sample's value
+    return gen, ident, mixed
 
 
 def test_switch_happens_per_sample_and_only_above_the_bound(sampled):
-    gen, ident, runs, mixed = sampled
-    for ms in runs.values():
-        for m in ms:
-            assert m["switch_timestep"] in (625, 500, 375)  # 875 has no previous map
-            assert m["adaptive"] == (m["switch_timestep"] >= 400)
-    assert all(m == {"switch_timestep": 375, "adaptive": False} for m in runs[0.0])
-    assert all(m == {"switch_timestep": 625, "adaptive": True} for m in runs[1e9])
-    # at the mixed threshold each sample decides for itself: alone it switches when it did
-    # in the batch
-    for i in range(len(SEEDS)):
-        meta: list[dict] = []
-        gen.generate(
-            ident[i : i + 1],
-            None,
-            SEEDS[i : i + 1],
-            sampler_options={"switch_threshold": mixed},
-            sample_meta=meta,
-        )
-        assert meta[0]["uiface"] == runs[mixed][i]
+    gen, ident, mixed = sampled
+    never = _switch_times(gen, ident, SEEDS, 0.0)
+    assert all(m == {"switch_timestep": 375, "adaptive": False} for m in never)
+    always = _switch_times(gen, ident, SEEDS, 1e9)
+    assert all(m == {"switch_timestep": 625, "adaptive": True} for m in always)
+    split = _switch_times(gen, ident, SEEDS, mixed)
+    assert len({m["switch_timestep"] for m in split}) > 1  # each sample decides for itself
+    for m in split:
+        assert m["switch_timestep"] in (625, 500, 375)  # 875: no previous map yet
+        assert m["adaptive"] == (m["switch_timestep"] >= 400)  # never below the bound
+    # alone, a sample switches when it did in the batch
+    for i in (0, len(SEEDS) - 1):
+        assert _switch_times(gen, ident[i : i + 1], SEEDS[i : i + 1], mixed) == split[i : i + 1]
 
 
 def test_sampling_per_seed_does_not_depend_on_batch_size(sampled):
-    gen, ident, _, mixed = sampled
+    gen, ident, mixed = sampled
     opts = {"switch_threshold": mixed}
     outs, metas = [], []
     for bs in (6, 4, 1):
@@ -157,7 +169,7 @@ def test_sampling_per_seed_does_not_depend_on_batch_size(sampled):
 
 
 def test_batched_passes_equal_the_reference_separate_passes(sampled):
-    gen, ident, _, mixed = sampled
+    gen, ident, mixed = sampled
     opts = {"switch_threshold": mixed}
     m_b: list[dict] = []
     m_s: list[dict] = []
@@ -178,7 +190,7 @@ def test_batched_passes_equal_the_reference_separate_passes(sampled):
 
 
 def test_injection_changes_the_output_and_off_is_plain_cfg(sampled):
-    gen, ident, _, _ = sampled
+    gen, ident, _ = sampled
     one_stage = {"two_stage": False}
     off = gen.generate(
         ident,

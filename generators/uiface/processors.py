@@ -100,7 +100,11 @@ class TwoStageAttnProcessor:
         temb: torch.Tensor | None = None,
         **kwargs,
     ) -> torch.Tensor:
-        if attention_mask is not None or attn.group_norm is not None or attn.spatial_norm:
+        if (
+            attention_mask is not None
+            or attn.group_norm is not None
+            or attn.spatial_norm is not None
+        ):
             raise NotImplementedError(
                 "TwoStageAttnProcessor supports plain self/cross attention layers only "
                 "(no attention mask, group or spatial norm)"
@@ -113,7 +117,7 @@ class TwoStageAttnProcessor:
         context = hidden_states
         if cross:
             context = encoder_hidden_states
-            if attn.norm_cross:
+            if attn.norm_cross is not None:
                 context = attn.norm_encoder_hidden_states(context)
         q = attn.to_q(hidden_states)
         k = attn.to_k(context)

@@ -67,11 +67,14 @@ def sample_two_stage(
     precision: str = "fp32",
     batched: bool = True,
     clip_x0: bool = False,
+    trace: list | None = None,
 ) -> tuple[torch.Tensor, list[dict]]:
     """x_0 in UNet space (N,C,H,W), float32, and one meta dict per sample.
 
     ``batched=False`` runs the two passes of a step as separate UNet calls, pass A for
     every sample, as the reference does (for the throughput baseline and the tests).
+    ``trace``, when given, receives ``(timestep, per-sample map change)`` at every stage-1
+    comparison (the quantity the threshold is applied to), for diagnostics and tests.
     """
     n = context.shape[0]
     if len(seeds) != n:
@@ -130,6 +133,8 @@ def sample_two_stage(
                 if prev_map is not None:
                     change = (cur - prev_map).abs().mean(dim=(1, 2))
                     change = change * (REFERENCE_STEP / max(prev_t - ti, 1))
+                    if trace is not None:
+                        trace.append((ti, change.cpu()))
                     switched = switched | (change < options.switch_threshold)
                 prev_map, prev_t = cur, ti
             else:

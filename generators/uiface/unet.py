@@ -124,6 +124,8 @@ class Level(nn.Module):
         super().__init__()
         self.resnets = nn.ModuleList()
         self.attentions = nn.ModuleList()
+        self.downsampler: nn.Module | None = None
+        self.upsampler: nn.Module | None = None
 
 
 class UIFaceUNet(ModelMixin, ConfigMixin, AttentionMixin):
