@@ -62,7 +62,7 @@ def train_generator_task(config: GeneratorConfig) -> dict[str, Any]:
 
 @flow(name="train-generator", validate_parameters=True)
 def train_generator(config: GeneratorConfig) -> dict[str, Any]:
-    """Train (or resume) a diffusion face generator (ID³ or the plain baseline)."""
+    """Train (or resume) a diffusion face generator (any registered one: ID³, plain, UIFace)."""
     return train_generator_task(config)
 
 

@@ -364,18 +364,6 @@ def reference_vq_shapes(ch: int, mult=(1, 2, 4), nb: int = 2, z: int = 3, n_embe
     return enc, dec
 
 
-SCHEDULE = [
-    "betas",
-    "alphas",
-    "sigmas",
-    "sqrt_alphas_inv",
-    "alpha_bars",
-    "sqrt_alpha_bars",
-    "sqrt_one_minus_alpha_bars",
-    "one_minus_alphas_over_sqrt_one_minus_alpha_bars",
-]
-
-
 def _tensors(shapes: dict, seed: int, device: str = "cpu") -> dict:
     g = torch.Generator().manual_seed(seed)
     if device == "meta":
@@ -384,9 +372,11 @@ def _tensors(shapes: dict, seed: int, device: str = "cpu") -> dict:
 
 
 def _ema_file(shapes: dict, seed: int = 0) -> dict:
+    from synthface.generators.uiface.convert import SCHEDULE_BUFFERS
+
     state = {f"module.eps_model.{k}": v for k, v in _tensors(shapes, seed).items()}
     betas = torch.linspace(1e-4, 0.02, 1000)
-    for name in SCHEDULE:
+    for name in SCHEDULE_BUFFERS:
         state[f"module.{name}"] = betas if name == "betas" else torch.rand(1000)
     return state
 

@@ -35,6 +35,7 @@ from pathlib import Path
 
 import torch
 
+from synthface.generators.checkpoint import state_mismatches
 from synthface.pipeline.errors import InputError
 
 SCHEDULE_BUFFERS = (
@@ -102,7 +103,7 @@ def match_state(
     """``own`` names -> tensors taken from ``file_state`` under their reference names.
 
     ``translate(own_name) -> (reference_name, reference_shape)``. Raises one
-    :class:`InputError` listing counts and the first missing, unexpected and misshaped
+    :class:`InputError` listing counts and the first misshaped, missing and unexpected
     reference names (as the file spells them: with ``prefix``); returns the converted
     state only when everything matches.
     """
@@ -110,21 +111,8 @@ def match_state(
     for name in own:
         ref, shape = translate(name)
         expected[ref] = (name, shape)
-    missing = [r for r in expected if r not in file_state]
-    unexpected = [k for k in file_state if k not in expected]
-    shapes = [
-        f"{prefix}{r} {tuple(file_state[r].shape)} (expected {shape})"
-        for r, (_, shape) in expected.items()
-        if r in file_state and tuple(file_state[r].shape) != shape
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if missing:
-            parts.append(f"{len(missing)} missing (first: {prefix}{missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected (first: {prefix}{unexpected[0]})")
-        if shapes:
-            parts.append(f"{len(shapes)} misshaped (first: {shapes[0]})")
+    parts = state_mismatches({r: shape for r, (_, shape) in expected.items()}, file_state, prefix)
+    if parts:
         raise InputError(f"{source}: does not match {what}: " + "; ".join(parts))
     out = {}
     for ref, (name, _) in expected.items():
