@@ -99,8 +99,9 @@ class DiffusionGenerator:
         enc = self.encoder
         if enc is None or not getattr(enc, "differentiable", False):
             raise ConfigError(
-                "identity guidance needs a differentiable identity encoder (a torch recognizer, "
-                "encoder.path or --encoder); set sampler.id_guidance_scale: 0 to sample without"
+                "identity guidance needs a differentiable identity encoder (a recognizer "
+                "checkpoint or .onnx file: encoder.path or --encoder); set "
+                "sampler.id_guidance_scale: 0 to sample without"
             )
         y = torch.nn.functional.normalize(targets.float(), dim=1)
 

@@ -205,8 +205,8 @@ class UIFaceConfig(StrictModel):
 class EncoderConfig(StrictModel):
     """The frozen identity encoder (a recognizer checkpoint directory or an ONNX file).
 
-    Only a torch recognizer is differentiable, so only it can drive the identity loss and
-    identity guidance; an ONNX recognizer can only provide cached conditioning embeddings.
+    Both drive the identity loss and identity guidance: an insightface-style ONNX
+    recognizer is converted to torch operations (``synthface.recognition.onnx_to_torch``).
     """
 
     path: str | None = None

@@ -248,9 +248,9 @@ def _save_checkpoint(
 def _require_encoder(cfg: GeneratorConfig, encoder, use_id: bool) -> None:
     if use_id and (encoder is None or not getattr(encoder, "differentiable", False)):
         raise ConfigError(
-            "the identity loss needs a differentiable identity encoder (a torch recognizer "
-            "checkpoint in encoder.path); an ONNX recognizer can only provide cached "
-            "embeddings. Set id3.id_loss_weight: 0 or use generator: plain to train without"
+            "the identity loss needs a differentiable identity encoder (a recognizer "
+            "checkpoint or .onnx file in encoder.path). Set id3.id_loss_weight: 0 or use "
+            "generator: plain to train without"
         )
     if not cfg.data.use_cached_embeddings and encoder is None:
         raise ConfigError(

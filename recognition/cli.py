@@ -11,6 +11,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "recognition", "train, export and run face recognizers")
     add_train_command(sub)
     add_model_commands(sub)
+    add_import_command(sub)
 
 
 # --------------------------------------------------------------------------- train
@@ -118,6 +119,39 @@ def add_model_commands(sub: argparse._SubParsersAction) -> None:
     c.add_argument("--resize", action="store_true", help="resize images to the model input size")
     add_json_flag(c)
     c.set_defaults(func=cmd_embed)
+
+
+def add_import_command(sub: argparse._SubParsersAction) -> None:
+    c = sub.add_parser(
+        "import-arcface",
+        help="arcface_torch backbone.pth (iResNet) -> recognizer checkpoint directory",
+        description="Load an arcface_torch iResNet state dict (torch.load with "
+        "weights_only=True: nothing is unpickled) strictly into the matching backbone and "
+        "save it as a checkpoint that export, embed and training take. The architecture is "
+        "read from the keys; --arch insists on one.",
+    )
+    c.add_argument("weights", metavar="BACKBONE.pth", help="arcface_torch state dict")
+    c.add_argument("--out", required=True, metavar="DIR", help="checkpoint directory to write")
+    c.add_argument("--arch", help="r18 r34 r50 r100 r200 (or ir50, ...): refuse anything else")
+    c.add_argument(
+        "--input-size", type=int, help="training image side (default 112 for a 7x7 fc input)"
+    )
+    add_json_flag(c)
+    c.set_defaults(func=cmd_import_arcface)
+
+
+def cmd_import_arcface(args: argparse.Namespace) -> int:
+    from synthface.recognition.arcface_torch import import_arcface_torch
+
+    info = import_arcface_torch(args.weights, args.out, arch=args.arch, input_size=args.input_size)
+    emit(
+        args,
+        info,
+        f"wrote {info['out']}: {info['backbone']} (stages {info['layers']}), "
+        f"{info['embedding_dim']}-d, {info['input_size']}x{info['input_size']} input, "
+        f"{info['tensors']} tensors loaded strictly",
+    )
+    return 0
 
 
 def cmd_export(args: argparse.Namespace) -> int:

@@ -180,6 +180,21 @@ class LoggingConfig(StrictModel):
     progress: bool = True
 
 
+class DistillConfig(StrictModel):
+    """A frozen teacher recognizer whose embeddings the student is pulled towards.
+
+    The loss adds ``weight * mean(1 - cos(student(x), teacher(x)))`` to the margin loss,
+    on the same (augmented) batch; the teacher sees it resized to its own input size.
+    """
+
+    teacher: str | None = Field(
+        default=None,
+        description="recognizer checkpoint directory or insightface-style .onnx file "
+        "(converted to torch operations); its embedding size must equal model.embedding_dim",
+    )
+    weight: float = Field(default=1.0, gt=0, description="factor of the distillation term")
+
+
 class TrainConfig(StrictModel):
     """A recognizer training run (``configs/recognition/*.yaml``)."""
 
@@ -193,6 +208,7 @@ class TrainConfig(StrictModel):
     validation: ValidationConfig = Field(default_factory=ValidationConfig)
     checkpoint: CheckpointConfig = Field(default_factory=CheckpointConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    distill: DistillConfig = Field(default_factory=DistillConfig)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:

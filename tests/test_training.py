@@ -226,3 +226,44 @@ def test_fresh_run_refuses_a_directory_with_checkpoints(world, tmp_path):
     train(_cfg(world, tmp_path / "run"), stop_after=16)
     with pytest.raises(InputError, match=r"holds checkpoints of an earlier run"):
         train(_cfg(world, tmp_path / "run"))
+
+
+def test_onnx_teacher_pulls_the_student_towards_its_embeddings(world, tmp_path):
+    """Distillation from an ONNX teacher (converted to torch): the student trained with it
+    ends closer to the teacher's embeddings than the same run without it."""
+    from synthface.recognition import create_backbone, export_onnx, load_recognizer
+    from synthface.recognition.onnx_torch import onnx_to_torch
+
+    torch.manual_seed(3)
+    teacher_path = tmp_path / "teacher.onnx"
+    export_onnx(
+        create_backbone("tiny", input_size=SIZE, embedding_dim=64),
+        teacher_path,
+        allow_any_size=True,
+    )
+    short = {"epochs": 2, "device": "cpu"}
+    plain = train(_cfg(world, tmp_path / "plain", train=short))
+    taught = train(
+        _cfg(world, tmp_path / "taught", train=short,
+             distill={"teacher": str(teacher_path), "weight": 10.0})
+    )  # fmt: skip
+    teacher = onnx_to_torch(teacher_path)
+    from synthface.pipeline.shards import iter_samples
+
+    images = np.stack([s["image"] for s in iter_samples(world["data"])][:64])
+    x = torch.from_numpy(images).permute(0, 3, 1, 2).float() / 127.5 - 1
+
+    def agreement(model_dir) -> float:
+        with torch.no_grad():
+            return float(
+                torch.nn.functional.cosine_similarity(
+                    load_recognizer(model_dir)(x), teacher(x), dim=1
+                ).mean()
+            )
+
+    near, far = agreement(taught.model_dir), agreement(plain.model_dir)
+    assert near > 0.3 and near > far + 0.2, (near, far)
+    bad = _cfg(world, tmp_path / "bad", train=short, distill={"teacher": str(teacher_path)})
+    bad.model.embedding_dim = 32
+    with pytest.raises(ConfigError, match="64-d embeddings"):
+        train(bad)

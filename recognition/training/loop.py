@@ -49,16 +49,28 @@ class TrainingDiverged(SynthfaceError):
 
 
 class TrainModule(nn.Module):
-    """Backbone + margin head as one module, so DDP wraps (and syncs) both."""
+    """Backbone + margin head as one module, so DDP wraps (and syncs) both.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    With teacher embeddings, ``distill_weight * mean(1 - cos(student, teacher))`` is added
+    to the head's loss (the teacher itself stays outside: frozen, not checkpointed).
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, distill_weight: float = 0.0) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.distill_weight = distill_weight
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        out = self.head(self.backbone(images), labels)
-        return out.loss, out.logits, out.targets
+    def forward(
+        self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
+    ):
+        emb = self.backbone(images)
+        out = self.head(emb, labels)
+        loss = out.loss
+        if teacher is not None:
+            cos = nn.functional.cosine_similarity(emb.float(), teacher.float(), dim=1)
+            loss = loss + self.distill_weight * (1 - cos).mean()
+        return loss, out.logits, out.targets
 
 
 class LossMonitor:
@@ -195,7 +207,7 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
         num_classes=num_classes,
         **cfg.head.params,
     )
-    model = TrainModule(backbone, head)
+    model = TrainModule(backbone, head, cfg.distill.weight if cfg.distill.teacher else 0.0)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -233,6 +245,9 @@ def train(
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
     rank, seed, accum = accelerator.process_index, cfg.train.seed, cfg.train.grad_accum
+    # before anything is written, and before seeding: a checkpoint teacher is built (random
+    # init, then its weights) and must not shift the student's initialisation
+    teacher = _load_teacher(cfg, accelerator.device)
     set_seed(seed)
     model = build_model(cfg, info.num_classes)
     optimizer = build_optimizer(model, cfg.optim)
@@ -295,8 +310,9 @@ def train(
                 channels_last=cfg.model.channels_last,
             )
             labels = labels.to(accelerator.device, non_blocking=True)
+            t_emb = teacher(x) if teacher is not None else None
             with accelerator.no_sync(model) if micro < accum - 1 else nullcontext():
-                loss, logits, targets = model(x, labels)
+                loss, logits, targets = model(x, labels, t_emb)
                 accelerator.backward(loss / accum)
             run.monitor.add(step + 1, loss, logits, targets)
         if cfg.train.clip_grad_norm:
@@ -325,6 +341,40 @@ def train(
         validation=dict(callbacks[1].results),
         is_main_process=accelerator.is_main_process,
     )
+
+
+class _Teacher:
+    """The frozen teacher: resizes the student's input to its own size, no gradients."""
+
+    def __init__(self, model: nn.Module) -> None:
+        self.model = model
+        self.hw = tuple(model.input_size)
+
+    @torch.no_grad()
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.float().contiguous()
+        if tuple(x.shape[-2:]) != self.hw:
+            x = nn.functional.interpolate(x, size=self.hw, mode="bilinear", antialias=True)
+        return self.model(x).float()
+
+
+def _load_teacher(cfg: TrainConfig, device: torch.device) -> _Teacher | None:
+    if not cfg.distill.teacher:
+        return None
+    from synthface.recognition.onnx_torch import load_recognizer_module
+
+    model = load_recognizer_module(cfg.distill.teacher, device)
+    if int(model.embedding_dim) != cfg.model.embedding_dim:
+        raise ConfigError(
+            f"distill.teacher {cfg.distill.teacher}: {model.embedding_dim}-d embeddings, but "
+            f"model.embedding_dim is {cfg.model.embedding_dim}; they must be equal"
+        )
+    if getattr(model, "input_channels", 3) != 3 or cfg.model.params.get("input_channels", 3) != 3:
+        raise ConfigError(
+            f"distill.teacher {cfg.distill.teacher}: teacher and student must both take RGB "
+            "images (block-DCT students cannot share the teacher's input)"
+        )
+    return _Teacher(model)
 
 
 def _segment_batches(run: Run, step: int, every: int):
