@@ -22,16 +22,14 @@ from synthface.generators.autoencoder import Autoencoder, build_autoencoder
 from synthface.generators.checkpoint import (
     generator_config_json,
     load_weights,
-    new_tmp_dir,
     read_generator_config,
-    replace_dir_atomic,
-    save_tensors_atomic,
-    write_json_atomic,
+    save_tensors,
 )
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.sampling import sample
+from synthface.pipeline.atomic import atomic_dir, atomic_write_json
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.registry import Registry
 
@@ -224,18 +222,17 @@ class DiffusionGenerator:
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the generator directory atomically (replacing an existing one)."""
         final = Path(path)
-        tmp = new_tmp_dir(final)
-        write_json_atomic(tmp / "config.json", generator_config_json(self.config))
-        save_tensors_atomic(
-            tmp / "model.safetensors",
-            self.denoiser.state_dict(),
-            metadata={"format": "synthface-generator", "generator": self.config.generator},
-        )
-        if self.attribute_prior is not None:
-            write_json_atomic(tmp / "attribute_prior.json", self.attribute_prior.to_dict())
-        if self.autoencoder.model is not None:
-            self.autoencoder.model.save_pretrained(tmp / "autoencoder", safe_serialization=True)
-        replace_dir_atomic(tmp, final)
+        with atomic_dir(final) as tmp:
+            atomic_write_json(tmp / "config.json", generator_config_json(self.config))
+            save_tensors(
+                tmp / "model.safetensors",
+                self.denoiser.state_dict(),
+                metadata={"format": "synthface-generator", "generator": self.config.generator},
+            )
+            if self.attribute_prior is not None:
+                atomic_write_json(tmp / "attribute_prior.json", self.attribute_prior.to_dict())
+            if self.autoencoder.model is not None:
+                self.autoencoder.model.save_pretrained(tmp / "autoencoder", safe_serialization=True)
         return final
 
     @classmethod

@@ -7,6 +7,7 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
 from synthface.pipeline.errors import InputError
@@ -36,7 +37,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = train_generator(cfg, steps=args.steps, resume=not args.no_resume, log=log)
+    result = train_generator(
+        cfg,
+        steps=args.steps,
+        resume=not args.no_resume,
+        log=log,
+        resume_allow_partial=args.resume_allow_partial,
+    )
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`: rank 0 reports
+        return 0
     summary = {
         "step": result["step"],
         "final": str(result["final"]) if result["final"] else None,
@@ -177,6 +188,60 @@ def cmd_import_uiface(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_region(args: argparse.Namespace) -> int:
+    from synthface.generators.checkpoint import read_generator_config
+    from synthface.generators.encoder import load_identity_encoder
+    from synthface.generators.region import (
+        fit_identity_region,
+        load_identity_region,
+        save_identity_region,
+    )
+
+    _threads(args)
+    cfg = read_generator_config(args.checkpoint)
+    encoder_path = args.encoder or cfg.encoder.path
+    if encoder_path is None:
+        raise InputError(
+            f"{args.checkpoint}: the checkpoint names no conditioning encoder; give --encoder"
+        )
+    if args.encoder and cfg.encoder.path and args.encoder != cfg.encoder.path:
+        print(
+            f"synthface: warning: --encoder {args.encoder} is not the checkpoint's conditioning "
+            f"encoder ({cfg.encoder.path}); the region is only meaningful in the space the "
+            "generator is conditioned on",
+            file=sys.stderr,
+        )
+    data = cfg.model_copy(deep=True)
+    data.data.path = args.data
+    data.data.source = args.source
+    data.encoder.path = encoder_path
+    encoder = load_identity_encoder(encoder_path, differentiable=False)
+    region = fit_identity_region(
+        data, encoder, max_images_per_identity=args.max_images_per_identity
+    )
+    path = save_identity_region(args.checkpoint, region)
+    region = load_identity_region(args.checkpoint)
+    own = region.neighbour_cosines()
+    info = {
+        "region": str(path),
+        **region.meta,
+        "dim": region.dim,
+        "axes": int(region.axes.shape[0]),
+        "training_nearest_neighbour_cos": {
+            "mean": round(float(own.mean()), 4),
+            "max": round(float(own.max()), 4),
+        },
+    }
+    emit(
+        args,
+        info,
+        f"{path}: {region.num_identities} training identities ({info['num_images']} images), "
+        f"{info['axes']} principal axes; nearest-neighbour cos mean "
+        f"{info['training_nearest_neighbour_cos']['mean']:.3f}",
+    )
+    return 0
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
@@ -203,18 +268,37 @@ def _positive(text: str) -> int:
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "generator", "train and sample diffusion face generators")
 
-    c = sub.add_parser("train", help="train (or resume) a generator from a config")
+    c = sub.add_parser(
+        "train",
+        help="train (or resume) a generator from a config",
+        description="Train (or resume) a generator as CONFIG says. Writes checkpoints and, "
+        "when done, the generator (final/) to train.output_dir (relative: under "
+        "$SYNTHFACE_HOME or the current directory).",
+    )
     c.add_argument("config", help="configs/generators/*.yaml")
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
     c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
     c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument(
+        "--resume-allow-partial",
+        action="store_true",
+        help="skip damaged checkpoints for the newest intact one (it says which it drops "
+        "and which steps are trained again) instead of failing",
+    )
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("sample", help="render an identity-set dataset (shards) from a checkpoint")
+    c = sub.add_parser(
+        "sample",
+        help="render an identity-set dataset (shards) from a checkpoint",
+        description="The generate-synthetic steps without Prefect. Writes the dataset "
+        "directory OUT: shards/, records/, qc/, plan/, views/qc.json, report/ (unless "
+        "--no-report), dataset.json and its index files. Progress on stderr when it is a "
+        "terminal.",
+    )
     c.add_argument("checkpoint", help="generator directory (train's final/ or a checkpoint)")
     c.add_argument("--identities", type=_positive, required=True)
     c.add_argument("--per-identity", type=_positive, required=True)
@@ -269,6 +353,26 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     add_json_flag(c)
     c.set_defaults(func=cmd_import_uiface)
+
+    c = sub.add_parser(
+        "region",
+        help="store the region of a generator's training identities in its checkpoint",
+        description=(
+            "Embed the training identities with the generator's conditioning encoder and "
+            "write identity_region.safetensors into the checkpoint (training does this at its "
+            "end; use this for checkpoints made without it). Generation then packs new "
+            "identities' anchors inside that region and keeps them away from every training "
+            "identity (identities.anchor_region, identities.novelty_max_cos)."
+        ),
+    )
+    c.add_argument("checkpoint", help="generator directory (train's final/)")
+    c.add_argument("--data", required=True, help="the generator's training data")
+    c.add_argument("--source", choices=["shards", "folder"], default="shards")
+    c.add_argument("--encoder", help="conditioning encoder (default: the checkpoint's)")
+    c.add_argument("--max-images-per-identity", type=_positive, default=16)
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_region)
 
     c = sub.add_parser("anchors", help="Tammes identity anchors on the unit hypersphere")
     c.add_argument("--n", type=_positive, required=True, help="number of identities")

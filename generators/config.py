@@ -14,6 +14,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 
@@ -94,7 +95,7 @@ class AutoencoderConfig(StrictModel):
     """
 
     kind: Literal["none", "kl", "vq"] = "none"
-    path: str | None = None
+    path: InputPath | None = None
     latent_channels: int = Field(default=4, ge=1)
     block_out_channels: list[int] = Field(default=[64, 128, 256], min_length=1)
     scaling_factor: float = Field(default=1.0, gt=0)
@@ -132,6 +133,10 @@ class ID3Config(StrictModel):
     cos_bounds: tuple[float, float] = (0.7, 0.9)
     # Multiplier of the time-weighted identity term; 0 turns ID³ into the plain baseline.
     id_loss_weight: float = Field(default=1.0, ge=0)
+    # What the recognizer sees in the identity term: "clipped_snr" = the one-step
+    # reconstruction clipped to [-1, 1], the term weighted by min(1, sqrt(SNR_t)) (this
+    # project's choice); "raw" = unclipped and unweighted (generators/training.py).
+    identity_term: Literal["clipped_snr", "raw"] = "clipped_snr"
     anchor_iterations: int = Field(default=300, ge=0)
     anchor_block: int = Field(default=4096, ge=1)
 
@@ -209,12 +214,12 @@ class EncoderConfig(StrictModel):
     recognizer is converted to torch operations (``synthface.recognition.onnx_to_torch``).
     """
 
-    path: str | None = None
+    path: InputPath | None = None
 
 
 class DataConfig(StrictModel):
     source: Literal["shards", "folder"] = "shards"
-    path: str | None = None
+    path: InputPath | None = None
     # Use the ``.npy`` embedding stored with each sample instead of running the encoder.
     use_cached_embeddings: bool = False
     shuffle_buffer: int = Field(default=1000, ge=1)
@@ -232,7 +237,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     checkpoint_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=50, ge=1)
-    output_dir: str = "out/generators/run"
+    output_dir: OutputPath = "out/generators/run"
     keep_checkpoints: int = Field(default=2, ge=1)
 
 
