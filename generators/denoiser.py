@@ -27,6 +27,28 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def check_conditions(
+    identity: torch.Tensor, attributes: torch.Tensor | None, identity_dim: int, num_attributes: int
+) -> None:
+    """Raise :class:`InputError` for conditions of the wrong shape or with NaN/inf."""
+    if identity.ndim != 2 or identity.shape[1] != identity_dim:
+        raise InputError(
+            f"identity conditions must have shape (N, {identity_dim}) (got {tuple(identity.shape)})"
+        )
+    if not torch.isfinite(identity).all():
+        raise InputError("identity conditions contain NaN or infinite values")
+    if num_attributes:
+        if attributes is None:
+            raise InputError(f"attribute conditions (N, {num_attributes}) are required")
+        if attributes.shape != (identity.shape[0], num_attributes):
+            raise InputError(
+                f"attribute conditions must have shape ({identity.shape[0]}, "
+                f"{num_attributes}) (got {tuple(attributes.shape)})"
+            )
+        if not torch.isfinite(attributes).all():
+            raise InputError("attribute conditions contain NaN or infinite values")
+
+
 class ConditionEncoder(nn.Module):
     """(identity embedding, attributes) -> cross-attention tokens, with a learned null."""
 
@@ -47,23 +69,7 @@ class ConditionEncoder(nn.Module):
 
     def check(self, identity: torch.Tensor, attributes: torch.Tensor | None) -> None:
         """Raise :class:`InputError` for conditions this model cannot use."""
-        if identity.ndim != 2 or identity.shape[1] != self.identity_dim:
-            raise InputError(
-                f"identity conditions must have shape (N, {self.identity_dim}) "
-                f"(got {tuple(identity.shape)})"
-            )
-        if not torch.isfinite(identity).all():
-            raise InputError("identity conditions contain NaN or infinite values")
-        if self.num_attributes:
-            if attributes is None:
-                raise InputError(f"attribute conditions (N, {self.num_attributes}) are required")
-            if attributes.shape != (identity.shape[0], self.num_attributes):
-                raise InputError(
-                    f"attribute conditions must have shape ({identity.shape[0]}, "
-                    f"{self.num_attributes}) (got {tuple(attributes.shape)})"
-                )
-            if not torch.isfinite(attributes).all():
-                raise InputError("attribute conditions contain NaN or infinite values")
+        check_conditions(identity, attributes, self.identity_dim, self.num_attributes)
 
     def forward(
         self,

@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 Probability = float
 
@@ -25,7 +26,7 @@ Probability = float
 class DataConfig(StrictModel):
     """Where the training shards are and how they are batched."""
 
-    train: str = Field(description="dataset directory written by pipeline.shards")
+    train: InputPath = Field(description="dataset directory written by pipeline.shards")
     split: str = "train"
     num_classes: int | None = Field(
         default=None,
@@ -56,6 +57,12 @@ class HeadConfig(StrictModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="head arguments, e.g. scale and margins"
     )
+    shard_classes: bool = Field(
+        default=False,
+        description="Partial FC across processes (arcface_torch): each process holds 1/N "
+        "of the class centres and scores the all-gathered batch; arcface, cosface and "
+        "combined only; resume needs the same number of processes",
+    )
 
 
 class OptimConfig(StrictModel):
@@ -67,8 +74,10 @@ class OptimConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     decay_norm_and_bias: bool = Field(
-        default=False,
-        description="apply weight decay to normalisation weights and biases too (arcface: no)",
+        default=True,
+        description="weight decay on normalisation/PReLU weights and biases too, as "
+        "arcface_torch (one SGD group, weight decay on every parameter); false exempts "
+        "0-/1-d tensors",
     )
 
 
@@ -96,7 +105,7 @@ class ScheduleConfig(StrictModel):
 class RunConfig(StrictModel):
     """How long, on what, with which numerics."""
 
-    output_dir: str = "out/recognition/run"
+    output_dir: OutputPath = "out/recognition/run"
     epochs: float = Field(default=20.0, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
     seed: int = Field(default=0, ge=0)
@@ -160,7 +169,7 @@ class AugmentConfig(StrictModel):
 
 class ValidationConfig(StrictModel):
     every_steps: int = Field(default=0, ge=0, description="0 = only at the end (if sets given)")
-    sets: list[str] = Field(
+    sets: list[InputPath] = Field(
         default_factory=list, description="verification .bin files (insightface layout)"
     )
     batch_size: int = Field(default=256, gt=0)
@@ -187,7 +196,7 @@ class DistillConfig(StrictModel):
     on the same (augmented) batch; the teacher sees it resized to its own input size.
     """
 
-    teacher: str | None = Field(
+    teacher: InputPath | None = Field(
         default=None,
         description="recognizer checkpoint directory or insightface-style .onnx file "
         "(converted to torch operations); its embedding size must equal model.embedding_dim",

@@ -11,6 +11,7 @@ from typing import Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath
 
 
 class ParameterGroup(StrictModel):
@@ -43,8 +44,8 @@ class ExternalStyleConfig(StrictModel):
     to sample new styles (the style prior draws parameters, something must draw them).
     """
 
-    fits: str | None = None
-    maps: str | None = None
+    fits: InputPath | None = None
+    maps: InputPath | None = None
     renderer: str | None = None
     layout: list[ParameterGroup] = Field(default_factory=deca_layout, min_length=1)
 

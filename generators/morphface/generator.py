@@ -66,14 +66,16 @@ def _samples_once(cfg: GeneratorConfig, data) -> Iterable[Mapping[str, Any]]:
     """Every training sample once (the prior counts each image once, not per epoch)."""
     if isinstance(data, Sequence):
         return data
-    if cfg.data.source == "shards" and cfg.data.path is not None:
+    from synthface.generators.data import ShardSource
+
+    path = data.path if isinstance(data, ShardSource) else None
+    if path is None and cfg.data.source == "shards":
+        path = cfg.data.path
+    if path is not None:
         from synthface.pipeline.shards import iter_samples
 
-        return iter_samples(cfg.data.path, decode=False)  # metadata only, no image decoding
-    if data is None:
-        raise InputError("style prior: no training data (data.path is not set)")
-    data.set_epoch(0)
-    return data
+        return iter_samples(path, decode=False)  # metadata only, no image decoding
+    raise InputError("style prior: no training data (data.path is not set)")
 
 
 def fit_style_prior(
