@@ -76,6 +76,7 @@ class DiffusionGenerator:
 
     @classmethod
     def build_denoiser(cls, config: GeneratorConfig) -> torch.nn.Module:
+        """The trainable network of this generator (a hook for training and loading)."""
         return ConditionalDenoiser(config)
 
     @classmethod
@@ -249,11 +250,6 @@ class DiffusionGenerator:
             clip_x0=cfg.autoencoder.kind == "none",
         )
         return z, [{} for _ in seeds]
-
-    @classmethod
-    def build_denoiser(cls, config: GeneratorConfig) -> torch.nn.Module:
-        """The trainable network of this generator (a hook for training and loading)."""
-        return ConditionalDenoiser(config)
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, path: str | Path) -> Path:
