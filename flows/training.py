@@ -82,7 +82,7 @@ def train_generator_task(config: GeneratorConfig) -> dict[str, Any]:
 def train_generator(
     config: GeneratorConfig | None = None, config_file: str | None = None
 ) -> dict[str, Any]:
-    """Train (or resume) a diffusion face generator (ID³ or the plain baseline).
+    """Train (or resume) a diffusion face generator (any registered one: ID³, plain, UIFace).
 
     Args:
         config: the whole ``generators`` config.

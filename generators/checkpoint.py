@@ -48,24 +48,35 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def state_mismatches(
+    expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], prefix: str = ""
+) -> list[str]:
+    """Counts and first names of misshaped, missing and unexpected tensors (empty = match).
+
+    Names are reported as the file spells them (``prefix`` + name).
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{prefix}{k} {tuple(state[k].shape)} vs {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(shape)
+    ]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
+    if missing:
+        parts.append(f"{len(missing)} missing tensors (first: {prefix}{missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors (first: {prefix}{unexpected[0]})")
+    return parts
+
+
 def check_state_compatible(model: nn.Module, state: dict[str, torch.Tensor], source) -> None:
     """Raise :class:`InputError` naming the first mismatches between ``state`` and ``model``."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    parts = state_mismatches(expected, state)
+    if parts:
         raise InputError(
             f"{source}: checkpoint does not match the model architecture: " + "; ".join(parts)
         )

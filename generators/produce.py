@@ -82,9 +82,13 @@ def _checkpoint_dir(cfg: GenerateConfig) -> Path:
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """Hash of a generator checkpoint's config and weights (its identity, not its path)."""
+    """Hash of a generator checkpoint's config, weights and fitted files (not its path)."""
+    from synthface.generators.base import GENERATORS, _register_builtin
+
+    _register_builtin()
+    extra = sorted({f for name in GENERATORS.names() for f in GENERATORS.get(name).extra_files})
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "attribute_prior.json", REGION_FILE):
+    for name in ("config.json", "model.safetensors", "attribute_prior.json", REGION_FILE, *extra):
         f = Path(path) / name
         if f.is_file():
             h.update(name.encode())
@@ -139,6 +143,16 @@ def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
             f"generator.id_guidance_scale: identity guidance ({guidance}) needs --encoder / "
             "generator.encoder or the checkpoint's encoder.path; set it to 0 to sample without"
         )
+
+
+def _check_sampler_options(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
+    """Generator-specific sampler switches are checked before anything is written."""
+    from synthface.generators.base import GENERATORS
+
+    try:
+        GENERATORS.get(name).validate_sampler_options(ckpt_cfg, cfg.generator.sampler_options)
+    except InputError as exc:
+        raise ConfigError(f"generator.sampler_options: {exc}") from None
 
 
 # --------------------------------------------------------------------------- anchors
@@ -303,6 +317,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     ckpt_cfg = read_generator_config(ckpt)
     name = _generator_name(cfg, ckpt_cfg)
     _check_identity_guidance(cfg, ckpt_cfg, name)
+    _check_sampler_options(cfg, ckpt_cfg, name)
     resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
     _qc_recognizer_path(cfg, ckpt_cfg)
     if cfg.qc.gallery is not None and not Path(cfg.qc.gallery).is_file():
@@ -561,6 +576,7 @@ def produce_shard(
         ident = cond["identity"].reshape(n, -1)
         attrs = cond["attributes"].reshape(n, -1) if attr_names else None
         seeds = cond["seeds"].reshape(n)
+        decided: list[dict] = []
         images = gen.generate(
             ident,
             attrs,
@@ -571,6 +587,8 @@ def produce_shard(
             id_guidance_scale=cfg.generator.id_guidance_scale,
             batch_size=cfg.generator.batch_size,
             precision=cfg.generator.precision,
+            sampler_options=cfg.generator.sampler_options,
+            sample_meta=decided,
         )
         vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
         if progress is not None:
@@ -587,6 +605,7 @@ def produce_shard(
                     "seed": int(seeds[i]),
                     "condition_cos": _r(cond["cos"][k, j]),
                     "qc": per_sample[j],
+                    **decided[i],  # what the sampler decided for this image (uiface: switch)
                 }
                 if attr_names:
                     meta["attributes"] = {

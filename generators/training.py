@@ -65,12 +65,11 @@ from synthface.generators.checkpoint import (
 )
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.data import attribute_row, open_source, training_batches
-from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.region import store_identity_region
 from synthface.generators.sampling import make_scheduler
-from synthface.pipeline.atomic import atomic_dir, atomic_write_json
+from synthface.pipeline.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.recognition.training.data import segment_seed
@@ -193,6 +192,9 @@ def training_loss(
         images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
     t = torch.randint(0, T, (n,), generator=gen)
     drop = torch.rand(n, generator=gen) < cfg.conditioning.p_uncond
+    # Generator-specific per-step draws (UIFace: the element-wise context dropout mask).
+    hook = getattr(getattr(model, "module", model), "training_extras", None)
+    extras = hook(n, gen) if hook is not None else {}
     images, t, drop = images.to(device), t.to(device), drop.to(device)
     x0 = autoencoder.encode(images)
     noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -204,7 +206,7 @@ def training_loss(
         return autocast() if autocast is not None else nullcontext()
 
     with ctx():
-        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop)
+        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop, **extras)
     eps = eps.float()
     mse = F.mse_loss(eps, noise)
     parts = {"mse": float(mse.detach())}
@@ -243,6 +245,7 @@ def _save_checkpoint(
     opt,
     prior: AttributePrior | None,
     step: int,
+    extras: dict[str, bytes] | None = None,
 ) -> None:
     """A checkpoint is a complete generator directory (EMA weights) plus ``training/``."""
     with atomic_dir(final) as tmp:
@@ -250,6 +253,8 @@ def _save_checkpoint(
         save_tensors(tmp / "model.safetensors", ema.state_dict())
         if prior is not None and prior.total:
             atomic_write_json(tmp / "attribute_prior.json", prior.to_dict())
+        for name, payload in (extras or {}).items():  # the generator's fitted files
+            atomic_write_bytes(tmp / name, payload)
         tr = tmp / "training"
         tr.mkdir()
         save_tensors(tr / "raw.safetensors", raw_model.state_dict())
@@ -320,7 +325,7 @@ def train_generator(
     device, rank = accelerator.device, accelerator.process_index
 
     torch.manual_seed(tc.seed)  # the same initial weights on every rank
-    model = ConditionalDenoiser(cfg)
+    model = gen_cls.build_denoiser(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
     model, opt = accelerator.prepare(model, opt)
     raw_model = accelerator.unwrap_model(model)
@@ -347,6 +352,9 @@ def train_generator(
         if prior is not None and state.get("prior"):
             prior = AttributePrior.from_dict(state["prior"])
         start = int(state["step"])
+    extras = gen_cls.read_extras(found[0]) if found is not None else {}
+    if len(extras) < len(gen_cls.extra_files):
+        extras = gen_cls.fit_extras(cfg, data)
     if encoder is not None and hasattr(encoder, "to"):
         encoder = encoder.to(device)
     autoencoder = build_autoencoder(cfg.autoencoder).to(device)
@@ -365,7 +373,7 @@ def train_generator(
     t0 = time.perf_counter()
     step = start
     for step in range(start, total):
-        batch = make_batch(next(batches), cfg, encoder)
+        batch = gen_cls.training_batch(next(batches), cfg, encoder)
         if prior is not None:  # every rank adds every rank's attributes: one prior
             raw = torch.from_numpy(batch.raw_attributes).to(device)
             prior.add(accelerator.gather(raw).cpu().numpy())
@@ -397,19 +405,27 @@ def train_generator(
             log({**parts, "steps_per_s": round(rate, 3)})
         if done % tc.checkpoint_every == 0 or done == total:
             _save_checkpoint(
-                run_dir / "checkpoints" / f"step-{done:08d}", cfg, raw_model, ema, opt, prior, done
+                run_dir / "checkpoints" / f"step-{done:08d}",
+                cfg,
+                raw_model,
+                ema,
+                opt,
+                prior,
+                done,
+                extras,
             )
             _prune(run_dir, tc.keep_checkpoints)
     final = None
     if accelerator.is_main_process and start < total and total == tc.steps:
         final = run_dir / "final"
-        export = ConditionalDenoiser(cfg)
+        export = gen_cls.build_denoiser(cfg)
         ema.copy_to(export)
         generator = gen_cls(
             cfg,
             denoiser=export,
             autoencoder=autoencoder,
             attribute_prior=prior if prior is not None and prior.total else None,
+            extras=extras,
         )
         generator.save_pretrained(final)
         store_identity_region(final, cfg, encoder, data=data)

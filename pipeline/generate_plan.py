@@ -49,6 +49,9 @@ class GeneratorSection(StrictModel):
     batch_size: int = Field(default=32, ge=1)
     # Denoiser compute precision (bf16: autocast on the GPU; images change slightly).
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Generator-specific sampler switches, checked by the generator before anything is
+    # written (uiface: two_stage, injection, switch_threshold, switch_bound).
+    sampler_options: dict[str, bool | int | float] = Field(default_factory=dict)
 
 
 class IdentitiesSection(StrictModel):
@@ -141,6 +144,8 @@ def dataset_config(
     gen = cfg.generator.model_dump(mode="json")
     for key in ("checkpoint", "encoder", "device", "allow_cpu_fallback"):
         gen.pop(key)
+    if not gen["sampler_options"]:  # absent = empty: datasets from before the field keep their hash
+        gen.pop("sampler_options")
     gen["name"] = generator_name
     gen["checkpoint_sha256"] = checkpoint_sha256
     out = cfg.output.model_dump(mode="json")
