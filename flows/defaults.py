@@ -41,6 +41,7 @@ def resolve_paths(cfg: GenerateConfig, base: Path) -> GenerateConfig:
         ("output", "dir"),
         ("qc", "recognizer"),
         ("qc", "gallery"),
+        ("qc", "quality_model"),
     ):
         data[section][key] = absolute(data[section][key])
     return GenerateConfig.model_validate(data)

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -41,6 +42,13 @@ from synthface.recognition.training.data import (
     segment_seed,
     to_model_input,
 )
+from synthface.recognition.training.objectives import (
+    Objective,
+    Step,
+    StepOutput,
+    build_objectives,
+    model_sections,
+)
 from synthface.recognition.training.optim import LRSchedule, build_optimizer, set_lr
 
 
@@ -49,16 +57,39 @@ class TrainingDiverged(SynthfaceError):
 
 
 class TrainModule(nn.Module):
-    """Backbone + margin head as one module, so DDP wraps (and syncs) both."""
+    """Backbone + margin head + training objectives as one module, so DDP wraps all three.
 
-    def __init__(self, backbone: nn.Module, head: nn.Module) -> None:
+    The step: objectives' ``transform`` (in order), backbone, head, objectives'
+    ``loss_terms``; the loss is the head's plus every term (``objectives.py``).
+    """
+
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, objectives: Sequence[Objective] = ()
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
+        self.objectives = nn.ModuleList(objectives)
 
-    def forward(self, images: torch.Tensor, labels: torch.Tensor):
-        out = self.head(self.backbone(images), labels)
-        return out.loss, out.logits, out.targets
+    def forward(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        fields: dict[str, torch.Tensor] | None = None,
+    ) -> StepOutput:
+        step = Step(images, labels, dict(fields or {}), self)
+        for objective in self.objectives:
+            step = objective.transform(step)
+        step.embeddings = self.backbone(step.x, **step.backbone_kwargs)
+        step.head = out = self.head(step.embeddings, step.labels)
+        terms = {"head": out.loss}
+        for objective in self.objectives:
+            terms.update(objective.loss_terms(step))
+        metrics = {}
+        with torch.no_grad():
+            for objective in self.objectives:
+                metrics.update(objective.step_metrics(step))
+        return StepOutput(sum(terms.values()), out.logits, out.targets, terms, metrics)
 
 
 class LossMonitor:
@@ -70,25 +101,36 @@ class LossMonitor:
         self.correct = torch.zeros((), device=device, dtype=torch.float64)
         self.seen = torch.zeros((), device=device, dtype=torch.float64)
         self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        self.terms: dict[str, torch.Tensor] = {}
         self.count = 0
 
     @torch.no_grad()
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor):
-        bad = ~torch.isfinite(loss.detach())
+    def add(self, step: int, out: StepOutput):
+        loss = out.loss.detach()
+        bad = ~torch.isfinite(loss)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        self.loss += loss.detach().double()
-        self.correct += (logits.argmax(1) == targets).sum().double()
-        self.seen += targets.numel()
+        self.loss += loss.double()
+        named = {f"loss_{k}": v for k, v in out.terms.items()} | out.metrics
+        for name, value in named.items():
+            total = self.terms.setdefault(name, torch.zeros_like(self.loss))
+            total += value.detach().double()
+        self.correct += (out.logits.argmax(1) == out.targets).sum().double()
+        self.seen += out.targets.numel()
         self.count += 1
 
-    def pop_means(self) -> tuple[float | None, float | None]:
+    def pop_means(self) -> tuple[float | None, float | None, dict[str, float]]:
+        """Mean loss, accuracy and the named values (``loss_<term>``, metrics) since the
+        last call (one host sync)."""
         if not self.count:
-            return None, None
+            return None, None, {}
         loss = float(self.loss) / self.count
         acc = float(self.correct / self.seen.clamp(min=1))
+        terms = {name: float(total) / self.count for name, total in self.terms.items()}
         self.loss.zero_(), self.correct.zero_(), self.seen.zero_()
+        for total in self.terms.values():
+            total.zero_()
         self.count = 0
-        return loss, acc
+        return loss, acc, terms
 
     def check(self, step: int, run: Run) -> None:
         bad = int(run.accelerator.reduce(self.first_bad.clone(), reduction="max"))
@@ -126,6 +168,9 @@ class Run:
 
     def backbone(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model).backbone
+
+    def objectives(self) -> list[Objective]:
+        return list(self.accelerator.unwrap_model(self.model).objectives)
 
     def trainer_state(self, step: int) -> dict:
         return {
@@ -180,6 +225,7 @@ def _accelerator(cfg: TrainConfig):
 
 
 def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
+    """Backbone (as the objectives wrap it), margin head and the config's objectives."""
     from synthface.recognition.backbones import create_backbone
     from synthface.recognition.heads import create_head
 
@@ -189,13 +235,16 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
         embedding_dim=cfg.model.embedding_dim,
         **cfg.model.params,
     )
+    objectives = build_objectives(cfg, num_classes)
+    for objective in objectives:
+        backbone = objective.wrap_backbone(backbone)
     head = create_head(
         cfg.head.name,
         embedding_dim=cfg.model.embedding_dim,
         num_classes=num_classes,
         **cfg.head.params,
     )
-    model = TrainModule(backbone, head)
+    model = TrainModule(backbone, head, objectives)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
@@ -205,16 +254,17 @@ def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
     """The architecture must match the checkpoint; other changes are allowed."""
     saved = state.get("config") or {}
     now = cfg.model_dump(mode="json")
-    diffs = [
-        f"{section}.{key}"
-        for section in ("model", "head")
-        for key in sorted(set(now[section]) | set(saved.get(section, {})))
-        if now[section].get(key) != saved.get(section, {}).get(key)
-    ]
+    diffs = []
+    for section in model_sections():
+        a, b = now.get(section) or {}, saved.get(section) or {}
+        if not a or not b:  # a section switched on or off
+            diffs += [section] if a or b else []
+            continue
+        diffs += [f"{section}.{key}" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
     if diffs:
         raise InputError(
             f"{path}: checkpoint was trained with different {', '.join(diffs)}; "
-            "resume needs the same model and head"
+            "resume needs the same architecture"
         )
 
 
@@ -270,6 +320,8 @@ def train(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.json", (cfg.model_dump_json(indent=2) + "\n").encode())
+    for objective in run.objectives():
+        objective.prepare(run)
     callbacks = [cb.MetricsLogger(run, step), cb.Validator(run, step), cb.Checkpointer(run, step)]
 
     augment = Augmenter(cfg.augment)
@@ -285,20 +337,19 @@ def train(
         run.lr = cfg.optim.lr * schedule.factor(step)
         set_lr(optimizer, run.lr)
         for micro in range(accum):
-            images, labels = next(batches)
+            batch = next(batches).to(accelerator.device, non_blocking=True)
             aug_gen.manual_seed(segment_seed(seed + 1, rank, step * accum + micro))
             x = to_model_input(
-                images.to(accelerator.device, non_blocking=True),
+                batch.images,
                 cfg.model.input_size,
                 augment=augment,
                 generator=aug_gen,
                 channels_last=cfg.model.channels_last,
             )
-            labels = labels.to(accelerator.device, non_blocking=True)
             with accelerator.no_sync(model) if micro < accum - 1 else nullcontext():
-                loss, logits, targets = model(x, labels)
-                accelerator.backward(loss / accum)
-            run.monitor.add(step + 1, loss, logits, targets)
+                output = model(x, batch.labels, batch.fields)
+                accelerator.backward(output.loss / accum)
+            run.monitor.add(step + 1, output)
         if cfg.train.clip_grad_norm:
             accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
@@ -344,6 +395,7 @@ def _segment_batches(run: Run, step: int, every: int):
         num_batches=(end - start) * accum,
         seed=segment_seed(cfg.train.seed, run.accelerator.process_index, start),
         pin_memory=run.accelerator.device.type == "cuda",
+        fields={k: f for o in run.objectives() for k, f in o.sample_fields().items()},
     )
     if step > start:
         run.say(f"fast-forwarding {(step - start) * accum} batches to step {step}")
