@@ -104,6 +104,8 @@ def run(args, name: str, dataset: Path, epochs: float, **sections) -> Path:
     shutil.rmtree(out, ignore_errors=True)
     cfg = copy.deepcopy(RECIPE)
     cfg["model"]["input_size"] = args.size
+    cfg["train"].update({"device": args.device, "mixed_precision": args.mixed_precision})
+    cfg["data"]["num_workers"] = args.workers
     cfg["train"].update({"output_dir": str(out), "epochs": epochs, "seed": args.seed})
     for key, value in sections.items():
         if isinstance(value, dict) and isinstance(cfg.get(key), dict):
@@ -140,6 +142,16 @@ def dataset_images(path: Path, split: str = "train") -> tuple[np.ndarray, np.nda
             [s["__key__"] for s in samples])  # fmt: skip
 
 
+def fit(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Images resized to a model's input (generated 32 px images for a 112 px recognizer)."""
+    from PIL import Image
+
+    if tuple(images.shape[1:3]) == tuple(size):
+        return images
+    return np.stack([np.asarray(Image.fromarray(im).resize(size[::-1], Image.BILINEAR))
+                     for im in images])  # fmt: skip
+
+
 def all_pair_scores(emb: np.ndarray, labels: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Cosine of every pair i < j and whether it is genuine (memory ~ N^2 / 2 floats)."""
     i, j = np.triu_indices(len(labels), 1)
@@ -174,7 +186,6 @@ def cmd_ekd(args) -> dict:
 
     data = world(args, "train", args.identities, args.per_identity)
     held = world(args, "eval", args.eval_identities, 6, split="eval")
-    lfw = protocol(args, "lfw")
     teacher = run(args, "teacher", data, args.epochs,
                   model={"params": {"widths": [24, 48, 96, 192]}})  # fmt: skip
     student = {"model": {"embedding_dim": 64, "params": {"widths": [8, 16, 32, 64]}},
@@ -188,6 +199,7 @@ def cmd_ekd(args) -> dict:
         ),
     }
     images, labels, _ = dataset_images(held, "eval")
+    lfw = protocol(args, "lfw")
     fars = (1e-4, 1e-3, 1e-2)
     out = {}
     for label, model in models.items():
@@ -210,7 +222,8 @@ def erc_table(images, labels, recognizer: Path, qualities: dict, seed: int) -> d
     from synthface.recognition.embedder import load_embedder
     from synthface.recognition.evaluation.erc import error_versus_reject
 
-    emb = load_embedder(recognizer).embed(images)
+    embedder = load_embedder(recognizer)
+    emb = embedder.embed(fit(images, embedder.input_size))
     rng = np.random.default_rng(seed)
     i, j = np.triu_indices(len(labels), 1)
     same = labels[i] == labels[j]
@@ -261,7 +274,7 @@ def cmd_fiqa(args) -> dict:
     def qualities(images: np.ndarray) -> dict:
         return {
             "SDD-FIQA regressor": scorer.score(images),
-            "embedding norm": np.linalg.norm(rec.embed_raw(images), axis=1),
+            "embedding norm": np.linalg.norm(rec.embed_raw(fit(images, rec.input_size)), axis=1),
             "random": np.random.default_rng(args.seed).random(len(images)),
         }
 
@@ -406,6 +419,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--generate-identities", type=int, default=120)
     p.add_argument("--filter-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
+    p.add_argument("--mixed-precision", default="no", choices=["no", "bf16"])
+    p.add_argument("--workers", type=int, default=1, help="loader workers per run")
     p.add_argument("--reuse", action="store_true", help="reuse finished runs in --workdir")
     args = p.parse_args(argv)
 

@@ -496,3 +496,22 @@ def test_resume_is_exact_with_balanced_batches_and_objective_state(world, tmp_pa
     wb = load_file(b.checkpoint / "model.safetensors")
     assert any("teacher_thresholds" in k for k in wa)  # EKD's EMA thresholds are state
     assert all(torch.equal(wa[k], wb[k]) for k in wa)
+
+
+def test_options_compose_under_bf16(world, tmp_path):
+    """DDL, EKD and AFA at once, in bf16 autocast: the adversarial copy duplicates every
+    per-sample field, and every option computes in float32 whatever the autocast."""
+    cfg = _cfg(
+        world,
+        tmp_path / "all",
+        steps=2,
+        train={"mixed_precision": "bf16"},
+        ddl={"hard": {"kind": "blur", "threshold": 0.3}},
+        distill={"teacher": str(DEMO_RECOGNIZER), "cache": str(tmp_path / "t.npy")},
+        adversarial={"method": "afa", "steps": 1},
+    )
+    assert train(cfg).completed
+    with open(tmp_path / "all" / "metrics.csv", newline="") as fh:
+        row = next(csv.DictReader(fh))
+    for key in ("loss_head", "loss_ddl", "loss_distill", "adv_head", "fuse_error"):
+        assert np.isfinite(float(row[key])), key

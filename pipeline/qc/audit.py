@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,8 +86,12 @@ class IdentityTable:
     centroids: np.ndarray  # (C, D) unit rows
     low_consistency: dict[int, list[int]]  # identity -> sample indices
     duplicates: dict[int, list[int]]
-    quality: np.ndarray  # mean sample quality per identity; NaN where not scored
-    sample_quality: dict[int, list[list[float]]]  # identity -> [sample index, quality]
+    quality: np.ndarray | None = None  # mean sample quality per identity; NaN = not scored
+    sample_quality: dict[int, list[list[float]]] = field(default_factory=dict)  # [index, q]
+
+    def __post_init__(self) -> None:
+        if self.quality is None:
+            self.quality = np.full(len(self.num_samples), np.nan, dtype=np.float32)
 
     def low_quality(self, threshold: float | None) -> dict[int, list[int]]:
         """Samples whose quality is below ``threshold`` (none without a threshold)."""
