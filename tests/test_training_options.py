@@ -515,3 +515,35 @@ def test_options_compose_under_bf16(world, tmp_path):
         row = next(csv.DictReader(fh))
     for key in ("loss_head", "loss_ddl", "loss_distill", "adv_head", "fuse_error"):
         assert np.isfinite(float(row[key])), key
+
+
+def test_generation_qc_scores_quality_and_filters_by_it(tmp_path):
+    """qc.quality_model scores every generated image (sample metadata, identity array,
+    report); qc.min_quality filters the view, and a stricter view needs no regeneration."""
+    from synthface.generators.produce import generate_dataset
+    from synthface.pipeline.generate_finalize import write_filtered_view
+    from synthface.pipeline.qc import QCConfig
+    from synthface.pipeline.shards import iter_samples, load_identity_array
+    from synthface.recognition.quality import build_quality_model, save_quality_model
+    from tests.flows_helpers import make_tiny_models, tiny_config
+
+    make_tiny_models(tmp_path / "models")
+    torch.manual_seed(0)
+    qmodel = save_quality_model(build_quality_model("tiny", input_size=16), tmp_path / "q", {})
+    cfg = tiny_config(tmp_path / "models", tmp_path / "ds",
+                      qc={"quality_model": str(qmodel), "min_quality": -1e9})  # fmt: skip
+    generate_dataset(cfg)
+    ds = tmp_path / "ds"
+    quality = {s["__key__"]: s["meta"]["qc"]["quality"] for s in iter_samples(ds, decode=False)}
+    assert len(quality) == 18 and len(set(quality.values())) > 1
+    assert load_identity_array(ds, "qc_quality").shape == (6,)
+    assert (ds / "report" / "quality.png").is_file()
+    assert "face image quality" in (ds / "report" / "report.md").read_text()
+    cut = float(np.median(list(quality.values())))
+    strict = cfg.qc.model_copy(update={"min_quality": cut, "view": "q"})
+    view = write_filtered_view(ds, QCConfig.model_validate(strict.model_dump()))
+    low = {k for k, q in quality.items() if q < cut}
+    left_out = set(view["excluded_samples"]) | {
+        k for k in quality if k[:8] in {f"{int(i):08d}" for i in view["excluded_identities"]}
+    }
+    assert low and low <= left_out
