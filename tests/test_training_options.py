@@ -193,7 +193,7 @@ def test_ekd_trains_from_a_cached_teacher_and_lowers_its_loss(world, tmp_path):
                    distill={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)}))  # fmt: skip
 
 
-def test_ekd_teacher_may_be_onnx(world, tmp_path):
+def test_ekd_teacher_may_be_onnx_or_run_online(world, tmp_path):
     from synthface.recognition.export import export_onnx
 
     onnx = tmp_path / "teacher.onnx"
@@ -201,6 +201,9 @@ def test_ekd_teacher_may_be_onnx(world, tmp_path):
     cfg = _cfg(world, tmp_path / "run", steps=2, distill={"teacher": str(onnx)})
     assert train(cfg).completed
     assert (tmp_path / "run" / "teacher" / "embeddings.source.json").is_file()
+    online = _cfg(world, tmp_path / "online", steps=2,
+                  distill={"teacher": str(DEMO_RECOGNIZER), "online": True})  # fmt: skip
+    assert train(online).completed and not (tmp_path / "online" / "teacher").exists()
     with pytest.raises(ConfigError, match=r"ONNX teacher"):
         train(_cfg(world, tmp_path / "run2", steps=1,
                    distill={"teacher": str(onnx), "online": True}))  # fmt: skip
