@@ -14,9 +14,10 @@ polynomial decay, identity-balanced batches of 64 (16 identities x 4), flip.
 
 * ``ddl``: no DDL / DDL with hard = |yaw| >= 30 / DDL with hard = blur >= 0.8; 10-fold
   accuracy on lfw, cfp-fp (frontal vs 55-75 degree profile) and lowres (1/4 resolution).
-* ``ekd``: a teacher (widths 24-192), and a student (widths 8-64, 64-d) without and
-  with EKD (cached teacher embeddings; batches 32 balanced + 32 random, as EKD's
-  reference); TAR at FAR 1e-4 .. 1e-2 over all pairs of held-out identities, and lfw.
+* ``ekd``: the recipe's model as teacher (the ``ddl`` baseline run, reused), and a
+  student (widths 8-64, 64-d, about a quarter of the teacher's FLOPs) without and with
+  EKD (cached teacher embeddings; batches 32 balanced + 32 random, as EKD's reference);
+  TAR at FAR 1e-4 .. 1e-2 over all pairs of held-out identities, and lfw.
 * ``fiqa``: pseudo-labels under the ``ddl`` baseline recognizer, a quality regressor
   initialised from it; error-versus-reject curves (FNMR at FMR 1e-3 as the
   lowest-quality genuine comparisons are dropped) for the regressor, the embedding
@@ -25,7 +26,7 @@ polynomial decay, identity-balanced batches of 64 (16 identities x 4), flip.
   trained on that generated set with and without the QC quality filter, verified
   on the world's lfw.
 * ``afa``: standard training, plain PGD adversarial training and AFA (examples of
-  random strength 0..8/255, PGD-2 while training); clean and robust 10-fold accuracy
+  random strength 0..8/255, PGD-2 while training by default); clean and robust 10-fold accuracy
   under PGD-5 at 2, 4, 8 /255 on lfw pairs, and AFA's mean fusing weight per strength.
 
 Numbers depend on the machine's load (the runs are long); docs/benchmarks.md records
@@ -186,13 +187,12 @@ def cmd_ekd(args) -> dict:
 
     data = world(args, "train", args.identities, args.per_identity)
     held = world(args, "eval", args.eval_identities, 6, split="eval")
-    teacher = run(args, "teacher", data, args.epochs,
-                  model={"params": {"widths": [24, 48, 96, 192]}})  # fmt: skip
+    teacher = run(args, "base", data, args.epochs)  # the recipe's model (shared with ddl, fiqa)
     student = {"model": {"embedding_dim": 64, "params": {"widths": [8, 16, 32, 64]}},
                "data": {"sampler": {"kind": "balanced", "per_identity": 4,
                                     "random_fraction": 0.5}}}  # fmt: skip
     models = {
-        "teacher (widths 24-192, 128-d)": teacher,
+        "teacher (the recipe's tiny, widths 16-128, 128-d)": teacher,
         "student (widths 8-64, 64-d), no EKD": run(args, "student", data, args.epochs, **student),
         "student, EKD": run(
             args, "student-ekd", data, args.epochs, **student, distill={"teacher": str(teacher)}
@@ -373,7 +373,7 @@ def cmd_afa(args) -> dict:
     pairs = protocol(args, "lfw", pairs_per_fold=args.afa_pairs_per_fold)
     blobs, issame = read_bin(pairs)
     images = np.stack([decode_image(b) for b in blobs])
-    adv = {"steps": 2, "epsilon_max": 8.0}
+    adv = {"steps": args.afa_train_steps, "epsilon_max": 8.0}
     models = {
         "standard": run(args, "afa-standard", data, args.afa_epochs),
         "PGD adversarial training": run(
@@ -416,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--afa-epochs", type=float, default=6)
     p.add_argument("--pairs-per-fold", type=int, default=300, help="protocols' genuine pairs")
     p.add_argument("--afa-pairs-per-fold", type=int, default=50)
+    p.add_argument("--afa-train-steps", type=int, default=2, help="PGD steps while training")
     p.add_argument("--generate-identities", type=int, default=120)
     p.add_argument("--filter-fraction", type=float, default=0.2)
     p.add_argument("--seed", type=int, default=0)
