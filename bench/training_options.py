@@ -195,7 +195,7 @@ def cmd_ekd(args) -> dict:
         "teacher (the recipe's tiny, widths 16-128, 128-d)": teacher,
         "student (widths 8-64, 64-d), no EKD": run(args, "student", data, args.epochs, **student),
         "student, EKD": run(
-            args, "student-ekd", data, args.epochs, **student, distill={"teacher": str(teacher)}
+            args, "student-ekd", data, args.epochs, **student, ekd={"teacher": str(teacher)}
         ),
     }
     images, labels, _ = dataset_images(held, "eval")

@@ -1,10 +1,10 @@
 """The frozen identity encoder f_FR that drives the ID³ loss and identity guidance.
 
-Both need d cos(f(x0_hat), y) / d x0_hat, so only a torch recognizer (the recognition
-stage's ``load_recognizer``) can play this role. An insightface ONNX recognizer is not
-differentiable here; it can still produce the conditioning embeddings y, which the
-training loop then reads from the shards (``data.use_cached_embeddings``) or computes
-on the fly without gradients.
+Both need d cos(f(x0_hat), y) / d x0_hat, so the encoder is a torch module: a recognizer
+checkpoint directory (``load_recognizer``) or an insightface-style ``.onnx`` recognizer
+converted to torch operations (``synthface.recognition.onnx_to_torch``, gradients through
+every node, outputs equal to onnxruntime's). Asked for a non-differentiable encoder (to
+embed only), an ONNX file runs on onnxruntime instead, which is faster on CPU.
 """
 
 from __future__ import annotations
@@ -89,9 +89,11 @@ def _input_size(model: nn.Module, path: Path) -> int | tuple[int, int]:
 def load_identity_encoder(path: str | Path, *, differentiable: bool = True):
     """Load the frozen encoder at ``path``.
 
-    A directory is a torch recognizer checkpoint (``synthface.recognition.load_recognizer``); a
-    ``.onnx`` file goes through ``synthface.recognition.load_embedder`` and is refused when
-    ``differentiable`` is requested, with a message saying what it can still be used for.
+    A directory is a torch recognizer checkpoint (``synthface.recognition.load_recognizer``).
+    A ``.onnx`` file becomes a differentiable torch module
+    (``synthface.recognition.onnx_to_torch``) when ``differentiable``, else an onnxruntime
+    embedder (``synthface.recognition.load_embedder``). An ONNX graph with an operator the
+    converter lacks is an ``InputError`` naming it.
     """
     path = Path(path)
     if not path.exists():
@@ -102,11 +104,8 @@ def load_identity_encoder(path: str | Path, *, differentiable: bool = True):
         raise ConfigError(f"cannot import the recognition package ({exc})") from None
     if path.suffix == ".onnx":
         if differentiable:
-            raise ConfigError(
-                f"{path}: an ONNX recognizer is not differentiable, so it cannot drive the "
-                "identity loss or identity guidance; use a torch recognizer checkpoint, or use "
-                "the ONNX model only for cached embeddings (data.use_cached_embeddings)"
-            )
+            model = recognition.onnx_to_torch(path)
+            return IdentityEncoder(model, model.input_size)
         return EmbedderEncoder(recognition.load_embedder(str(path)))
     model = recognition.load_recognizer(path)
     return IdentityEncoder(model, _input_size(model, path))

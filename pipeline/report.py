@@ -75,22 +75,32 @@ def _quality_png(counts: np.ndarray, title: str) -> bytes:
     return _png(fig)
 
 
-def _contact_sheet_png(rows: dict[int, list[np.ndarray]], cols: int) -> bytes:
-    from PIL import Image
+def _contact_sheet_png(rows: dict[int, list[np.ndarray]]) -> bytes:
+    """One row per identity, labelled with its index; as many columns as the fullest row
+    has samples (a dataset with fewer samples than asked for gets no empty columns)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     first = next(iter(rows.values()))[0]
     # Small images (the CPU demo's 32 px) are enlarged by pixel repetition to be visible.
     scale = max(1, -(-MIN_TILE // first.shape[0]))
-    rows = {k: [np.repeat(np.repeat(im, scale, 0), scale, 1) for im in v] for k, v in rows.items()}
     h, w = first.shape[0] * scale, first.shape[1] * scale
-    sheet = np.full((len(rows) * (h + 2), cols * (w + 2), 3), 255, dtype=np.uint8)
+    cols = max(len(v) for v in rows.values())
+    font = ImageFont.load_default(size=max(10, h // 4))
+    labels = {identity: f"id {identity}" for identity in rows}
+    label_w = max(int(font.getlength(text)) for text in labels.values()) + 8
+    sheet = Image.new("RGB", (label_w + cols * (w + 2), len(rows) * (h + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
     for r, identity in enumerate(sorted(rows)):
-        for c, img in enumerate(rows[identity][:cols]):
-            if img.shape[:2] != (h, w):
-                img = np.asarray(Image.fromarray(img).resize((w, h)))
-            sheet[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = img
+        y = r * (h + 2)
+        top, bottom = draw.textbbox((0, 0), labels[identity], font=font)[1::2]
+        draw.text((4, y + (h - top - bottom) // 2), labels[identity], fill="black", font=font)
+        for c, img in enumerate(rows[identity]):
+            tile = Image.fromarray(np.repeat(np.repeat(img, scale, 0), scale, 1))
+            if tile.size != (w, h):
+                tile = tile.resize((w, h))
+            sheet.paste(tile, (label_w + c * (w + 2), y))
     buf = io.BytesIO()
-    Image.fromarray(sheet).save(buf, "PNG", compress_level=6, optimize=False)
+    sheet.save(buf, "PNG", compress_level=6, optimize=False)
     return buf.getvalue()
 
 
@@ -186,7 +196,7 @@ def write_report(
         atomic_write_bytes(paths["quality"], _quality_png(quality, f"{dataset_dir.name}: quality"))
     if sheet:
         paths["contact_sheet"] = out / "contact_sheet.png"
-        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet, contact_samples))
+        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet))
 
     lines = [
         f"# QC report: {dataset_dir.name} ({split})",
@@ -237,6 +247,39 @@ def write_report(
             "further samples; the shards themselves are unchanged.",
             "",
         ]
+    anchors = (entry.get("extra") or {}).get("anchors")
+    if anchors:
+        near = anchors.get("anchor_to_nearest_training_cos") or {}
+        own = anchors.get("training_nearest_neighbour_cos") or {}
+        where = (
+            "inside the region of the generator's training identities"
+            if anchors.get("anchor_region") == "data"
+            else "on the whole sphere"
+        )
+        margin = anchors.get("max_cos_to_training")
+        lines += [
+            "## Anchors and novelty",
+            "",
+            f"Anchors packed {where} ({anchors.get('training_identities')} training "
+            "identities, conditioning encoder's space); novelty guard: "
+            + ("off" if margin is None else f"no anchor above cos {margin} to any of them")
+            + (
+                ""
+                if anchors.get("anchors_moved") is None
+                else f" ({anchors['anchors_moved']} anchors moved to meet it)"
+            )
+            + ".",
+            "",
+            "| cos | mean | p95 | max |",
+            "|---|---|---|---|",
+            "| anchor to nearest training identity | "
+            + " | ".join(_fmt(near.get(k)) for k in ("mean", "p95", "max"))
+            + " |",
+            "| training identity to nearest other | "
+            + " | ".join(_fmt(own.get(k)) for k in ("mean", "p95", "max"))
+            + " |",
+            "",
+        ]
     if "similarity" in paths:
         lines += ["## Similarities", "", "![similarities](similarity.png)", ""]
     if "quality" in paths:
@@ -245,8 +288,9 @@ def write_report(
         lines += [
             "## Contact sheet",
             "",
-            f"Rows: identities {', '.join(str(i) for i in sorted(sheet))} (seed {seed}); "
-            f"columns: their first {contact_samples} samples.",
+            f"Rows: identities {', '.join(str(i) for i in sorted(sheet))} (seed {seed}), "
+            f"labelled; columns: their first "
+            f"{max(len(v) for v in sheet.values())} samples.",
             "",
             "![contact sheet](contact_sheet.png)",
             "",

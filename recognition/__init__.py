@@ -6,7 +6,8 @@ The public model API is re-exported lazily, so ``import synthface.recognition`` 
 for every command) does not import torch:
 
 ``create_backbone``, ``create_head``, ``HeadOutput``, ``save_recognizer``,
-``load_recognizer``, ``load_weights``, ``load_embedder``, ``Embedder``, ``export_onnx``.
+``load_recognizer``, ``load_weights``, ``load_embedder``, ``Embedder``, ``export_onnx``,
+``onnx_to_torch`` and ``load_recognizer_module`` (checkpoint or ONNX -> frozen torch module).
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ _LAZY = {
     "load_embedder": "synthface.recognition.embedder",
     "Embedder": "synthface.recognition.embedder",
     "export_onnx": "synthface.recognition.export",
+    "onnx_to_torch": "synthface.recognition.onnx_torch",
+    "load_recognizer_module": "synthface.recognition.onnx_torch",
 }
 
 __all__ = sorted(_LAZY)

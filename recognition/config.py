@@ -18,6 +18,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 Probability = float
 
@@ -43,7 +44,7 @@ class SamplerConfig(StrictModel):
 class DataConfig(StrictModel):
     """Where the training shards are and how they are batched."""
 
-    train: str = Field(description="dataset directory written by pipeline.shards")
+    train: InputPath = Field(description="dataset directory written by pipeline.shards")
     split: str = "train"
     num_classes: int | None = Field(
         default=None,
@@ -75,6 +76,12 @@ class HeadConfig(StrictModel):
     params: dict[str, Any] = Field(
         default_factory=dict, description="head arguments, e.g. scale and margins"
     )
+    shard_classes: bool = Field(
+        default=False,
+        description="Partial FC across processes (arcface_torch): each process holds 1/N "
+        "of the class centres and scores the all-gathered batch; arcface, cosface and "
+        "combined only; resume needs the same number of processes",
+    )
 
 
 class OptimConfig(StrictModel):
@@ -86,8 +93,10 @@ class OptimConfig(StrictModel):
     betas: tuple[float, float] = (0.9, 0.999)
     eps: float = Field(default=1e-8, gt=0)
     decay_norm_and_bias: bool = Field(
-        default=False,
-        description="apply weight decay to normalisation weights and biases too (arcface: no)",
+        default=True,
+        description="weight decay on normalisation/PReLU weights and biases too, as "
+        "arcface_torch (one SGD group, weight decay on every parameter); false exempts "
+        "0-/1-d tensors",
     )
 
 
@@ -115,7 +124,7 @@ class ScheduleConfig(StrictModel):
 class RunConfig(StrictModel):
     """How long, on what, with which numerics."""
 
-    output_dir: str = "out/recognition/run"
+    output_dir: OutputPath = "out/recognition/run"
     epochs: float = Field(default=20.0, gt=0)
     max_steps: int | None = Field(default=None, gt=0, description="overrides epochs when set")
     seed: int = Field(default=0, ge=0)
@@ -179,7 +188,7 @@ class AugmentConfig(StrictModel):
 
 class ValidationConfig(StrictModel):
     every_steps: int = Field(default=0, ge=0, description="0 = only at the end (if sets given)")
-    sets: list[str] = Field(
+    sets: list[InputPath] = Field(
         default_factory=list, description="verification .bin files (insightface layout)"
     )
     batch_size: int = Field(default=256, gt=0)
@@ -219,7 +228,7 @@ class HardRule(StrictModel):
 
     kind: Literal["yaw", "blur", "quality", "list"]
     threshold: float | None = None
-    file: str | None = None
+    file: InputPath | None = None
 
     @model_validator(mode="before")
     @classmethod
@@ -260,7 +269,7 @@ class DDLConfig(StrictModel):
     )
 
 
-class DistillConfig(StrictModel):
+class EKDConfig(StrictModel):
     """Evaluation-oriented knowledge distillation (EKD, Huang et al., CVPR 2022).
 
     The student's rank of each pair similarity against thresholds at the FPR anchors is
@@ -268,8 +277,8 @@ class DistillConfig(StrictModel):
     ``top_negatives`` hardest negative pairs (the student's), added to the head's loss.
     """
 
-    teacher: str = Field(description="recognizer checkpoint directory or .onnx")
-    cache: str | None = Field(
+    teacher: InputPath = Field(description="recognizer checkpoint directory or .onnx")
+    cache: OutputPath | None = Field(
         default=None,
         description="the teacher's embeddings of the training set (E.npy + E.keys.txt, "
         "the layout of `synthface recognition embed --shards`); computed once when absent; "
@@ -293,7 +302,7 @@ class DistillConfig(StrictModel):
     top_negatives: int = Field(default=2000, gt=0)
 
     @model_validator(mode="after")
-    def _anchors(self) -> DistillConfig:
+    def _anchors(self) -> EKDConfig:
         if not all(0 < a < 1 for a in self.fpr_anchors):
             raise ValueError(f"fpr_anchors must lie in (0, 1), got {self.fpr_anchors}")
         return self
@@ -322,6 +331,21 @@ class AdversarialConfig(StrictModel):
     )
 
 
+class DistillConfig(StrictModel):
+    """A frozen teacher recognizer whose embeddings the student is pulled towards
+    (``recognition/training/distill.py``; EKD, the evaluation-oriented variant, is ``ekd:``).
+
+    The loss adds ``weight * mean(1 - cos(student(x), teacher(x)))`` to the margin loss,
+    on the same (augmented) batch; the teacher sees it resized to its own input size.
+    """
+
+    teacher: InputPath = Field(
+        description="recognizer checkpoint directory or insightface-style .onnx file "
+        "(converted to torch operations); its embedding size must equal model.embedding_dim",
+    )
+    weight: float = Field(default=1.0, gt=0, description="factor of the distillation term")
+
+
 class TrainConfig(StrictModel):
     """A recognizer training run (``configs/recognition/*.yaml``)."""
 
@@ -338,13 +362,14 @@ class TrainConfig(StrictModel):
     # training options (objectives); absent = off
     ddl: DDLConfig | None = None
     distill: DistillConfig | None = None
+    ekd: EKDConfig | None = None
     adversarial: AdversarialConfig | None = None
 
     @model_validator(mode="after")
     def _cross_checks(self) -> TrainConfig:
         if self.train.mixed_precision == "fp16" and self.train.device == "cpu":
             raise ValueError("train.mixed_precision 'fp16' needs a CUDA device; use 'bf16' on CPU")
-        for name in ("ddl", "distill"):
+        for name in ("ddl", "ekd"):
             if getattr(self, name) is not None and self.data.sampler.kind != "balanced":
                 raise ValueError(
                     f"{name} compares same-identity pairs in every batch: "

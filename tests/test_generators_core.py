@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -13,6 +14,8 @@ from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.id3.generator import ID3Generator
 from synthface.pipeline.errors import ConfigError, InputError
 from tests.generators_helpers import ID_DIM, tiny_config, tiny_encoder
+
+DEMO_RECOGNIZER = Path(__file__).resolve().parents[1] / "data/demo/models/recognizer/model"
 
 torch.set_num_threads(1)
 
@@ -153,8 +156,10 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
 
 
 def test_unknown_generator_lists_known_names():
-    with pytest.raises(ConfigError, match="known: id3, plain"):
+    with pytest.raises(ConfigError, match="unknown generator 'nope'") as err:
         create_generator("nope", tiny_config())
+    for name in ("id3", "morphface", "plain"):
+        assert name in str(err.value).split("known: ")[1]
 
 
 def test_latent_space_generator_shapes():
@@ -169,12 +174,26 @@ def test_latent_space_generator_shapes():
     assert out.shape == (2, 16, 16, 3) and out.dtype == np.uint8
 
 
-def test_onnx_encoder_cannot_drive_identity_loss(tmp_path):
+def test_onnx_encoder_is_differentiable_and_bad_files_are_named(tmp_path):
     from synthface.generators.encoder import load_identity_encoder
+    from synthface.recognition import export_onnx, load_recognizer
 
+    onnx_path = tmp_path / "demo.onnx"
+    model = load_recognizer(DEMO_RECOGNIZER)
+    export_onnx(model, onnx_path, allow_any_size=True)
+    enc = load_identity_encoder(onnx_path)
+    assert enc.differentiable and enc.input_hw == (32, 32)
+    x = (torch.rand(2, 3, 48, 48) * 2 - 1).requires_grad_(True)  # resized to 32x32 inside
+    y = torch.nn.functional.normalize(torch.randn(2, 128), dim=1)
+    (enc(x) * y).sum().backward()
+    assert x.grad is not None and float(x.grad.abs().sum()) > 0
+    torch_enc = load_identity_encoder(DEMO_RECOGNIZER)
+    with torch.no_grad():
+        same = (enc(x) * torch_enc(x)).sum(1)
+    assert float(same.min()) > 1 - 1e-5
     fake = tmp_path / "r.onnx"
     fake.write_bytes(b"x")
-    with pytest.raises(ConfigError, match="not differentiable"):
+    with pytest.raises(InputError, match="not a loadable ONNX model"):
         load_identity_encoder(fake)
     with pytest.raises(InputError, match="not found"):
         load_identity_encoder(tmp_path / "absent")

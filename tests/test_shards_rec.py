@@ -8,11 +8,17 @@ import numpy as np
 import pytest
 
 from synthface.pipeline.cli import main
-from synthface.pipeline.errors import InputError
-from synthface.pipeline.formats.recordio import IndexedRecordIO, unpack
-from synthface.pipeline.shards import ShardIndexDataset, completed_shards, load_manifest
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.formats.recordio import IndexedRecordIO, record_parts, unpack
+from synthface.pipeline.shards import (
+    ShardIndexDataset,
+    completed_shards,
+    encode_image,
+    load_manifest,
+)
+from synthface.pipeline.shards.rec import to_rec
 from synthface.pipeline.shards.verify import verify_dataset
-from tests.test_shards_support import ir_record, jpeg_file_bytes, write_rec
+from tests.test_shards_support import _record_parts, ir_record, jpeg_file_bytes, write_rec
 
 MAGIC = struct.pack("<I", 0xCED7230A)
 
@@ -149,3 +155,86 @@ def main_from_rec(prefix, out):
     from synthface.pipeline.shards.rec import from_rec
 
     return from_rec(prefix, out)
+
+
+# --------------------------------------------------------------------------- to-rec
+
+
+def _tagged_jpeg(seed: int) -> bytes:
+    """A 32x32 JPEG followed by the RecordIO magic at 4-byte-aligned payload offsets
+    (PIL ignores bytes after the end-of-image marker), so the record must be split."""
+    rng = np.random.default_rng(seed)
+    data = encode_image(rng.integers(0, 256, (32, 32, 3), dtype=np.uint8), "jpg")
+    data += b"\x00" * (-len(data) % 4)
+    return data + MAGIC + b"tail" + MAGIC + MAGIC
+
+
+def _folder_dataset(root, sizes=(32, 32)):
+    src = root / "src"
+    rng = np.random.default_rng(0)
+    for ident, n in (("anna", 3), ("ben", 1), ("cleo", 4)):
+        (src / ident).mkdir(parents=True)
+        for k in range(n):
+            img = rng.integers(0, 256, (sizes[k % 2], sizes[k % 2], 3), dtype=np.uint8)
+            ext = "png" if k == 1 else "jpg"
+            (src / ident / f"{k}.{ext}").write_bytes(encode_image(img, ext))
+    (src / "ben" / "9.jpg").write_bytes(_tagged_jpeg(1))
+    ds = root / "ds"
+    assert main(["shards", "from-folder", str(src), str(ds), "--max-samples", "4"]) == 0
+    return ds
+
+
+def test_to_rec_from_rec_round_trip_keeps_bytes_and_labels(tmp_path):
+    ds = _folder_dataset(tmp_path)
+    assert main(["shards", "to-rec", str(ds), str(tmp_path / "rec")]) == 0
+    rec_dir = tmp_path / "rec"
+    assert (rec_dir / "property").read_text() == "3,32,32\n"
+    raw = (rec_dir / "train.rec").read_bytes()
+    assert raw.count(MAGIC) > 1 + 9 + 3  # the tagged JPEG's record was split into parts
+    assert main(["shards", "from-rec", str(rec_dir), str(tmp_path / "back")]) == 0
+    a = ShardIndexDataset(ds, decode=False)
+    b = ShardIndexDataset(tmp_path / "back", decode=False)
+    assert len(a) == len(b) == 9
+    assert [a[i]["image"] for i in range(9)] == [b[i]["image"] for i in range(9)]
+    assert a.labels.tolist() == b.labels.tolist() == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    assert verify_dataset(tmp_path / "back")["ok"]
+    # re-running writes the same bytes
+    assert main(["shards", "to-rec", str(ds), str(tmp_path / "rec")]) == 0
+    assert (rec_dir / "train.rec").read_bytes() == raw
+
+
+def test_to_rec_layout_is_what_mxfacedataset_reads(tmp_path):
+    """Record 0: flag 2, label (N+1, N+1+C); images 1..N with scalar labels; identity
+    records N+1..N+C with their (first, end) image ranges; keys in .idx order."""
+    ds = _folder_dataset(tmp_path)
+    info = to_rec(ds, tmp_path / "rec")
+    assert (info["records"], info["identities"]) == (9, 3)
+    with IndexedRecordIO(tmp_path / "rec" / "train.rec", tmp_path / "rec" / "train.idx") as rec:
+        assert rec.keys == list(range(13))
+        header = rec.read_header(0)
+        assert header.flag == 2 and header.label == (10.0, 13.0)
+        labels = []
+        for key in range(1, 10):
+            head, payload = unpack(rec.read_idx(key))
+            assert head.flag == 0 and head.id == key and payload[:2] in (b"\xff\xd8", b"\x89P")
+            labels.append(int(head.label))
+        ranges = [tuple(int(v) for v in rec.read_header(10 + c).label) for c in range(3)]
+    assert labels == [0, 0, 0, 1, 1, 2, 2, 2, 2]
+    assert ranges == [(1, 4), (4, 6), (6, 10)]
+
+
+def test_record_encoding_matches_an_independent_writer():
+    rng = np.random.default_rng(5)
+    for n in (0, 3, 4, 17, 64):
+        data = bytearray(rng.integers(0, 256, n, dtype=np.uint8).tobytes())
+        for pos in (0, 4, 9, 12):  # aligned and unaligned magic occurrences
+            if pos + 4 <= n:
+                data[pos : pos + 4] = MAGIC
+        assert record_parts(bytes(data)) == _record_parts(bytes(data))
+
+
+def test_to_rec_refuses_mixed_sizes_and_writes_nothing(tmp_path):
+    ds = _folder_dataset(tmp_path, sizes=(32, 24))
+    with pytest.raises(ShardError, match=r"image is 24x24, earlier ones 32x32"):
+        to_rec(ds, tmp_path / "rec")
+    assert sorted(p.name for p in (tmp_path / "rec").iterdir()) == []

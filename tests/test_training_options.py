@@ -17,7 +17,7 @@ import torch
 
 from synthface.pipeline.config import validate_config
 from synthface.pipeline.errors import ConfigError, InputError, ShardError
-from synthface.recognition.config import DDLConfig, DistillConfig, HardRule, TrainConfig
+from synthface.recognition.config import DDLConfig, EKDConfig, HardRule, TrainConfig
 from synthface.recognition.training import train
 from synthface.recognition.training.ddl import (
     HardSampleFlag,
@@ -157,7 +157,7 @@ def test_ekd_loss_is_zero_when_student_equals_teacher():
     torch.manual_seed(0)
     emb = torch.randn(24, 16)
     labels = torch.arange(24) // 4
-    cfg = DistillConfig(teacher="unused")
+    cfg = EKDConfig(teacher="unused")
     sims = pair_similarities(emb, labels)
     fprs = torch.tensor(cfg.fpr_anchors, dtype=torch.float64)
     thr = anchor_thresholds(sims[1], fprs)
@@ -172,25 +172,25 @@ def test_ekd_trains_from_a_cached_teacher_and_lowers_its_loss(world, tmp_path):
 
     cache = tmp_path / "teacher" / "emb.npy"
     cfg = _cfg(world, tmp_path / "ekd", steps=12,
-               distill={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)})  # fmt: skip
+               ekd={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)})  # fmt: skip
     train(cfg)
-    values = _column(tmp_path / "ekd", "loss_distill")
+    values = _column(tmp_path / "ekd", "loss_ekd")
     assert _falls(values), values
     # computed once, keyed by sample, with its provenance; reused by the next run
-    table = KeyedArray(cache, field="distill.cache")
+    table = KeyedArray(cache, field="ekd.cache")
     assert len(table) == 96 and table({"__key__": "00000011/0007"}).shape == (128,)
     source = json.loads(cache.with_suffix(".source.json").read_text())
     assert source["count"] == 96 and source["flip"] is True
     mtime = cache.stat().st_mtime_ns
     train(_cfg(world, tmp_path / "ekd2", steps=2,
-               distill={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)}))  # fmt: skip
+               ekd={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)}))  # fmt: skip
     assert cache.stat().st_mtime_ns == mtime
     # a cache of another teacher is refused, not silently used
     source["teacher_sha256"] = "0" * 64
     cache.with_suffix(".source.json").write_text(json.dumps(source))
     with pytest.raises(InputError, match=r"another teacher_sha256"):
         train(_cfg(world, tmp_path / "ekd3", steps=1,
-                   distill={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)}))  # fmt: skip
+                   ekd={"teacher": str(DEMO_RECOGNIZER), "cache": str(cache)}))  # fmt: skip
 
 
 def test_ekd_teacher_may_be_onnx_or_run_online(world, tmp_path):
@@ -198,15 +198,15 @@ def test_ekd_teacher_may_be_onnx_or_run_online(world, tmp_path):
 
     onnx = tmp_path / "teacher.onnx"
     export_onnx(DEMO_RECOGNIZER, onnx, allow_any_size=True)
-    cfg = _cfg(world, tmp_path / "run", steps=2, distill={"teacher": str(onnx)})
+    cfg = _cfg(world, tmp_path / "run", steps=2, ekd={"teacher": str(onnx)})
     assert train(cfg).completed
     assert (tmp_path / "run" / "teacher" / "embeddings.source.json").is_file()
     online = _cfg(world, tmp_path / "online", steps=2,
-                  distill={"teacher": str(DEMO_RECOGNIZER), "online": True})  # fmt: skip
+                  ekd={"teacher": str(DEMO_RECOGNIZER), "online": True})  # fmt: skip
     assert train(online).completed and not (tmp_path / "online" / "teacher").exists()
     with pytest.raises(ConfigError, match=r"ONNX teacher"):
         train(_cfg(world, tmp_path / "run2", steps=1,
-                   distill={"teacher": str(onnx), "online": True}))  # fmt: skip
+                   ekd={"teacher": str(onnx), "online": True}))  # fmt: skip
 
 
 # ------------------------------------------------------------------ adversarial / AFA
@@ -489,7 +489,7 @@ def test_balanced_batches_hold_identities_times_k(world):
 def test_resume_is_exact_with_balanced_batches_and_objective_state(world, tmp_path):
     from safetensors.torch import load_file
 
-    extra = {"distill": {"teacher": str(DEMO_RECOGNIZER), "cache": str(tmp_path / "t.npy")},
+    extra = {"ekd": {"teacher": str(DEMO_RECOGNIZER), "cache": str(tmp_path / "t.npy")},
              "checkpoint": {"every_steps": 4}}  # fmt: skip
     a = train(_cfg(world, tmp_path / "a", steps=8, **extra))
     chunked = _cfg(world, tmp_path / "b", steps=8, **extra)
@@ -510,13 +510,13 @@ def test_options_compose_under_bf16(world, tmp_path):
         steps=2,
         train={"mixed_precision": "bf16"},
         ddl={"hard": {"kind": "blur", "threshold": 0.3}},
-        distill={"teacher": str(DEMO_RECOGNIZER), "cache": str(tmp_path / "t.npy")},
+        ekd={"teacher": str(DEMO_RECOGNIZER), "cache": str(tmp_path / "t.npy")},
         adversarial={"method": "afa", "steps": 1},
     )
     assert train(cfg).completed
     with open(tmp_path / "all" / "metrics.csv", newline="") as fh:
         row = next(csv.DictReader(fh))
-    for key in ("loss_head", "loss_ddl", "loss_distill", "adv_head", "fuse_error"):
+    for key in ("loss_head", "loss_ddl", "loss_ekd", "adv_head", "fuse_error"):
         assert np.isfinite(float(row[key])), key
 
 

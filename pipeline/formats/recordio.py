@@ -1,4 +1,4 @@
-"""Read MXNet/InsightFace indexed RecordIO (``train.rec`` + ``train.idx``) without mxnet.
+"""Read and write MXNet/InsightFace indexed RecordIO (``train.rec`` + ``train.idx``) without mxnet.
 
 mxnet is frozen at 1.9.1 and no longer installs on current Python/NumPy, so the format is
 parsed here with ``struct``. Layout (dmlc-core ``recordio``, little-endian):
@@ -15,15 +15,20 @@ parsed here with ``struct``. Layout (dmlc-core ``recordio``, little-endian):
 * ``.idx`` is text, one ``key<TAB>byte offset`` line per record.
 
 InsightFace stores a header record 0 whose ``flag > 0`` and whose ``label[0]`` is one past
-the last image record: images are records ``1 .. label[0]-1``.
+the last image record: images are records ``1 .. label[0]-1``. The records from
+``label[0]`` to ``label[1] - 1`` describe one identity each: their label is the pair
+``(first, end)`` of that identity's image records (``end`` exclusive), which is how
+InsightFace's MXNet-era iterators sampled identities.
 """
 
 from __future__ import annotations
 
 import os
 import struct
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import IO
 
 from synthface.pipeline.errors import InputError
 
@@ -190,3 +195,64 @@ class IndexedRecordIO:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+def pack(label: float | Sequence[float], payload: bytes = b"", id1: int = 0, id2: int = 0) -> bytes:
+    """An ``IRHeader`` + ``payload`` record: a scalar label (``flag`` 0) or a label vector
+    (``flag`` = its length, the scalar slot 0, the floats after the header), as mxnet's
+    ``recordio.pack`` writes them."""
+    if isinstance(label, (int, float)):
+        return struct.pack(IR_FORMAT, 0, float(label), id1, id2) + payload
+    values = [float(v) for v in label]
+    if not values:
+        raise ValueError("a label vector needs at least one value")
+    head = struct.pack(IR_FORMAT, len(values), 0.0, id1, id2)
+    return head + struct.pack(f"<{len(values)}f", *values) + payload
+
+
+def record_parts(data: bytes) -> bytes:
+    """The on-disk bytes of one record, split where the magic occurs as dmlc-core does.
+
+    The writer looks for the magic only at 4-byte-aligned offsets of the data; each
+    occurrence ends a part (the magic itself is dropped, the reader puts it back). The
+    whole record is padded to a multiple of 4 bytes.
+    """
+    if len(data) > LENGTH_MASK:
+        raise ValueError(f"record of {len(data)} bytes exceeds RecordIO's 2^29 - 1 byte limit")
+    out = bytearray()
+    start = 0
+    pos = data.find(MAGIC_BYTES)
+    while pos >= 0:
+        if pos % 4 == 0:
+            flag = 1 if start == 0 else 2
+            out += struct.pack("<II", MAGIC, (flag << 29) | (pos - start)) + data[start:pos]
+            start = pos + 4
+            pos = data.find(MAGIC_BYTES, start)
+        else:
+            pos = data.find(MAGIC_BYTES, pos + 1)
+    tail = data[start:]
+    out += struct.pack("<II", MAGIC, ((3 if start else 0) << 29) | len(tail)) + tail
+    out += b"\x00" * (-len(data) % 4)
+    return bytes(out)
+
+
+class RecordIOWriter:
+    """Append records to an open ``.rec`` stream and their offsets to an open ``.idx`` text
+    stream (``key<TAB>offset``), as ``mx.recordio.MXIndexedRecordIO`` in ``"w"`` mode does.
+
+    The caller owns the files (so that it can write them atomically); the writer only
+    counts bytes, so it never seeks and works on any binary stream.
+    """
+
+    def __init__(self, rec: IO[bytes], idx: IO[str]) -> None:
+        self._rec = rec
+        self._idx = idx
+        self.offset = 0
+        self.count = 0
+
+    def write(self, key: int, record: bytes) -> None:
+        blob = record_parts(record)
+        self._idx.write(f"{int(key)}\t{self.offset}\n")
+        self._rec.write(blob)
+        self.offset += len(blob)
+        self.count += 1

@@ -42,16 +42,47 @@ def cmd_inspect(args: argparse.Namespace) -> int:
 
 def _written(args: argparse.Namespace, manifest: dict) -> None:
     s = manifest["splits"][args.split]
-    emit(
-        args,
-        {
-            "out": str(args.out),
-            "split": args.split,
-            **{k: s[k] for k in ("num_identities", "num_samples", "num_shards", "bytes")},
-        },
+    data = {
+        "out": str(args.out),
+        "split": args.split,
+        **{k: s[k] for k in ("num_identities", "num_samples", "num_shards", "bytes")},
+    }
+    text = (
         f"wrote {args.out}: {s['num_identities']} identities, {s['num_samples']} images, "
-        f"{s['num_shards']} shards, {s['bytes'] / 1e6:.1f} MB",
+        f"{s['num_shards']} shards, {s['bytes'] / 1e6:.1f} MB"
     )
+    align = s.get("extra", {}).get("align")
+    if align:
+        data["align"] = align
+        text += (
+            f"\naligned {align['aligned']} images ({align['largest_of_several']} the largest "
+            f"of several faces); skipped {align['skipped_no_face']} without a face and "
+            f"{align['skipped_multi_face']} with several; {align['identities_dropped']} "
+            "identities left without images"
+        )
+    emit(args, data, text)
+
+
+def _align_config(args: argparse.Namespace):
+    if not args.align:
+        if args.detector or args.landmarks:
+            from synthface.pipeline.errors import InputError
+
+            raise InputError("--detector and --landmarks only apply with --align")
+        return None
+    from synthface.pipeline.config import validate_config
+    from synthface.pipeline.faces.aligner import AlignConfig
+
+    fields = {
+        "detector": args.detector,
+        "landmarks": args.landmarks,
+        "policy": args.face_policy,
+        "size": args.aligned_size,
+        "det_size": args.det_size,
+        "det_thresh": args.det_thresh,
+        "image_format": args.image_format,
+    }
+    return validate_config(fields, AlignConfig, source="--align options")
 
 
 def cmd_from_folder(args: argparse.Namespace) -> int:
@@ -64,6 +95,7 @@ def cmd_from_folder(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         skip_non_images=args.skip_non_images,
         split=args.split,
+        align=_align_config(args),
     )
     _written(args, manifest)
     return 0
@@ -95,6 +127,19 @@ def cmd_from_rec(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_to_rec(args: argparse.Namespace) -> int:
+    from synthface.pipeline.shards.rec import to_rec
+
+    result = to_rec(args.dir, args.out, split=args.split)
+    emit(
+        args,
+        result,
+        f"wrote {args.out}/train.rec, train.idx, property: {result['records']} images of "
+        f"{result['identities']} identities, {result['rec_bytes'] / 1e6:.1f} MB",
+    )
+    return 0
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "shards", "verify, inspect and convert identity-set shard datasets")
 
@@ -121,6 +166,31 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--skip-non-images", action="store_true", help="ignore non-image files instead of failing"
     )
+    g = c.add_argument_group("alignment (--align)")
+    g.add_argument(
+        "--align",
+        action="store_true",
+        help="detect or look up 5 landmarks and warp each face to the 112x112 ArcFace template",
+    )
+    g.add_argument("--detector", metavar="DET.onnx", help="insightface SCRFD/RetinaFace model")
+    g.add_argument(
+        "--landmarks",
+        metavar="FILE",
+        help="sidecar landmarks: 'identity/image x1 y1 ... x5 y5 [score]' per face (no detector)",
+    )
+    g.add_argument(
+        "--face-policy",
+        choices=["largest", "skip", "fail"],
+        default="largest",
+        help="several faces: align the largest (default), skip the image, or fail; images "
+        "without a face are skipped (fail: stop)",
+    )
+    g.add_argument("--aligned-size", type=int, default=112, help="crop side (default 112)")
+    g.add_argument("--det-size", type=int, default=640, help="detector input side (default 640)")
+    g.add_argument("--det-thresh", type=float, default=0.5, help="face score threshold (0.5)")
+    g.add_argument(
+        "--image-format", choices=["jpg", "png"], default="jpg", help="aligned crops as (jpg)"
+    )
     _targets(c)
     c.set_defaults(func=cmd_from_folder)
 
@@ -140,3 +210,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("out", help="output dataset directory (new or empty)")
     _targets(c)
     c.set_defaults(func=cmd_from_rec)
+
+    c = sub.add_parser(
+        "to-rec",
+        help="shards -> train.rec + train.idx + property (arcface_torch MXFaceDataset layout)",
+    )
+    c.add_argument("dir", help="dataset directory (holds dataset.json)")
+    c.add_argument("out", help="output folder for train.rec, train.idx and property")
+    c.add_argument("--split", default="train", help="split to export (default train)")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_to_rec)

@@ -6,6 +6,12 @@ folder -> shards -> folder is lossless and cheap). Other image formats PIL can r
 ``converted_from`` and ``to-folder`` writes them back with a ``.png`` extension. Corrupt
 images, non-image files and nested folders are errors that name the file (hidden entries,
 names starting with ``.``, are ignored).
+
+With ``align`` (``from-folder --align``), every image is decoded, its face found (a
+sidecar landmarks file, or an insightface detector), warped to the 112x112 ArcFace
+template and re-encoded (``synthface.pipeline.faces``). Images skipped by the face policy
+leave no gap: indices stay contiguous, and an identity left without images is dropped
+(labels stay ``0..C-1``, ``names.npy`` lists the kept folders).
 """
 
 from __future__ import annotations
@@ -13,11 +19,13 @@ from __future__ import annotations
 import os
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
+from typing import TYPE_CHECKING
 
 import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.pipeline.shards.dataset_writer import DatasetWriter
 from synthface.pipeline.shards.manifest import shard_paths
 from synthface.pipeline.shards.sample import (
@@ -27,6 +35,9 @@ from synthface.pipeline.shards.sample import (
     image_format,
     parse_key,
 )
+
+if TYPE_CHECKING:
+    from synthface.pipeline.faces.aligner import AlignConfig, Aligner
 
 AS_IS = {".jpg", ".jpeg", ".png"}
 CONVERTED = {".bmp", ".webp", ".tif", ".tiff", ".gif", ".ppm"}
@@ -88,13 +99,18 @@ def _image_files(folder: Path, skip_non_images: bool) -> list[Path]:
     return files
 
 
-def _sample(identity: int, index: int, name: str, path: Path) -> Sample:
+def _read(path: Path) -> bytes:
     try:
         data = path.read_bytes()
     except OSError as exc:
         raise InputError(f"{path}: unreadable ({exc.strerror or exc})") from None
     if not data:
         raise InputError(f"{path}: empty file, not an image")
+    return data
+
+
+def _sample(identity: int, index: int, name: str, path: Path) -> Sample:
+    data = _read(path)
     meta = {"identity_name": name, "source": f"{name}/{path.name}"}
     fmt = image_format(data)
     if fmt is None and path.suffix.lower() in AS_IS:
@@ -107,13 +123,48 @@ def _sample(identity: int, index: int, name: str, path: Path) -> Sample:
     return Sample(identity=identity, index=index, image=data, ext=fmt, meta=meta)
 
 
-def iter_folder_samples(src: Path, skip_non_images: bool = False) -> Iterator[Sample]:
-    for identity, folder in enumerate(list_identities(src, skip_non_images)):
+def _aligned_sample(
+    identity: int, index: int, name: str, path: Path, aligner: Aligner
+) -> Sample | None:
+    data = _read(path)
+    pixels = decode_image(data, str(path))
+    done = aligner(f"{name}/{path.name}", pixels, str(path))
+    if done is None:
+        return None
+    image, meta = done
+    ext = aligner.cfg.image_format
+    meta.update(
+        identity_name=name, source=f"{name}/{path.stem}.{ext}", original=f"{name}/{path.name}"
+    )
+    return Sample(identity=identity, index=index, image=image, ext=ext, meta=meta)
+
+
+def iter_folder_samples(
+    src: Path,
+    skip_non_images: bool = False,
+    aligner: Aligner | None = None,
+    kept: list[str] | None = None,
+) -> Iterator[Sample]:
+    """Samples in label order; with ``aligner``, skipped images and emptied identities
+    leave no gaps, and ``kept`` collects the names of the identities that got a label."""
+    identity = 0
+    for folder in list_identities(src, skip_non_images):
         files = _image_files(folder, skip_non_images)
         if len(files) > 10000:
             raise InputError(f"{folder}: {len(files)} images; at most 10000 per identity")
-        for index, path in enumerate(files):
-            yield _sample(identity, index, folder.name, path)
+        index = 0
+        for path in files:
+            if aligner is None:
+                sample = _sample(identity, index, folder.name, path)
+            else:
+                sample = _aligned_sample(identity, index, folder.name, path, aligner)
+            if sample is not None:
+                index += 1
+                yield sample
+        if index:
+            if kept is not None:
+                kept.append(folder.name)
+            identity += 1
 
 
 def from_folder(
@@ -124,9 +175,15 @@ def from_folder(
     max_bytes: int = 1 << 30,
     skip_non_images: bool = False,
     split: str = "train",
+    align: AlignConfig | None = None,
 ) -> dict:
-    """Convert an identity-folder tree to a dataset; labels follow sorted folder names."""
+    """Convert an identity-folder tree to a dataset; labels follow sorted folder names.
+
+    With ``align``, faces are aligned first (see the module doc); the manifest's split
+    ``extra.align`` then counts aligned and skipped images and dropped identities.
+    """
     src = Path(src)
+    check_output_outside(out, "output", source=src)
     names = [f.name for f in list_identities(src, skip_non_images)]
     config = {
         "converter": "from-folder",
@@ -135,13 +192,24 @@ def from_folder(
         "max_bytes": max_bytes,
         "skip_non_images": skip_non_images,
     }
+    aligner = None
+    if align is not None:
+        from synthface.pipeline.faces.aligner import Aligner
+
+        config["align"] = align.model_dump(mode="json")
+        aligner = Aligner(align)
     writer = DatasetWriter(
         out, config=config, split=split, max_samples=max_samples, max_bytes=max_bytes
     )
+    kept: list[str] = []
     with writer:
-        for sample in iter_folder_samples(src, skip_non_images):
+        for sample in iter_folder_samples(src, skip_non_images, aligner, kept):
             writer.add(sample)
-        return writer.close(identity_arrays={"names": np.array(names, dtype=str)})
+        extra = None
+        if aligner is not None:
+            extra = {"align": {**aligner.summary(), "identities_dropped": len(names) - len(kept)}}
+            names = kept
+        return writer.close(identity_arrays={"names": np.array(names, dtype=str)}, extra=extra)
 
 
 def safe_relpath(rel: str, where: str) -> PurePosixPath:
@@ -185,6 +253,7 @@ def to_folder(dataset_dir: str | Path, out: str | Path, *, split: str = "train")
     from synthface.pipeline.shards.index_reader import iter_raw
 
     out = Path(out)
+    check_output_outside(out, "output", dataset=dataset_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = out.resolve()
     written = skipped = 0

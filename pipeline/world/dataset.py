@@ -1,9 +1,10 @@
 """Labelled identity sets from the procedural world, written in the project's shard format.
 
 ``make_world_dataset`` plays the role of CASIA-WebFace: C virtual people x M images,
-every image's ``.json`` carrying its group, pose/age/expression attributes and the
+every image's ``.json`` carrying its group, pose/age/expression attributes, the
 full ground-truth identity and style coefficients (so any image can be re-rendered
-exactly with :func:`render_from_meta`). Shards are planned up front from the counts
+exactly with :func:`render_from_meta`) and the 5 alignment landmarks (``landmarks``, pixel
+(x, y) in insightface's order; ``landmarks_visible``). Shards are planned up front from the counts
 alone, completed shards are skipped on a re-run (resume), and every byte is a
 function of the arguments: per-image generators never depend on batching.
 """
@@ -145,6 +146,8 @@ def render_images(
             meta = sample_meta(
                 ids[k], styles[k], seed=seed, split=split, identity=identity, index=index, size=size
             )
+            meta["landmarks"] = np.round(out.landmarks[k].astype(np.float64), 3).tolist()
+            meta["landmarks_visible"] = out.landmarks_visible[k].tolist()
             yield identity, index, out.image[k], meta
 
 

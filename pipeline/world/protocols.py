@@ -127,14 +127,6 @@ def _partners(protocol: str, ids: list[int], rng: np.random.Generator) -> list[i
     return partners
 
 
-def _write_image(path: Path, data: bytes) -> None:
-    """tmp + rename (never a partial file under the final name); no per-file fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
-
-
 def _relpath(protocol: str, identity: int, slot: int, ext: str) -> str:
     if protocol == "bupt":
         return f"{GROUP_NAMES[identity % NUM_GROUPS]}/{identity:08d}/{slot:04d}.{ext}"
@@ -202,7 +194,8 @@ def make_protocol(
         rel[key] = _relpath(protocol, identity, index, ext)
         data[key] = encode_image(image, ext)
         metas[key] = meta
-        _write_image(out / "images" / rel[key], data[key])
+        # never a partial file under the final name; one os.sync() below, not one per file
+        atomic_write_bytes(out / "images" / rel[key], data[key], sync=False)
     if hasattr(os, "sync"):
         os.sync()  # one flush for the whole tree instead of thousands of fsyncs
 

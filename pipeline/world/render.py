@@ -63,6 +63,12 @@ class RenderOutput:
     shading: np.ndarray  # (B, H, W, 3) float32 >= 0 (coloured)
     normal: np.ndarray  # (B, H, W, 3) float32 unit camera-space normals (x right, y up, z out)
     mask: np.ndarray  # (B, H, W) bool: rendered head/hair/neck/shoulders
+    # (B, 5, 2) float32 pixel (x, y) of the 5 alignment landmarks in insightface's order
+    # (image-left eye, image-right eye, nose tip, image-left and image-right mouth corner),
+    # with pixel centres at integer coordinates (OpenCV's convention); see _landmarks
+    landmarks: np.ndarray | None = None
+    # (B, 5) bool: the landmark's surface point is visible (not hidden by the head itself)
+    landmarks_visible: np.ndarray | None = None
 
 
 def check_size(size: int) -> int:
@@ -350,6 +356,8 @@ def render(
     }
     image = np.empty((n, size, size, 3), dtype=np.uint8)
     mask = np.empty((n, size, size), dtype=bool)
+    landmarks = np.empty((n, 5, 2), dtype=_F)
+    visible = np.empty((n, 5), dtype=bool)
     for lo in range(0, n, chunk):
         sl = slice(lo, min(n, lo + chunk))
         part = _render_range(identity, style, size, sl, seeds, degrade)
@@ -357,8 +365,14 @@ def render(
             arr[:, sl] = np.moveaxis(getattr(part, f), -1, 0)
         image[sl] = part.image
         mask[sl] = part.mask
+        landmarks[sl] = part.landmarks
+        visible[sl] = part.landmarks_visible
     return RenderOutput(
-        image=image, mask=mask, **{f: np.moveaxis(a, 0, -1) for f, a in maps.items()}
+        image=image,
+        mask=mask,
+        landmarks=landmarks,
+        landmarks_visible=visible,
+        **{f: np.moveaxis(a, 0, -1) for f, a in maps.items()},
     )
 
 
@@ -479,6 +493,7 @@ def _render_chunk(
     # computed on a compacted list of those pixels and scattered back; each feature
     # further restricts itself to the pixels near it (``_Pix.sub``).
     qx, qy, qz = head.point(depth)
+    landmarks, visible = _landmarks(idc, sty, qx, qy, is_skin & (qz > 0), px)
     fidx = np.flatnonzero(mask & (qz > _F(-0.2)))
     pix = _Pix(fidx // (size * size), qx.ravel()[fidx], qy.ravel()[fidx], qz.ravel()[fidx])
     skin_ = is_skin.ravel()[fidx]
@@ -688,7 +703,64 @@ def _render_chunk(
         shading=hwc(shading),
         normal=hwc(normal),
         mask=mask,
+        landmarks=landmarks,
+        landmarks_visible=visible,
     )
+
+
+def landmark_targets(idc: Mapping[str, np.ndarray], sty: Mapping[str, np.ndarray]) -> np.ndarray:
+    """(B, 5, 2) head-frame (x, y) of the 5 landmarks, where the texture paints them.
+
+    Eye centres are the centres of the painted eye openings (gaze moves the iris, not
+    the landmark), the nose tip is the centre of the tip bump, mouth corners are where
+    the lips end (``|x| = mouth_w``, raised by the smile curve).
+    """
+    eye_y = idc["eye_y"]
+    tip_y = eye_y - idc["nose_len"]
+    corner_y = tip_y - idc["mouth_gap"] + 0.04 * sty["smile"]
+    sep, mw, zero = idc["eye_sep"], idc["mouth_w"], np.zeros_like(eye_y)
+    xs = np.stack([-sep, sep, zero, -mw, mw], -1)
+    ys = np.stack([eye_y, eye_y, tip_y + 0.06, corner_y, corner_y], -1)
+    return np.stack([xs, ys], -1)
+
+
+def _landmarks(idc, sty, qx, qy, valid, px: float) -> tuple[np.ndarray, np.ndarray]:
+    """Pixel positions of the landmarks: where the visible surface has their head-frame x, y.
+
+    The nearest valid pixel is found by search, then refined by one Newton step on the
+    local (central-difference) Jacobian of the surface coordinates, so positions are
+    sub-pixel. A landmark whose nearest visible surface point lies more than two pixels
+    away (in head units) is hidden behind the head: its position is then that nearest
+    point and ``visible`` is False.
+    """
+    b, size = qx.shape[0], qx.shape[-1]
+    targets = landmark_targets(idc, sty).astype(_F)  # (B, 5, 2)
+    out = np.zeros((b, 5, 2), dtype=_F)
+    visible = np.zeros((b, 5), dtype=bool)
+    rows = np.arange(b)
+    unit = _F(px / 0.86)  # one pixel in head units (scale ~ 1)
+    for k in range(5):
+        tx, ty = _col(targets[:, k, 0]), _col(targets[:, k, 1])
+        d2 = np.where(valid, (qx - tx) ** 2 + (qy - ty) ** 2, np.inf).reshape(b, -1)
+        flat = d2.argmin(1)
+        r, c = flat // size, flat % size
+        visible[:, k] = np.sqrt(d2[rows, flat]) < 2 * unit
+        c0, c1 = np.maximum(c - 1, 0), np.minimum(c + 1, size - 1)
+        r0, r1 = np.maximum(r - 1, 0), np.minimum(r + 1, size - 1)
+        jac = np.empty((b, 2, 2), dtype=np.float64)
+        for i, q in enumerate((qx, qy)):
+            jac[:, i, 0] = (q[rows, r, c1] - q[rows, r, c0]) / np.maximum(c1 - c0, 1)
+            jac[:, i, 1] = (q[rows, r1, c] - q[rows, r0, c]) / np.maximum(r1 - r0, 1)
+        err = np.stack([targets[:, k, 0] - qx[rows, r, c], targets[:, k, 1] - qy[rows, r, c]], -1)
+        det = jac[:, 0, 0] * jac[:, 1, 1] - jac[:, 0, 1] * jac[:, 1, 0]
+        ok = np.abs(det) > 1e-12
+        safe = np.where(ok, det, 1.0)
+        dc = (jac[:, 1, 1] * err[:, 0] - jac[:, 0, 1] * err[:, 1]) / safe
+        dr = (jac[:, 0, 0] * err[:, 1] - jac[:, 1, 0] * err[:, 0]) / safe
+        step = ok & visible[:, k] & (np.abs(dc) <= 1) & (np.abs(dr) <= 1)
+        out[:, k, 0] = c + np.where(step, dc, 0.0)
+        out[:, k, 1] = r + np.where(step, dr, 0.0)
+    return out, visible
 
 
 def _normals(depth: np.ndarray, mask: np.ndarray, px: float) -> np.ndarray:

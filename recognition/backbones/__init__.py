@@ -44,6 +44,7 @@ def _iresnet(arch: str):
         embedding_dim: int = 512,
         dropout: float = 0.0,
         zero_init_residual: bool = False,
+        init: str = "arcface_torch",
     ) -> IResNet:
         return IResNet(
             ARCH_LAYERS[arch],
@@ -52,6 +53,7 @@ def _iresnet(arch: str):
             embedding_dim=embedding_dim,
             dropout=dropout,
             zero_init_residual=zero_init_residual,
+            init=init,
         )
 
     build.__name__ = arch
@@ -74,8 +76,13 @@ def tiny(
     widths: Sequence[int] = TINY_WIDTHS,
     layers: Sequence[int] = TINY_LAYERS,
     dropout: float = 0.0,
+    init: str = "kaiming",
 ) -> IResNet:
-    """One block per stage, widths 16-128: seconds per epoch on a CPU, for tests."""
+    """One block per stage, widths 16-128: seconds per epoch on a CPU, for tests.
+
+    Not an arcface_torch model: Kaiming initialisation by default (the CPU recipe's
+    measured numbers in docs/benchmarks.md use it); ``init="arcface_torch"`` for N(0, 0.1).
+    """
     return IResNet(
         tuple(layers),
         tuple(widths),
@@ -83,6 +90,7 @@ def tiny(
         input_channels=input_channels,
         embedding_dim=embedding_dim,
         dropout=dropout,
+        init=init,
     )
 
 

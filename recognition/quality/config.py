@@ -12,6 +12,7 @@ from typing import Any, Literal
 from pydantic import Field
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath
 from synthface.recognition.config import (
     DataConfig,
     FlipAug,
@@ -22,7 +23,7 @@ from synthface.recognition.config import (
 
 
 class QualityDataConfig(DataConfig):
-    labels: str = Field(
+    labels: InputPath = Field(
         description="pseudo-labels of the training set: L.npy + L.keys.txt "
         "(synthface quality pseudo-labels)"
     )
@@ -32,7 +33,7 @@ class QualityModelConfig(StrictModel):
     backbone: str = "mobilefacenet"
     input_size: int = Field(default=112, ge=16)
     params: dict[str, Any] = Field(default_factory=dict, description="extra backbone arguments")
-    init: str | None = Field(
+    init: InputPath | None = Field(
         default=None,
         description="recognizer checkpoint whose weights start the backbone (same architecture)",
     )

@@ -17,8 +17,8 @@ teacher. Notation (paper -> code), per batch:
 
 The teacher is frozen, so it needs no gradient and no torch: its embeddings of the
 training set are computed once (``synthface recognition embed --shards``, here called
-automatically when ``distill.cache`` is absent) and read per sample key in the loader,
-from a torch checkpoint or any ONNX recognizer alike. ``distill.online: true`` runs a
+automatically when ``ekd.cache`` is absent) and read per sample key in the loader,
+from a torch checkpoint or any ONNX recognizer alike. ``ekd.online: true`` runs a
 torch teacher on every augmented batch instead.
 
 Under DDP the thresholds are module buffers, which DDP broadcasts from rank 0 each
@@ -36,7 +36,7 @@ import torch.nn.functional as F
 
 from synthface.pipeline.atomic import atomic_write_json, file_sha256
 from synthface.pipeline.errors import ConfigError, InputError
-from synthface.recognition.config import DistillConfig, TrainConfig
+from synthface.recognition.config import EKDConfig, TrainConfig
 from synthface.recognition.training.fields import KeyedArray
 from synthface.recognition.training.objectives import Objective, Step, register_objective
 
@@ -78,7 +78,7 @@ def ekd_loss(
     teacher: tuple[torch.Tensor, torch.Tensor],
     student_thresholds: torch.Tensor,
     teacher_thresholds: torch.Tensor,
-    cfg: DistillConfig,
+    cfg: EKDConfig,
 ) -> torch.Tensor:
     """The EKD term from (pos, neg) similarities of student and teacher (same pair order)."""
     (s_pos, s_neg), (t_pos, t_neg) = student, teacher
@@ -107,7 +107,7 @@ def teacher_identity(path: str | Path) -> str:
     p = Path(path)
     if p.suffix == ".onnx":
         if not p.is_file():
-            raise InputError(f"distill.teacher: {p}: no such ONNX file")
+            raise InputError(f"ekd.teacher: {p}: no such ONNX file")
         return file_sha256(p)[0]
     from synthface.recognition.checkpoint import read_recognizer_config
 
@@ -120,7 +120,7 @@ def source_path(cache: Path) -> Path:
 
 
 def build_teacher_cache(
-    cfg: DistillConfig, cache: Path, dataset: Path, split: str, device: str
+    cfg: EKDConfig, cache: Path, dataset: Path, split: str, device: str
 ) -> dict[str, Any]:
     """Embed every training sample with the teacher (keyed by sample key), then record
     which teacher and which dataset it came from in ``E.source.json`` (written last)."""
@@ -151,7 +151,7 @@ def build_teacher_cache(
     return source
 
 
-def check_teacher_cache(cfg: DistillConfig, cache: Path, dataset: Path, split: str) -> bool:
+def check_teacher_cache(cfg: EKDConfig, cache: Path, dataset: Path, split: str) -> bool:
     """Refuse a cache made by another teacher or for another dataset.
 
     A cache written by ``synthface recognition embed`` has no ``E.source.json``; only its
@@ -167,12 +167,12 @@ def check_teacher_cache(cfg: DistillConfig, cache: Path, dataset: Path, split: s
     except FileNotFoundError:
         source = None
     except (OSError, ValueError) as exc:
-        raise InputError(f"distill.cache: {source_path(cache)}: unreadable ({exc})") from None
+        raise InputError(f"ekd.cache: {source_path(cache)}: unreadable ({exc})") from None
     if source is None:
-        rows = len(KeyedArray(cache, field="distill.cache"))
+        rows = len(KeyedArray(cache, field="ekd.cache"))
         if rows != count:
             raise InputError(
-                f"distill.cache: {cache} has {rows} rows, {dataset} split {split!r} {count} samples"
+                f"ekd.cache: {cache} has {rows} rows, {dataset} split {split!r} {count} samples"
             )
         return False
     expected = {
@@ -184,9 +184,9 @@ def check_teacher_cache(cfg: DistillConfig, cache: Path, dataset: Path, split: s
     stale = [k for k, v in expected.items() if source.get(k) != v]
     if stale:
         raise InputError(
-            f"distill.cache: {cache} was computed with another {', '.join(stale)} "
+            f"ekd.cache: {cache} was computed with another {', '.join(stale)} "
             f"(teacher {source.get('teacher')}, dataset {source.get('dataset')}); "
-            "delete it or point distill.cache elsewhere"
+            "delete it or point ekd.cache elsewhere"
         )
     return True
 
@@ -194,13 +194,13 @@ def check_teacher_cache(cfg: DistillConfig, cache: Path, dataset: Path, split: s
 # ---------------------------------------------------------------- the objective
 
 
-@register_objective("distill")
+@register_objective("ekd")
 class EKDObjective(Objective):
-    """``distill:`` — EKD against a frozen teacher (cached embeddings or online)."""
+    """``ekd:`` — EKD against a frozen teacher (cached embeddings or online)."""
 
-    terms = ("distill",)
+    terms = ("ekd",)
 
-    def __init__(self, cfg: DistillConfig, output_dir: str) -> None:
+    def __init__(self, cfg: EKDConfig, output_dir: str) -> None:
         super().__init__()
         self.cfg = cfg
         self.cache = Path(cfg.cache) if cfg.cache else Path(output_dir) / "teacher/embeddings.npy"
@@ -214,14 +214,14 @@ class EKDObjective(Objective):
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, num_classes: int) -> EKDObjective:
-        return cls(cfg.distill, cfg.train.output_dir)
+        return cls(cfg.ekd, cfg.train.output_dir)
 
     def prepare(self, run: Run) -> None:
         acc, cfg = run.accelerator, self.cfg
         if cfg.online:
             if Path(cfg.teacher).suffix == ".onnx":
                 raise ConfigError(
-                    "distill.online: an ONNX teacher has no torch graph; use the cache "
+                    "ekd.online: an ONNX teacher has no torch graph; use the cache "
                     "(online: false), which embeds the training set once"
                 )
             from synthface.recognition.checkpoint import load_recognizer
@@ -229,7 +229,7 @@ class EKDObjective(Objective):
             teacher = load_recognizer(cfg.teacher, device=acc.device).requires_grad_(False)
             if tuple(teacher.input_size) != (run.cfg.model.input_size,) * 2:
                 raise ConfigError(
-                    f"distill.online: teacher {cfg.teacher} takes {teacher.input_size} inputs, "
+                    f"ekd.online: teacher {cfg.teacher} takes {teacher.input_size} inputs, "
                     f"the student {run.cfg.model.input_size}; use the cache instead"
                 )
             self._teacher = [teacher]
@@ -241,8 +241,8 @@ class EKDObjective(Objective):
             build_teacher_cache(cfg, self.cache, dataset, split, acc.device.type)
         acc.wait_for_everyone()
         if not check_teacher_cache(cfg, self.cache, dataset, split):
-            run.say(f"distill.cache: {self.cache} has no source record; teacher not verified")
-        self._field = KeyedArray(self.cache, field="distill.cache")
+            run.say(f"ekd.cache: {self.cache} has no source record; teacher not verified")
+        self._field = KeyedArray(self.cache, field="ekd.cache")
 
     def sample_fields(self):
         return {} if self.cfg.online else {FIELD: self._field}
@@ -269,4 +269,4 @@ class EKDObjective(Objective):
         loss = ekd_loss(
             student, teacher, self.student_thresholds, self.teacher_thresholds, self.cfg
         )
-        return {"distill": loss}
+        return {"ekd": loss}

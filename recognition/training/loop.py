@@ -11,6 +11,7 @@ its own resampled shard stream.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
 from collections.abc import Sequence
@@ -25,6 +26,7 @@ from torch import nn
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError, SynthfaceError
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.recognition.augment import Augmenter
 from synthface.recognition.config import TrainConfig
 from synthface.recognition.training import callbacks as cb
@@ -32,6 +34,7 @@ from synthface.recognition.training.checkpoints import (
     checkpoint_root,
     list_checkpoints,
     load_checkpoint,
+    load_head_shard,
     read_state,
     resolve_resume,
 )
@@ -172,6 +175,11 @@ class Run:
     def objectives(self) -> list[Objective]:
         return list(self.accelerator.unwrap_model(self.model).objectives)
 
+    def head_shard(self) -> tuple[nn.Module, torch.optim.Optimizer] | None:
+        """(head, optimizer) when the class centres are sharded over the processes."""
+        head = self.accelerator.unwrap_model(self.model).head
+        return (head, self.optimizer) if head.sharded else None
+
     def trainer_state(self, step: int) -> dict:
         return {
             "global_step": step,
@@ -224,10 +232,13 @@ def _accelerator(cfg: TrainConfig):
     )
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
-    """Backbone (as the objectives wrap it), margin head and the config's objectives."""
+def build_model(
+    cfg: TrainConfig, num_classes: int, rank: int = 0, num_processes: int = 1
+) -> TrainModule:
+    """Backbone (as the objectives wrap it), margin head and the config's objectives; with
+    ``head.shard_classes`` the head holds shard ``rank`` only."""
     from synthface.recognition.backbones import create_backbone
-    from synthface.recognition.heads import create_head
+    from synthface.recognition.heads import HEADS, create_head
 
     backbone = create_backbone(
         cfg.model.backbone,
@@ -238,11 +249,20 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
     objectives = build_objectives(cfg, num_classes)
     for objective in objectives:
         backbone = objective.wrap_backbone(backbone)
+    shards = {}
+    if cfg.head.shard_classes:
+        if not HEADS.get(cfg.head.name).supports_sharding:
+            raise ConfigError(
+                f"head.shard_classes: head {cfg.head.name!r} needs every class centre on "
+                "every process; use arcface, cosface or combined, or shard_classes: false"
+            )
+        shards = {"num_shards": num_processes, "shard_index": rank}
     head = create_head(
         cfg.head.name,
         embedding_dim=cfg.model.embedding_dim,
         num_classes=num_classes,
         **cfg.head.params,
+        **shards,
     )
     model = TrainModule(backbone, head, objectives)
     if cfg.model.channels_last:
@@ -250,10 +270,28 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
     return model
 
 
-def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
+def _check_head_memory(cfg: TrainConfig, num_classes: int, device: torch.device) -> None:
+    """The class-centre matrix with its gradient and optimizer state must fit the device:
+    refuse a 10-million-identity run before allocating, not by an OOM kill."""
+    from synthface.pipeline.limits import check_memory
+
+    estimate = 16 * num_classes * cfg.model.embedding_dim  # fp32 weight, grad, 2 moments
+    what = f"margin head for {num_classes} identities x {cfg.model.embedding_dim} dims"
+    hint = "weights, gradients and optimizer state; use fewer identities or a smaller embedding"
+    check_memory(estimate, what, hint, device)
+
+
+def _check_resumable(cfg: TrainConfig, state: dict, path: Path, num_processes: int) -> None:
     """The architecture must match the checkpoint; other changes are allowed."""
     saved = state.get("config") or {}
+    with contextlib.suppress(ValueError):  # fields added since then take their defaults
+        saved = TrainConfig.model_validate(saved).model_dump(mode="json")
     now = cfg.model_dump(mode="json")
+    if cfg.head.shard_classes and state.get("num_processes") != num_processes:
+        raise InputError(
+            f"{path}: class centres were sharded over {state.get('num_processes')} processes; "
+            f"resume with that many (not {num_processes})"
+        )
     diffs = []
     for section in model_sections():
         a, b = now.get(section) or {}, saved.get(section) or {}
@@ -269,9 +307,16 @@ def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
 
 
 def train(
-    cfg: TrainConfig, *, resume: str | None = None, stop_after: int | None = None
+    cfg: TrainConfig,
+    *,
+    resume: str | None = None,
+    stop_after: int | None = None,
+    resume_allow_partial: bool = False,
 ) -> TrainResult:
     """Train a recognizer as ``cfg`` says; ``resume="latest"`` continues the newest checkpoint.
+
+    A damaged newest checkpoint is an error naming the file, unless
+    ``resume_allow_partial`` lets it fall back to the newest intact one (saying so).
 
     ``stop_after`` ends the run after that global step with a checkpoint, leaving the
     schedule as if the run were whole: for jobs with a time limit that resume in chunks.
@@ -279,12 +324,23 @@ def train(
     """
     from accelerate.utils import set_seed
 
+    check_output_outside(cfg.train.output_dir, "train.output_dir", **{"data.train": cfg.data.train})
     info = inspect_dataset(cfg.data)
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
+    classes_here = info.num_classes  # a sharded head holds its share on each rank
+    if cfg.head.shard_classes:
+        classes_here = -(-info.num_classes // accelerator.num_processes)
+    _check_head_memory(cfg, classes_here, accelerator.device)
     rank, seed, accum = accelerator.process_index, cfg.train.seed, cfg.train.grad_accum
     set_seed(seed)
-    model = build_model(cfg, info.num_classes)
+    model = build_model(cfg, info.num_classes, rank, accelerator.num_processes)
+    if model.head.sharded:  # each rank trains its own centres: DDP must not average them
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [f"head.{name}" for name, _ in model.head.named_parameters()]
+        )
     optimizer = build_optimizer(model, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -306,10 +362,13 @@ def train(
     )
 
     step = 0
-    ckpt = resolve_resume(out, resume)
+    ckpt = resolve_resume(out, resume, allow_partial=resume_allow_partial)
     if ckpt is not None:
-        _check_resumable(cfg, read_state(ckpt), ckpt)  # a clear message before key errors
+        # a clear message before key errors
+        _check_resumable(cfg, read_state(ckpt), ckpt, accelerator.num_processes)
         state = load_checkpoint(accelerator, ckpt)
+        if run.head_shard() is not None:
+            load_head_shard(ckpt, rank, *run.head_shard())
         step = run.last_checkpoint = state["global_step"]
         run.say(f"resumed from {ckpt} at step {step}")
     elif list_checkpoints(out):
@@ -350,8 +409,8 @@ def train(
                 output = model(x, batch.labels, batch.fields)
                 accelerator.backward(output.loss / accum)
             run.monitor.add(step + 1, output)
-        if cfg.train.clip_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+        if cfg.train.clip_grad_norm:  # the backbone only, as arcface_torch
+            accelerator.clip_grad_norm_(run.backbone().parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1

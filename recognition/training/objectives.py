@@ -2,7 +2,7 @@
 
 A training option — DDL, EKD distillation, adversarial training, a privacy front end —
 is an :class:`Objective` registered under the name of its config section (``ddl:``,
-``distill:``, ``adversarial:``). It is an ``nn.Module`` inside
+``distill:``, ``ekd:``, ``adversarial:``). It is an ``nn.Module`` inside
 :class:`synthface.recognition.training.loop.TrainModule`, so the optimizer trains its
 parameters, checkpoints carry its buffers (exact resume) and DDP wraps it with the
 model. It may take part in a run at four fixed points, and nowhere else:
@@ -143,6 +143,7 @@ def _register_builtin() -> None:
     """Import the modules whose decorators fill :data:`OBJECTIVES` (idempotent)."""
     import synthface.recognition.training.adversarial
     import synthface.recognition.training.ddl
+    import synthface.recognition.training.distill
     import synthface.recognition.training.ekd  # noqa: F401
 
 

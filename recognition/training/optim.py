@@ -1,8 +1,10 @@
-"""Optimizer with arcface_torch's weight-decay rule, and the learning-rate schedule.
+"""Optimizer with an explicit weight-decay rule, and the learning-rate schedule.
 
-Weight decay on BatchNorm/PReLU weights and on biases only shrinks scales that the next
-normalisation undoes, and it measurably hurts margin-loss training; parameters with
-fewer than two dimensions are therefore excluded unless the config asks otherwise.
+arcface_torch puts backbone and class centres into one SGD group with weight decay on
+every parameter, BatchNorm and PReLU weights and biases included; that is the default
+(``optim.decay_norm_and_bias: true``). ``false`` exempts tensors with fewer than two
+dimensions, a common variant (timm's ``no_weight_decay``), which this project's CPU
+recipe ``world_tiny.yaml`` uses.
 
 The schedule is a pure function of the optimizer step rather than a stateful
 ``LRScheduler``: a resumed run only needs ``global_step`` to be back on the same curve,
@@ -21,7 +23,7 @@ from synthface.recognition.config import OptimConfig, ScheduleConfig
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """Two groups: weights of convolutions and linear layers decay, 0-/1-d tensors don't."""
+    """One group decaying everything, or two: >= 2-d tensors decay, 0-/1-d tensors don't."""
     decay, no_decay = [], []
     for _, p in model.named_parameters():
         if not p.requires_grad:

@@ -1,0 +1,8 @@
+"""Faces in real photographs: detection, 5-point landmarks and ArcFace alignment.
+
+``align`` holds the 112x112 ArcFace template and the similarity warp (insightface's
+``norm_crop``), ``detect`` runs a user-supplied insightface detection model
+(SCRFD/RetinaFace ONNX), ``sidecar`` reads landmarks given in a text file, and
+``select`` applies the no-face / several-faces policy. ``shards from-folder --align``
+(``synthface.pipeline.shards.folder``) puts them together.
+"""
