@@ -51,6 +51,7 @@ from synthface.generators.id3.anchors import anchors_within
 from synthface.generators.morphface.identities import novel_identities
 from synthface.generators.training import latest_checkpoint, train_generator
 from synthface.pipeline.atomic import atomic_write_json
+from synthface.pipeline.config import load_config
 
 TARGETS = ("yaw", "pitch", "roll", "smile", "mouth_open", "light_az", "light_el")
 POSE = ("yaw", "pitch", "roll")
@@ -237,11 +238,8 @@ def main() -> None:
     work = Path(args.workdir)
     work.mkdir(parents=True, exist_ok=True)
     t_all = time.perf_counter()
-    yaml = __import__("yaml")
-    mf_base = GeneratorConfig.model_validate(
-        yaml.safe_load(Path(args.morphface_config).read_text())
-    )
-    id3_base = GeneratorConfig.model_validate(yaml.safe_load(Path(args.id3_config).read_text()))
+    mf_base = load_config(args.morphface_config, GeneratorConfig)
+    id3_base = load_config(args.id3_config, GeneratorConfig)
     size = mf_base.image_size
 
     train_dir = world(work, args.identities, args.per_identity, args.world_size, "train")

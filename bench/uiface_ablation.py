@@ -26,13 +26,13 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from id3_fidelity import embed_split, metrics, train_recognizer, world
 
 from synthface.generators.base import load_generator
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.encoder import load_identity_encoder
 from synthface.generators.training import train_generator
+from synthface.pipeline.config import load_config
 
 SETTINGS = {
     "one_stage": {"two_stage": False, "injection": False},
@@ -83,7 +83,7 @@ def main() -> None:
     size = args.world_size
     train_dir = world(work, args.identities, args.per_identity, size, "train")
     eval_dir = world(work, args.eval_identities, args.eval_per_identity, size, "eval")
-    base = GeneratorConfig.model_validate(yaml.safe_load(Path(args.config).read_text()))
+    base = load_config(args.config, GeneratorConfig)
     dim = base.conditioning.identity_dim
     rec = args.recognizer or str(
         train_recognizer(work, train_dir, size, args.recognizer_steps, dim)

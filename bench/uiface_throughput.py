@@ -27,7 +27,6 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import yaml
 from gen_throughput import run
 from id3_fidelity import embed_split, metrics
 from uiface_ablation import intra_class_diversity
@@ -35,6 +34,7 @@ from uiface_ablation import intra_class_diversity
 from synthface.generators.base import create_generator, load_generator
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.encoder import load_identity_encoder
+from synthface.pipeline.config import load_config
 
 
 def world_identities(work: Path, n: int, per: int):
@@ -88,7 +88,7 @@ def main() -> None:
         seeds = conds["seeds"].reshape(-1).tolist()
     else:
         torch.manual_seed(0)
-        cfg = GeneratorConfig.model_validate(yaml.safe_load(Path(args.config).read_text()))
+        cfg = load_config(args.config, GeneratorConfig)
         cfg.autoencoder.path = None  # random weights: throughput only
         autoencoder = None
         if cfg.autoencoder.kind == "vq":  # the released VQ-f4 architecture, random weights

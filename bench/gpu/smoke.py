@@ -34,7 +34,10 @@ import torch
 REPO = Path(__file__).resolve().parents[2]
 DEFAULT_GENERATOR_CONFIG = REPO / "configs" / "generators" / "id3_world.yaml"
 # registry name -> config to start from (default: DEFAULT_GENERATOR_CONFIG)
-GENERATOR_CONFIGS: dict[str, Path] = {}
+GENERATOR_CONFIGS: dict[str, Path] = {
+    "uiface": REPO / "configs" / "generators" / "uiface_world.yaml",
+    "morphface": REPO / "configs" / "generators" / "morphface_world.yaml",
+}
 
 RESULTS: list[tuple[str, bool, float]] = []
 
