@@ -2,7 +2,8 @@
 
 These are plain functions; the ``generate-synthetic`` Prefect flow only orders them.
 ``produce_shard`` is the unit of work and of resume: it generates every image of its
-identities, embeds them with the evaluation recognizer, scores them (``synthface.pipeline.qc``),
+identities, embeds them with the evaluation recognizer, scores them (``synthface.pipeline.qc``;
+face image quality too when ``qc.quality_model`` is set),
 writes the QC sidecar and then the shard atomically. A shard that
 ``completed_shards`` vouches for is skipped, so re-runs and retried tasks only redo
 missing or corrupt shards; everything a shard contains is a function of the config and
@@ -322,6 +323,14 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     _qc_recognizer_path(cfg, ckpt_cfg)
     if cfg.qc.gallery is not None and not Path(cfg.qc.gallery).is_file():
         raise InputError(f"qc.gallery: {cfg.qc.gallery}: no such embeddings file")
+    if (
+        cfg.qc.quality_model is not None
+        and not (Path(cfg.qc.quality_model) / "config.json").is_file()
+    ):
+        raise InputError(
+            f"qc.quality_model: {cfg.qc.quality_model}: not a quality model directory "
+            "(synthface quality train writes one)"
+        )
     enc = _encoder_path(cfg, ckpt_cfg)
     if enc is not None and not Path(enc).exists():
         raise InputError(f"generator.encoder: {enc}: no such identity encoder")
@@ -443,6 +452,7 @@ class Producer:
     embedder: object
     anchors_comparable: bool  # QC embeddings live in the anchors' space
     device: str
+    quality: object | None = None  # SDD-FIQA QualityScorer when qc.quality_model is set
 
 
 _CACHE: dict[tuple, Producer] = {}
@@ -458,7 +468,14 @@ def load_producer(cfg: GenerateConfig) -> Producer:
     device = resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
     enc_path = _encoder_path(cfg, ckpt_cfg)
     qc_path = _qc_recognizer_path(cfg, ckpt_cfg)
-    key = (str(ckpt.resolve()), checkpoint_sha256(ckpt), enc_path, qc_path, device)
+    key = (
+        str(ckpt.resolve()),
+        checkpoint_sha256(ckpt),
+        enc_path,
+        qc_path,
+        device,
+        cfg.qc.quality_model,
+    )
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -479,7 +496,12 @@ def load_producer(cfg: GenerateConfig) -> Producer:
         generator = load_generator(ckpt, encoder=encoder, device=device)
         embedder = load_embedder(qc_path, device=device)
         same_space = Path(qc_path).resolve() == Path(enc_path).resolve() if enc_path else False
-        producer = Producer(generator, embedder, same_space, device)
+        quality = None
+        if cfg.qc.quality_model is not None:
+            from synthface.recognition.quality import QualityScorer
+
+            quality = QualityScorer(cfg.qc.quality_model, device=device)
+        producer = Producer(generator, embedder, same_space, device, quality)
         _CACHE[key] = producer
         return producer
 
@@ -591,12 +613,21 @@ def produce_shard(
             sample_meta=decided,
         )
         vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
+        quality = None
+        if producer.quality is not None:
+            quality = producer.quality.score(images, batch_size=cfg.qc.batch_size)
         if progress is not None:
             progress(n)
         for k, identity in enumerate(range(a, b)):
             rows = slice(k * m, (k + 1) * m)
             anchor = np.asarray(anchors[identity]) if producer.anchors_comparable else None
-            per_sample, summary = score_identity(identity, vectors[rows], cfg.qc, anchor=anchor)
+            per_sample, summary = score_identity(
+                identity,
+                vectors[rows],
+                cfg.qc,
+                anchor=anchor,
+                quality=None if quality is None else quality[rows],
+            )
             scores.append(summary)
             for j in range(m):
                 i = k * m + j

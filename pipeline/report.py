@@ -19,6 +19,7 @@ from synthface.pipeline.shards import decode_image, load_identity_array, split_m
 
 REPORT_DIR = "report"
 BINS = np.linspace(-1.0, 1.0, 101)
+QUALITY_BINS = np.linspace(0.0, 100.0, 51)  # quality outside 0..100 lands in the end bins
 MIN_TILE = 64  # pixels
 
 
@@ -57,6 +58,23 @@ def _histogram_png(series: list[tuple[str, np.ndarray, bool]], title: str) -> by
     return _png(fig)
 
 
+def _quality_png(counts: np.ndarray, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot()
+    centers = 0.5 * (QUALITY_BINS[1:] + QUALITY_BINS[:-1])
+    ax.bar(centers, counts / max(int(counts.sum()), 1), width=QUALITY_BINS[1] - QUALITY_BINS[0])
+    ax.set_xlabel("face image quality (SDD-FIQA scale)")
+    ax.set_ylabel("fraction of samples")
+    ax.set_title(f"{title} (n={int(counts.sum())})")
+    fig.tight_layout()
+    return _png(fig)
+
+
 def _contact_sheet_png(rows: dict[int, list[np.ndarray]]) -> bytes:
     """One row per identity, labelled with its index; as many columns as the fullest row
     has samples (a dataset with fewer samples than asked for gets no empty columns)."""
@@ -90,6 +108,14 @@ def _fmt(x) -> str:
     return "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
 
 
+def _quality_rule(th: dict) -> str:
+    if not th.get("quality_model"):
+        return "no quality model"
+    if th.get("min_quality") is None:
+        return "quality scored, no threshold"
+    return f"quality < {th['min_quality']}"
+
+
 def write_report(
     dataset_dir: str | Path,
     *,
@@ -98,7 +124,8 @@ def write_report(
     contact_samples: int = 8,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``."""
+    """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``
+    and, when samples carry a quality score, ``report/quality.png``."""
     from synthface.pipeline.shards import iter_samples
 
     dataset_dir = Path(dataset_dir)
@@ -112,18 +139,22 @@ def write_report(
         "centroid_cos": np.zeros(len(BINS) - 1, np.int64),
         "anchor_cos": np.zeros(len(BINS) - 1, np.int64),
     }
-    pending: dict[str, list[float]] = {k: [] for k in hist}
+    quality = np.zeros(len(QUALITY_BINS) - 1, np.int64)
+    pending: dict[str, list[float]] = {k: [] for k in (*hist, "quality")}
 
     def flush() -> None:
         for k, values in pending.items():
-            if values:
+            if values and k == "quality":
+                clipped = np.clip(values, QUALITY_BINS[0], QUALITY_BINS[-1])
+                quality[:] += np.histogram(clipped, QUALITY_BINS)[0]
+            elif values:
                 hist[k] += np.histogram(values, BINS)[0]
-                values.clear()
+            values.clear()
 
     sheet: dict[int, list[np.ndarray]] = {}
     for s in iter_samples(dataset_dir, split, decode=False):
         q = s["meta"].get("qc", {})
-        for k in hist:
+        for k in pending:
             if k in q:
                 pending[k].append(q[k])
         if len(pending["centroid_cos"]) >= 8192:
@@ -160,6 +191,9 @@ def write_report(
         atomic_write_bytes(
             paths["similarity"], _histogram_png(series, f"{dataset_dir.name}: similarities")
         )
+    if quality.sum():
+        paths["quality"] = out / "quality.png"
+        atomic_write_bytes(paths["quality"], _quality_png(quality, f"{dataset_dir.name}: quality"))
     if sheet:
         paths["contact_sheet"] = out / "contact_sheet.png"
         atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet))
@@ -184,6 +218,7 @@ def write_report(
             ("nearest_identity_similarity", "nearest other identity (cos)"),
             ("anchor_cos", "sample to anchor (cos)"),
             ("gallery_similarity", "nearest real identity (cos)"),
+            ("identity_quality", "face image quality (SDD-FIQA, identity mean)"),
         ):
             st = qc.get(key)
             if st and st.get("mean") is not None:
@@ -205,6 +240,7 @@ def write_report(
             f"| identities: too_few_samples | {qc['flagged_identities']['too_few_samples']} | kept < {th['min_samples']} |",
             f"| samples: low_consistency | {qc['flagged_samples']['low_consistency']} | cos to centroid < {th['min_sample_consistency']} |",
             f"| samples: duplicate | {qc['flagged_samples']['duplicate']} | pair cos > {th['duplicate_similarity']} |",
+            f"| samples: low_quality | {qc['flagged_samples'].get('low_quality', 0)} | {_quality_rule(th)} |",
             "",
             f"Filtered view `views/{qc['view']['name']}.json` leaves out "
             f"{qc['view']['excluded_identities']} identities and {qc['view']['excluded_samples']} "
@@ -246,6 +282,8 @@ def write_report(
         ]
     if "similarity" in paths:
         lines += ["## Similarities", "", "![similarities](similarity.png)", ""]
+    if "quality" in paths:
+        lines += ["## Face image quality", "", "![quality](quality.png)", ""]
     if "contact_sheet" in paths:
         lines += [
             "## Contact sheet",

@@ -3,7 +3,9 @@
 Every backbone maps NCHW float input in [-1, 1] (RGB, or DCT channels) of a fixed
 ``input_size`` to an un-normalised ``N x embedding_dim`` feature. Registered names:
 ``ir18 ir34 ir50 ir100 ir200`` (arcface_torch iResNets), ``mobilefacenet``
-(arcface_torch ``mbf``) and ``tiny`` (a 4-block iResNet for tests and CPU runs).
+(arcface_torch ``mbf``), ``tiny`` (a 4-block iResNet for tests and CPU runs) and
+``afa`` (any of them with AFA's dual BatchNorms and fusing-weight read-outs,
+``backbones/afa.py``; ``base`` names the wrapped backbone's spec).
 
 Each registered constructor lists its keyword arguments explicitly so configs can be
 checked against its signature before a run starts.
@@ -17,10 +19,19 @@ from typing import Any
 from synthface.pipeline.errors import ConfigError
 from synthface.pipeline.registry import Registry
 from synthface.recognition.backbones._base import Backbone, as_hw
+from synthface.recognition.backbones.afa import AFABackbone, afa_backbone
 from synthface.recognition.backbones.iresnet import ARCH_LAYERS, TINY_LAYERS, TINY_WIDTHS, IResNet
 from synthface.recognition.backbones.mobilefacenet import MobileFaceNet
 
-__all__ = ["BACKBONES", "Backbone", "IResNet", "MobileFaceNet", "create_backbone", "list_backbones"]
+__all__ = [
+    "BACKBONES",
+    "AFABackbone",
+    "Backbone",
+    "IResNet",
+    "MobileFaceNet",
+    "create_backbone",
+    "list_backbones",
+]
 
 BACKBONES: Registry[Backbone] = Registry("backbone")
 
@@ -100,6 +111,29 @@ def mobilefacenet(
         input_channels=input_channels,
         embedding_dim=embedding_dim,
     )
+
+
+@BACKBONES.register("afa")
+def afa(
+    *,
+    input_size: int | Sequence[int] = 112,
+    input_channels: int = 3,
+    embedding_dim: int = 512,
+    base: dict[str, Any],
+    momentum: float = 0.05,
+) -> AFABackbone:
+    """``base`` (``{"name": ..., **arguments}``) with AFA's dual BatchNorms."""
+    if not isinstance(base, dict) or "name" not in base:
+        raise ValueError(f"afa: base must be a backbone spec with a 'name', got {base!r}")
+    args = {k: v for k, v in base.items() if k != "name"}
+    inner = create_backbone(
+        base["name"],
+        input_size=input_size,
+        input_channels=input_channels,
+        embedding_dim=embedding_dim,
+        **args,
+    )
+    return afa_backbone(inner, momentum)
 
 
 def _jsonable(value: Any) -> Any:

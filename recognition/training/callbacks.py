@@ -61,7 +61,9 @@ class MetricsLogger:
     """Loss, training accuracy, learning rate and images/s every ``logging.every_steps``.
 
     Writes ``metrics.csv`` (and TensorBoard scalars if asked) and drives the progress
-    bar. Reading the loss here is also where a NaN is noticed: the check syncs with the
+    bar. With training objectives on, the loss is also split into its terms
+    (``loss_head`` and one ``loss_<term>`` column per objective term), followed by the
+    objectives' metrics. Reading the loss here is also where a NaN is noticed: the check syncs with the
     device only at these steps, so the loop itself never waits on the GPU.
     """
 
@@ -71,10 +73,12 @@ class MetricsLogger:
         cfg = run.cfg.logging
         self.every = cfg.every_steps
         self.main = run.accelerator.is_main_process
+        terms = [f"loss_{t}" for o in run.objectives() for t in o.terms]
+        metrics = [m for o in run.objectives() for m in o.metrics]
+        self.named = (*(("loss_head", *terms) if terms else ()), *metrics)
+        fields = (*self.FIELDS, *self.named)
         self.csv = (
-            _CsvLog(run.output_dir / "metrics.csv", self.FIELDS)
-            if (cfg.csv and self.main)
-            else None
+            _CsvLog(run.output_dir / "metrics.csv", fields) if (cfg.csv and self.main) else None
         )
         self.tb = None
         if cfg.tensorboard and self.main:
@@ -103,7 +107,7 @@ class MetricsLogger:
 
     def flush(self, step: int, run: Run) -> None:
         run.monitor.check(step, run)
-        loss, acc = run.monitor.pop_means()
+        loss, acc, terms = run.monitor.pop_means()
         if loss is None:
             return
         now = time.perf_counter()
@@ -118,13 +122,15 @@ class MetricsLogger:
             "lr": f"{run.lr:.6g}",
             "images_per_s": round(ips, 1),
             "elapsed_s": round(now - self.start, 2),
+            **{k: round(terms[k], 6) for k in self.named if k in terms},
         }
         self.last = row
         if self.csv is not None:
             self.csv.write(row)
         if self.tb is not None:
-            for key in ("loss", "accuracy", "images_per_s"):
-                self.tb.add_scalar(f"train/{key}", row[key], step)
+            for key in ("loss", "accuracy", "images_per_s", *self.named):
+                if key in row:
+                    self.tb.add_scalar(f"train/{key}", row[key], step)
             self.tb.add_scalar("train/lr", run.lr, step)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr:.3g}", img_s=f"{ips:.0f}")
