@@ -67,28 +67,34 @@ def build_deployments(paths: list[str] | None = None, *, schedules: bool = True)
 
 
 def training_deployment(path: str | Path):
-    """``train-recognizer/<stem>`` or ``train-generator/<stem>`` for a training config file.
+    """``train-recognizer/<stem>``, ``train-generator/<stem>`` or ``privacy-benchmark/<stem>``
+    for a config file.
 
-    The kind comes from the file's folder (``configs/recognition``, ``configs/generators``),
-    as for ``synthface config validate``.
+    The kind comes from the file's folder (``configs/recognition``, ``configs/generators``,
+    ``configs/privacy``), as for ``synthface config validate``.
     """
     from prefect.deployments.runner import EntrypointType
 
+    from synthface.flows.privacy import privacy_benchmark
     from synthface.flows.training import train_generator, train_recognizer
     from synthface.pipeline.config import infer_kind, load_any_config
 
     kind = infer_kind(path)
-    flows = {"recognition": train_recognizer, "generators": train_generator}
+    flows = {
+        "recognition": train_recognizer,
+        "generators": train_generator,
+        "privacy": privacy_benchmark,
+    }
     if kind not in flows:
         raise ConfigError(
-            f"{path}: training deployments take configs/recognition/*.yaml or "
-            f"configs/generators/*.yaml (folder {kind!r})"
+            f"{path}: training deployments take configs/recognition/*.yaml, "
+            f"configs/generators/*.yaml or configs/privacy/*.yaml (folder {kind!r})"
         )
     cfg = load_any_config(path, kind)
     return flows[kind].to_deployment(
         name=Path(path).stem,
         parameters={"config": cfg.model_dump(mode="json")},
-        tags=["synthface", "train"],
+        tags=["synthface", "privacy" if kind == "privacy" else "train"],
         enforce_parameter_schema=True,
         entrypoint_type=EntrypointType.MODULE_PATH,
     )

@@ -53,6 +53,12 @@ class TrainModule(nn.Module):
 
     With teacher embeddings, ``distill_weight * mean(1 - cos(student, teacher))`` is added
     to the head's loss (the teacher itself stays outside: frozen, not checkpointed).
+
+    Extension point: a backbone may define ``forward_train(images, labels) -> (embeddings,
+    extra_loss or None)``; the loop then trains with it and adds ``extra_loss`` to the
+    head's loss. Objectives beside the margin loss (MinusFace's regeneration term) and
+    label-dependent input transforms (PartialFace's per-identity channel subsets) plug in
+    there, without another training loop.
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, distill_weight: float = 0.0) -> None:
@@ -64,9 +70,10 @@ class TrainModule(nn.Module):
     def forward(
         self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
     ):
-        emb = self.backbone(images)
+        step = getattr(self.backbone, "forward_train", None)
+        emb, extra = step(images, labels) if step is not None else (self.backbone(images), None)
         out = self.head(emb, labels)
-        loss = out.loss
+        loss = out.loss if extra is None else out.loss + extra
         if teacher is not None:
             cos = nn.functional.cosine_similarity(emb.float(), teacher.float(), dim=1)
             loss = loss + self.distill_weight * (1 - cos).mean()
@@ -195,12 +202,24 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
     from synthface.recognition.backbones import create_backbone
     from synthface.recognition.heads import create_head
 
-    backbone = create_backbone(
-        cfg.model.backbone,
-        input_size=cfg.model.input_size,
-        embedding_dim=cfg.model.embedding_dim,
-        **cfg.model.params,
-    )
+    if cfg.model.protection is not None:
+        from synthface.recognition.privacy import create_protected
+
+        backbone = create_protected(
+            cfg.model.protection.name,
+            backbone=cfg.model.backbone,
+            backbone_params=cfg.model.params,
+            input_size=cfg.model.input_size,
+            embedding_dim=cfg.model.embedding_dim,
+            **cfg.model.protection.params,
+        )
+    else:
+        backbone = create_backbone(
+            cfg.model.backbone,
+            input_size=cfg.model.input_size,
+            embedding_dim=cfg.model.embedding_dim,
+            **cfg.model.params,
+        )
     head = create_head(
         cfg.head.name,
         embedding_dim=cfg.model.embedding_dim,

@@ -20,17 +20,40 @@ from torch import nn
 from synthface.recognition.config import OptimConfig, ScheduleConfig
 
 
+def lr_scales(model: nn.Module) -> dict[str, float]:
+    """Full parameter-name prefixes -> learning-rate factors, from modules that declare them.
+
+    Extension point: a module may define ``lr_scales() -> {prefix: factor}`` (prefixes
+    relative to itself), e.g. a protection whose noise parameters learn at another rate.
+    """
+    found: dict[str, float] = {}
+    for name, module in model.named_modules():
+        fn = getattr(module, "lr_scales", None)
+        if callable(fn):
+            for prefix, factor in fn().items():
+                found[f"{name}.{prefix}" if name else prefix] = float(factor)
+    return found
+
+
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """Two groups: weights of convolutions and linear layers decay, 0-/1-d tensors don't."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    """Weights of convolutions and linear layers decay, 0-/1-d tensors don't; parameters
+    under a prefix of :func:`lr_scales` form their own groups with ``lr_scale``."""
+    scales = lr_scales(model)
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if decay_all or p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        decay = decay_all or p.ndim >= 2
+        scale = next(
+            (f for prefix, f in scales.items() if name == prefix or name.startswith(prefix + ".")),
+            1.0,
+        )
+        groups.setdefault((decay, scale), []).append(p)
+    out = [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+    ]
+    return out or [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -72,4 +95,4 @@ class LRSchedule:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)
