@@ -55,8 +55,7 @@ def step_flops(model: torch.nn.Module, x: torch.Tensor, labels: torch.Tensor) ->
 
     counter = FlopCounterMode(display=False)
     with counter:
-        loss, _, _ = model(x, labels)
-        loss.backward()
+        model(x, labels).loss.backward()
     model.zero_grad(set_to_none=True)
     return float(counter.get_total_flops())
 
@@ -120,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
         x = to_model_input(images.to(device, non_blocking=True), args.input_size,
                            channels_last=args.channels_last)  # fmt: skip
         with torch.autocast(device.type, dtype=dtype or torch.float32, enabled=dtype is not None):
-            loss, _, _ = fwd(x, labels.to(device, non_blocking=True))
+            loss = fwd(x, labels.to(device, non_blocking=True)).loss
         scaler.scale(loss).backward()
         scaler.unscale_(optimizer)
         torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
@@ -134,11 +133,11 @@ def main(argv: list[str] | None = None) -> int:
 
     def timed(batches, step) -> float:
         for _ in range(args.warmup):
-            step(*next(batches))
+            step(*next(batches)[:2])
         sync()
         t0 = time.perf_counter()
         for _ in range(args.steps):
-            step(*next(batches))
+            step(*next(batches)[:2])
         sync()
         return args.steps * args.batch_size / (time.perf_counter() - t0)
 

@@ -35,6 +35,7 @@ os.environ.setdefault("OMP_NUM_THREADS", "1")
 import numpy as np
 from PIL import Image
 
+from synthface.pipeline.limits import open_image
 from synthface.pipeline.world.coefficients import (
     IDENTITY_FIELDS,
     IDENTITY_NORMAL,
@@ -86,9 +87,7 @@ def speed(sizes=(64, 112), n: int = 512, repeats: int = 3) -> dict:
 
 
 def _gray(blobs: list[bytes]) -> np.ndarray:
-    arrs = [
-        np.asarray(Image.open(io.BytesIO(b)).convert("L"), dtype=np.float64).ravel() for b in blobs
-    ]
+    arrs = [np.asarray(open_image(b, mode="L"), dtype=np.float64).ravel() for b in blobs]
     x = np.stack(arrs)
     return x - x.mean(1, keepdims=True)  # per-image brightness offset removed (fairer baseline)
 
@@ -197,7 +196,7 @@ def probe(
         for protocol in PROTOCOLS:
             make_protocol(tmp, protocol, folds=folds, pairs_per_fold=pairs_per_fold, size=size)
             blobs, issame = read_bin(Path(tmp) / f"{protocol}.bin")
-            imgs = np.stack([np.asarray(Image.open(io.BytesIO(b)).convert("RGB")) for b in blobs])
+            imgs = np.stack([np.asarray(open_image(b)) for b in blobs])
             emb = []
             for k in range(0, len(imgs), 256):
                 xb = (

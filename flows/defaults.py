@@ -1,70 +1,65 @@
-"""The embedded default: the bundled config and a project-local Prefect home.
+"""The embedded default config and where Prefect keeps its state.
 
 With no ``PREFECT_API_URL``, Prefect starts a temporary ("ephemeral") API server on
 SQLite in ``$PREFECT_HOME``. Entry points (``synthface flows ...``, ``python -m
-synthface.flows.demo``) call :func:`prepare_prefect_env` before importing Prefect so that this
-database lives in the project's ``.prefect/`` rather than the user's ``~/.prefect``, and
-so that an unreachable server is reported in one line naming ``PREFECT_API_URL``.
+synthface.flows.demo``) call :func:`prepare_prefect_env` before importing Prefect so that
+this database lives in ``.prefect/`` under ``$SYNTHFACE_HOME`` or the current directory
+(where the user works, never the install location) rather than the user's
+``~/.prefect``, and so that an unreachable server is reported in one line naming
+``PREFECT_API_URL``.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import TypeVar
+
+from pydantic import BaseModel
 
 from synthface.pipeline.config import load_config
-from synthface.pipeline.errors import InputError
+from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.generate_plan import GenerateConfig
+from synthface.pipeline.paths import SHIPPED_PREFIX, home, resolve_paths
 
-PROJECT_ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_CONFIG = PROJECT_ROOT / "configs" / "generate" / "default.yaml"
+M = TypeVar("M", bound=BaseModel)
+
+# The embedded default: configs/generate/default.yaml, package data of synthface.configs.
+DEFAULT_CONFIG_REF = SHIPPED_PREFIX + "generate/default.yaml"
 # A fresh PREFECT_HOME runs the database migrations on first start: give it time.
 EPHEMERAL_STARTUP_TIMEOUT = "120"
-
-
-def resolve_paths(cfg: GenerateConfig, base: Path) -> GenerateConfig:
-    """Make the config's relative paths absolute against ``base``.
-
-    Deployments run in another process (and possibly another directory) than the one
-    that registered them, so paths are fixed when a config is loaded, not when it runs.
-    """
-
-    def absolute(path: str | None) -> str | None:
-        if path is None or Path(path).is_absolute():
-            return path
-        return str((base / path).resolve())
-
-    data = cfg.model_dump(mode="json")
-    for section, key in (
-        ("generator", "checkpoint"),
-        ("generator", "encoder"),
-        ("output", "dir"),
-        ("qc", "recognizer"),
-        ("qc", "gallery"),
-    ):
-        data[section][key] = absolute(data[section][key])
-    return GenerateConfig.model_validate(data)
 
 
 def load_generate_config(
     path: str | Path | None = None, overrides: list[str] | None = None
 ) -> GenerateConfig:
-    """A ``generate`` config file (default: the embedded one), paths made absolute.
+    """A ``generate`` config file (default: the embedded one), its paths made absolute.
 
-    Relative paths of the embedded default are relative to the project root; those of
-    any other file to the current directory.
+    Relative inputs resolve against the file's folder, outputs against
+    ``$SYNTHFACE_HOME`` or the current directory (``synthface.pipeline.paths``).
     """
-    if path is None:
-        return resolve_paths(load_config(DEFAULT_CONFIG, GenerateConfig, overrides), PROJECT_ROOT)
-    return resolve_paths(load_config(path, GenerateConfig, overrides), Path.cwd())
+    return load_config(path or DEFAULT_CONFIG_REF, GenerateConfig, overrides)
 
 
 def load_default_config() -> GenerateConfig:
     return load_generate_config(None)
 
 
+def flow_config(model: type[M], config: M | None, config_file: str | None, flow: str) -> M | None:
+    """A flow's config from its ``config`` or ``config_file`` parameter (not both).
+
+    A file is loaded as ``load_config`` does; a config passed as a value has its relative
+    paths resolved against the run's working directory (inputs) and home (outputs).
+    """
+    if config is not None and config_file is not None:
+        raise ConfigError(f"{flow} parameters: give config or config_file, not both")
+    if config_file is not None:
+        return load_config(config_file, model)
+    return None if config is None else resolve_paths(config, Path.cwd())
+
+
 def prepare_prefect_env(env: dict | None = None) -> str | None:
-    """Point Prefect at the project-local home (ephemeral mode) or check the server.
+    """Point Prefect at ``.prefect/`` where the user works (ephemeral mode) or check the server.
 
     Returns the API URL in use, or ``None`` for the ephemeral API.
     """
@@ -73,7 +68,7 @@ def prepare_prefect_env(env: dict | None = None) -> str | None:
     if url:
         check_prefect_api(url)
         return url
-    env.setdefault("PREFECT_HOME", str(PROJECT_ROOT / ".prefect"))
+    env.setdefault("PREFECT_HOME", str(home(env) / ".prefect"))
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT)
     return None

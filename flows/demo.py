@@ -1,21 +1,23 @@
 """``make demo`` (``python -m synthface.flows.demo``): a synthetic dataset from nothing, on a CPU.
 
 The project cannot download face data or weights, so everything ID³ needs comes from
-the project itself, each stage as a Prefect flow on the ephemeral API (project-local
-``.prefect/``):
+the project itself, each stage as a Prefect flow on the ephemeral API (state in
+``./.prefect/``):
 
 1. a procedural face world (``synthface.pipeline.world.make_world_dataset``), the training data;
 2. ``train-recognizer``: a tiny iResNet on the world, the frozen identity encoder;
 3. ``train-generator``: an ID³ generator conditioned on that recognizer;
 4. ``generate-synthetic`` with the embedded default config (``configs/generate/default.yaml``).
 
-Finished stages are kept under ``out/demo/`` and skipped on the next run (``--fresh``
-starts over). Steps 2 and 3 are skipped altogether when the models shipped in
-``data/demo/models`` are there (a recognizer and an ID³ generator this project trained on
-the same world with the command next to ``SHIPPED_MODELS``): then the demo takes about a
-minute and draws face images. Without them (``--models out/demo/models``) the demo trains
-both inside about 10 minutes on 2 CPU cores, which buys only 60 generator steps, far too
-few for faces (the QC report flags most identities as not separated).
+Everything is written under ``./out/demo/`` (``./`` is ``$SYNTHFACE_HOME`` when set, else
+the current directory: the repository root for ``make demo``); finished stages are kept
+and skipped on the next run (``--fresh`` starts over). Steps 2 and 3 are skipped
+altogether when the models shipped in ``data/demo/models`` (package data
+``synthface.data``) are there (a recognizer and an ID³ generator this project trained on
+the same world with the command next to ``SHIPPED_MODELS_DIR``): then the demo takes
+about a minute and draws face images. Without them (``--models out/demo/models``) the
+demo trains both inside about 10 minutes on 2 CPU cores, which buys only 60 generator
+steps, far too few for faces (the QC report flags most identities as not separated).
 """
 
 from __future__ import annotations
@@ -26,13 +28,15 @@ import sys
 import time
 from pathlib import Path
 
-from synthface.flows.defaults import DEFAULT_CONFIG, PROJECT_ROOT, prepare_prefect_env
+from synthface.flows.defaults import DEFAULT_CONFIG_REF, prepare_prefect_env
+from synthface.pipeline.paths import DATA_PACKAGE, config_source, home, package_dir
 
-DEMO_ROOT = PROJECT_ROOT / "out" / "demo"
+# Under home(): $SYNTHFACE_HOME, else the current directory (the repo root for `make demo`).
+DEMO_DIR = Path("out") / "demo"
 # The shipped demo models (preferred over training minutes-old ones) were made by:
 #   python -m synthface.flows.demo --models data/demo/models --recognizer-epochs 12 --generator-steps 3000
 # (then only recognizer/model and generator/final are kept; see data/README.md).
-SHIPPED_MODELS = PROJECT_ROOT / "data" / "demo" / "models"
+SHIPPED_MODELS_DIR = "demo/models"  # in the package data synthface.data (data/ in the repo)
 IMAGE_SIZE = 32
 EMBEDDING_DIM = 128
 WORLD_IDENTITIES = 96
@@ -53,8 +57,17 @@ def recognizer_config(root: Path, models: Path, epochs: float = RECOGNIZER_EPOCH
                 "shuffle_buffer": 500,
             },
             "model": {"backbone": "tiny", "input_size": IMAGE_SIZE, "embedding_dim": EMBEDDING_DIM},
-            "head": {"name": "arcface", "params": {"scale": 32.0, "margin": 0.3}},
-            "optim": {"name": "adamw", "lr": 2e-3, "weight_decay": 5e-4},
+            # the recipe the shipped demo recognizer was trained with (not arcface_torch's)
+            "head": {
+                "name": "arcface",
+                "params": {"scale": 32.0, "margin": 0.3, "formulation": "threshold"},
+            },
+            "optim": {
+                "name": "adamw",
+                "lr": 2e-3,
+                "weight_decay": 5e-4,
+                "decay_norm_and_bias": False,
+            },
             "schedule": {"kind": "cosine"},
             "train": {
                 "output_dir": str(models / "recognizer"),
@@ -72,7 +85,7 @@ def generator_config(root: Path, models: Path, encoder: Path, steps: int = GENER
     from synthface.generators.config import GeneratorConfig
     from synthface.pipeline.config import load_config
 
-    base = load_config(PROJECT_ROOT / "configs" / "generators" / "id3_world.yaml", GeneratorConfig)
+    base = load_config(config_source("synthface:generators/id3_world.yaml"), GeneratorConfig)
     data = base.model_dump(mode="json")
     data["image_size"] = IMAGE_SIZE
     # Two resolution levels instead of three: the demo's budget is minutes of CPU.
@@ -104,14 +117,17 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m synthface.flows.demo", description=__doc__.splitlines()[0]
     )
-    parser.add_argument("--fresh", action="store_true", help="delete out/demo and start over")
-    shipped = (SHIPPED_MODELS / "generator" / "final" / "config.json").is_file()
+    parser.add_argument(
+        "--fresh", action="store_true", help="delete ./out/demo (under $SYNTHFACE_HOME) first"
+    )
+    shipped = package_dir(DATA_PACKAGE) / SHIPPED_MODELS_DIR
+    has_shipped = (shipped / "generator" / "final" / "config.json").is_file()
     parser.add_argument(
         "--models",
         type=Path,
-        default=SHIPPED_MODELS if shipped else DEMO_ROOT / "models",
+        default=shipped if has_shipped else home() / DEMO_DIR / "models",
         help="folder of recognizer/model and generator/final; trained there when missing "
-        "(default: data/demo/models if it holds a generator, else out/demo/models)",
+        "(default: the shipped demo models, data/demo/models, else ./out/demo/models)",
     )
     parser.add_argument("--recognizer-epochs", type=float, default=RECOGNIZER_EPOCHS)
     parser.add_argument("--generator-steps", type=int, default=GENERATOR_STEPS)
@@ -133,11 +149,12 @@ def main(argv: list[str] | None = None) -> int:
 def run(
     *,
     fresh: bool = False,
-    root: Path = DEMO_ROOT,
+    root: Path | None = None,
     models: Path | None = None,
     recognizer_epochs: float = RECOGNIZER_EPOCHS,
     generator_steps: int = GENERATOR_STEPS,
 ) -> int:
+    root = root or home() / DEMO_DIR
     models = models or root / "models"
     t_all = time.perf_counter()
     if fresh and root.exists():
@@ -155,7 +172,7 @@ def run(
     rec_dir = models / "recognizer" / "model"
     if Path(cfg.generator.checkpoint).resolve() != gen_dir.resolve():
         print(
-            f"demo: using generator {gen_dir} instead of {cfg.generator.checkpoint} ({DEFAULT_CONFIG})"
+            f"demo: using generator {gen_dir} instead of {cfg.generator.checkpoint} ({DEFAULT_CONFIG_REF})"
         )
         # The generator and the encoder it was conditioned on travel together.
         swapped = {"checkpoint": str(gen_dir), "encoder": str(rec_dir)}

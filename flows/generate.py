@@ -13,6 +13,7 @@ corrupt shards, and task inputs are never hashed or persisted (``NO_CACHE``).
 from __future__ import annotations
 
 import time
+from pathlib import Path
 from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task, unmapped
@@ -29,6 +30,7 @@ from pydantic import Field
 from synthface.flows.runners import build_task_runner
 from synthface.pipeline.config import apply_overrides, validate_config
 from synthface.pipeline.generate_plan import GenerateConfig, ShardWork
+from synthface.pipeline.paths import resolve_paths
 
 PositiveInt = Annotated[int, Field(ge=1)]
 
@@ -36,16 +38,20 @@ PositiveInt = Annotated[int, Field(ge=1)]
 def resolve_config(
     config: GenerateConfig | None,
     *,
+    config_file: str | None = None,
     output_dir: str | None = None,
     identities: int | None = None,
     samples_per_identity: int | None = None,
     seed: int | None = None,
     overrides: list[str] | None = None,
 ) -> GenerateConfig:
-    """The run's config: ``config`` (default: the embedded default) + flat knobs + overrides."""
-    from synthface.flows.defaults import load_default_config
+    """The run's config: ``config`` or ``config_file`` (default: the embedded default),
+    then the flat knobs, then ``overrides``; relative paths given here resolve against
+    the run's working directory (inputs) or home (outputs)."""
+    from synthface.flows.defaults import flow_config, load_default_config
 
-    base = config if config is not None else load_default_config()
+    base = flow_config(GenerateConfig, config, config_file, "generate-synthetic")
+    base = base if base is not None else load_default_config()
     data = base.model_dump(mode="json")
     flat = [
         ("output.dir", output_dir),
@@ -58,7 +64,14 @@ def resolve_config(
             section, field = key.split(".")
             data[section][field] = value
     data = apply_overrides(data, overrides)
-    return validate_config(data, GenerateConfig, "generate-synthetic parameters")
+    cfg = validate_config(
+        data,
+        GenerateConfig,
+        "generate-synthetic parameters",
+        overrides=overrides,
+        override_label="generate-synthetic override",
+    )
+    return resolve_paths(cfg, Path.cwd())
 
 
 @task(name="plan", cache_policy=NO_CACHE)
@@ -76,18 +89,24 @@ def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
         prepared.dataset_dir,
         time.perf_counter() - t0,
     )
+    for text in prepared.warnings:
+        logger.warning(text)
     return {
         "dataset_config": prepared.dataset_config,
         "work": [w.to_dict() for w in prepared.work],
         "generator": prepared.generator_name,
+        "warnings": list(prepared.warnings),
     }
 
 
 @task(name="produce-shard", cache_policy=NO_CACHE)
 def shard_task(cfg: GenerateConfig, work: dict[str, Any]) -> dict[str, Any]:
     from synthface.generators.produce import produce_shard
+    from synthface.pipeline.progress import progress_bar
 
-    return produce_shard(cfg, ShardWork.from_dict(work)).to_dict()
+    work_ = ShardWork.from_dict(work)
+    with progress_bar(work_.num_samples, desc=f"shard {work_.index}", leave=False) as bar:
+        return produce_shard(cfg, work_, progress=bar.update).to_dict()
 
 
 @task(name="finalize", cache_policy=NO_CACHE)
@@ -155,7 +174,8 @@ def _markdown(summary: dict) -> str:
 @flow(name="generate-synthetic", validate_parameters=True)
 def generate_synthetic(
     config: GenerateConfig | None = None,
-    output_dir: str | None = None,
+    config_file: str | None = None,
+    output_dir: Annotated[str, Field(min_length=1)] | None = None,
     identities: PositiveInt | None = None,
     samples_per_identity: PositiveInt | None = None,
     seed: Annotated[int, Field(ge=0)] | None = None,
@@ -165,7 +185,10 @@ def generate_synthetic(
 
     Args:
         config: the full ``generate`` config (default: ``configs/generate/default.yaml``).
-        output_dir: overrides ``output.dir``.
+        config_file: instead of ``config``, a config file loaded when the run starts (a path
+            relative to the run's working directory, or ``synthface:generate/NAME.yaml``).
+        output_dir: overrides ``output.dir`` (relative: under ``$SYNTHFACE_HOME`` or the
+            run's working directory).
         identities: overrides ``identities.count``.
         samples_per_identity: overrides ``identities.samples_per_identity``.
         seed: overrides ``identities.seed``.
@@ -174,6 +197,7 @@ def generate_synthetic(
     logger = get_run_logger()
     cfg = resolve_config(
         config,
+        config_file=config_file,
         output_dir=output_dir,
         identities=identities,
         samples_per_identity=samples_per_identity,
@@ -208,4 +232,7 @@ def generate_synthetic(
         description="QC flags (identities, or samples for sample: rows)",
     )
     create_markdown_artifact(_markdown(summary), key="generate-summary")
-    return {k: v for k, v in summary.items() if k != "qc"} | {"qc_flags": qc["flagged_identities"]}
+    return {k: v for k, v in summary.items() if k != "qc"} | {
+        "qc_flags": qc["flagged_identities"],
+        "warnings": plan["warnings"],
+    }

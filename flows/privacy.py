@@ -65,8 +65,21 @@ def table_task(config: PrivacyBenchmarkConfig, results: dict) -> dict:
 
 
 @flow(name="privacy-benchmark", validate_parameters=True)
-def privacy_benchmark(config: PrivacyBenchmarkConfig) -> dict[str, Any]:
-    """Accuracy vs attack success of protection methods, the unprotected baseline included."""
+def privacy_benchmark(
+    config: PrivacyBenchmarkConfig | None = None, config_file: str | None = None
+) -> dict[str, Any]:
+    """Accuracy vs attack success of protection methods, the unprotected baseline included.
+
+    Args:
+        config: the whole ``privacy`` config (``configs/privacy/*.yaml``).
+        config_file: instead of ``config``, a config file loaded when the run starts.
+    """
+    from synthface.flows.defaults import flow_config
+    from synthface.pipeline.errors import ConfigError
+
+    config = flow_config(PrivacyBenchmarkConfig, config, config_file, "privacy-benchmark")
+    if config is None:
+        raise ConfigError("privacy-benchmark parameters: give config or config_file")
     roi = check_task(config)
     judge = judge_task(config)
     results = {}

@@ -35,9 +35,27 @@ def train_recognizer_task(config: TrainConfig) -> dict[str, Any]:
     }
 
 
+def _config(model, config, config_file: str | None, flow: str):
+    from synthface.flows.defaults import flow_config
+    from synthface.pipeline.errors import ConfigError
+
+    cfg = flow_config(model, config, config_file, flow)
+    if cfg is None:
+        raise ConfigError(f"{flow} parameters: give config or config_file")
+    return cfg
+
+
 @flow(name="train-recognizer", validate_parameters=True)
-def train_recognizer(config: TrainConfig) -> dict[str, Any]:
-    """Train (or resume) a face recognizer on identity shards."""
+def train_recognizer(
+    config: TrainConfig | None = None, config_file: str | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a face recognizer on identity shards.
+
+    Args:
+        config: the whole ``recognition`` config.
+        config_file: instead of ``config``, a config file loaded when the run starts.
+    """
+    config = _config(TrainConfig, config, config_file, "train-recognizer")
     summary = train_recognizer_task(config)
     if summary["validation"]:
         create_table_artifact(
@@ -61,9 +79,16 @@ def train_generator_task(config: GeneratorConfig) -> dict[str, Any]:
 
 
 @flow(name="train-generator", validate_parameters=True)
-def train_generator(config: GeneratorConfig) -> dict[str, Any]:
-    """Train (or resume) a diffusion face generator (ID³ or the plain baseline)."""
-    return train_generator_task(config)
+def train_generator(
+    config: GeneratorConfig | None = None, config_file: str | None = None
+) -> dict[str, Any]:
+    """Train (or resume) a diffusion face generator (any registered one: ID³, plain, UIFace).
+
+    Args:
+        config: the whole ``generators`` config.
+        config_file: instead of ``config``, a config file loaded when the run starts.
+    """
+    return train_generator_task(_config(GeneratorConfig, config, config_file, "train-generator"))
 
 
 @task(name="frcsyn-score", cache_policy=NO_CACHE)
@@ -77,6 +102,7 @@ def frcsyn_score_task(
     out_dir: str,
     datasets: list[str] | None,
     device: str,
+    group_map: str | None = None,
 ) -> dict:
     from synthface.recognition import load_embedder
     from synthface.recognition.frcsyn.rules import get_subtask
@@ -96,6 +122,7 @@ def frcsyn_score_task(
         out_dir,
         datasets=datasets,
         models={"proposed": proposed, "baseline": baseline},
+        group_map=group_map,
     )
 
 
@@ -123,10 +150,27 @@ def frcsyn_benchmark(
     edition: str = "cvpr2024",
     datasets: list[str] | None = None,
     device: str = "cpu",
+    group_map: str | None = None,
 ) -> dict[str, Any]:
-    """Score two recognizers under an FRCSyn sub-task, then package and validate the zip."""
+    """Score two recognizers under an FRCSyn sub-task, then package and validate the zip.
+
+    ``group_map``: 'subject,group' file for BUPT's demographic groups (Task 1). A relative
+    ``out_dir`` is under ``$SYNTHFACE_HOME`` or the run's working directory.
+    """
+    from synthface.pipeline.paths import PathRole, resolve_path
+
+    out_dir = resolve_path(out_dir, PathRole.OUTPUT, Path.cwd())
     run = frcsyn_score_task(
-        subtask, edition, proposed, baseline, eval_tree, calibration_tree, out_dir, datasets, device
+        subtask,
+        edition,
+        proposed,
+        baseline,
+        eval_tree,
+        calibration_tree,
+        out_dir,
+        datasets,
+        device,
+        group_map,
     )
     package = frcsyn_package_task(
         out_dir,

@@ -11,8 +11,9 @@ config and ``load_generator`` rebuilds one from a ``save_pretrained`` directory.
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -22,20 +23,23 @@ from synthface.generators.autoencoder import Autoencoder, build_autoencoder
 from synthface.generators.checkpoint import (
     generator_config_json,
     load_weights,
-    new_tmp_dir,
     read_generator_config,
-    replace_dir_atomic,
-    save_tensors_atomic,
-    write_json_atomic,
+    save_tensors,
 )
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.sampling import sample
+from synthface.pipeline.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.registry import Registry
 
 GENERATORS: Registry = Registry("generator")
+
+
+def to_uint8(images: torch.Tensor) -> np.ndarray:
+    """Float images in [-1, 1] (N, 3, H, W) -> uint8 (N, H, W, 3) RGB."""
+    return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
 
 
 class DiffusionGenerator:
@@ -53,14 +57,46 @@ class DiffusionGenerator:
         autoencoder: Autoencoder | None = None,
         encoder=None,
         attribute_prior: AttributePrior | None = None,
+        extras: Mapping[str, bytes] | None = None,
         device: str | torch.device = "cpu",
     ) -> None:
         self.config = config
         self.device = torch.device(device)
-        self.denoiser = (denoiser or ConditionalDenoiser(config)).to(self.device).eval()
+        self.denoiser = (denoiser or self.build_denoiser(config)).to(self.device).eval()
         self.autoencoder = (autoencoder or build_autoencoder(config.autoencoder)).to(self.device)
         self.encoder = encoder.to(self.device) if hasattr(encoder, "to") else encoder
         self.attribute_prior = attribute_prior
+        self.extras = dict(extras or {})
+
+    # ----------------------------------------------------------------- hooks
+    # What a generator adds to the shared core: its denoiser, the conditions of a training
+    # batch, and files fitted on the data before training (``extra_files``, stored in every
+    # checkpoint). training.py calls these; the defaults are the ID³/plain behaviour.
+    extra_files: tuple[str, ...] = ()
+
+    @classmethod
+    def build_denoiser(cls, config: GeneratorConfig) -> torch.nn.Module:
+        """The trainable network of this generator (a hook for training and loading)."""
+        return ConditionalDenoiser(config)
+
+    @classmethod
+    def training_batch(cls, samples: Sequence[dict[str, Any]], config: GeneratorConfig, encoder):
+        from synthface.generators.training import make_batch
+
+        return make_batch(samples, config, encoder)
+
+    @classmethod
+    def fit_extras(cls, config: GeneratorConfig, data) -> dict[str, bytes]:
+        """Files fitted on the training data before the first step (name -> bytes)."""
+        return {}
+
+    @classmethod
+    def read_extras(cls, path: str | Path) -> dict[str, bytes]:
+        path = Path(path)
+        return {n: (path / n).read_bytes() for n in cls.extra_files if (path / n).is_file()}
+
+    def extra_payloads(self) -> dict[str, bytes]:
+        return dict(self.extras)
 
     # ----------------------------------------------------------------- conditions
     @property
@@ -126,11 +162,16 @@ class DiffusionGenerator:
         precision: str = "fp32",
         batched_cfg: bool = True,
         return_float: bool = False,
+        sampler_options: dict | None = None,
+        sample_meta: list[dict] | None = None,
     ) -> np.ndarray:
         """Images for N conditions: uint8 (N, H, W, 3) RGB (or float [-1, 1] NCHW).
 
         Each image depends only on its own (identity, attributes, seed); ``batch_size``
-        only changes speed and memory.
+        only changes speed and memory. ``sampler_options`` are generator-specific sampler
+        switches (UIFace: ``two_stage``, ``injection``, ...); a generator without any
+        refuses them. ``sample_meta``, when given, is extended with one dict per image of
+        what the sampler decided for it (UIFace: its switch timestep), for the shard meta.
         """
         ident, attrs = self._condition_tensors(identity_conditions, attribute_conditions)
         n = ident.shape[0]
@@ -155,47 +196,78 @@ class DiffusionGenerator:
             sc.id_guidance_scale = 0.0
         if sc.id_guidance_scale > 0:
             self.identity_score(ident[:1])  # fail before any work if there is no encoder
-        shape = (self.config.sample_channels, self.config.sample_size, self.config.sample_size)
+        options = self.sampler_options(sampler_options or {})
         outs = []
         for s in range(0, n, sc.batch_size):
             sl = slice(s, s + sc.batch_size)
             tokens = self.denoiser.cond(ident[sl], None if attrs is None else attrs[sl])
             score = self.identity_score(ident[sl]) if sc.id_guidance_scale > 0 else None
-            z = sample(
-                self.denoiser,
+            z, metas = self.sample_batch(
                 tokens,
                 seeds[sl],
-                sampler=sc,
-                diffusion=self.config.diffusion,
-                shape=shape,
+                sc,
                 identity_score=score,
                 precision=precision,
                 batched_cfg=batched_cfg,
-                clip_x0=self.config.autoencoder.kind == "none",
+                options=options,
             )
+            if sample_meta is not None:
+                sample_meta.extend(metas)
             img = self.autoencoder.decode(z).float().clamp(-1, 1).cpu()
             outs.append(img)
         images = torch.cat(outs)
         if return_float:
             return images.numpy()
-        return ((images + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        return to_uint8(images)
+
+    @classmethod
+    def validate_sampler_options(cls, config: GeneratorConfig, options: dict):
+        """Generator-specific sampler options, validated (the plain core has none)."""
+        if options:
+            raise InputError(
+                f"generator {cls.name!r} takes no sampler options (got {sorted(options)})"
+            )
+        return None
+
+    def sampler_options(self, options: dict):
+        return self.validate_sampler_options(self.config, options)
+
+    def sample_batch(
+        self, tokens, seeds, sampler, *, identity_score, precision, batched_cfg, options
+    ) -> tuple[torch.Tensor, list[dict]]:
+        """One batch of x_0 in UNet space and one meta dict per sample (a sampler hook)."""
+        cfg = self.config
+        z = sample(
+            self.denoiser,
+            tokens,
+            seeds,
+            sampler=sampler,
+            diffusion=cfg.diffusion,
+            shape=(cfg.sample_channels, cfg.sample_size, cfg.sample_size),
+            identity_score=identity_score,
+            precision=precision,
+            batched_cfg=batched_cfg,
+            clip_x0=cfg.autoencoder.kind == "none",
+        )
+        return z, [{} for _ in seeds]
 
     # ----------------------------------------------------------------- persistence
     def save_pretrained(self, path: str | Path) -> Path:
         """Write the generator directory atomically (replacing an existing one)."""
         final = Path(path)
-        tmp = new_tmp_dir(final)
-        write_json_atomic(tmp / "config.json", generator_config_json(self.config))
-        save_tensors_atomic(
-            tmp / "model.safetensors",
-            self.denoiser.state_dict(),
-            metadata={"format": "synthface-generator", "generator": self.config.generator},
-        )
-        if self.attribute_prior is not None:
-            write_json_atomic(tmp / "attribute_prior.json", self.attribute_prior.to_dict())
-        if self.autoencoder.model is not None:
-            self.autoencoder.model.save_pretrained(tmp / "autoencoder", safe_serialization=True)
-        replace_dir_atomic(tmp, final)
+        with atomic_dir(final) as tmp:
+            atomic_write_json(tmp / "config.json", generator_config_json(self.config))
+            save_tensors(
+                tmp / "model.safetensors",
+                self.denoiser.state_dict(),
+                metadata={"format": "synthface-generator", "generator": self.config.generator},
+            )
+            if self.attribute_prior is not None:
+                atomic_write_json(tmp / "attribute_prior.json", self.attribute_prior.to_dict())
+            for name, payload in self.extra_payloads().items():
+                atomic_write_bytes(tmp / name, payload)
+            if self.autoencoder.model is not None:
+                self.autoencoder.model.save_pretrained(tmp / "autoencoder", safe_serialization=True)
         return final
 
     @classmethod
@@ -210,7 +282,7 @@ class DiffusionGenerator:
         """Rebuild from ``save_pretrained`` output; ``config`` forces an architecture."""
         path = Path(path)
         cfg = config or read_generator_config(path)
-        denoiser = ConditionalDenoiser(cfg)
+        denoiser = cls.build_denoiser(cfg)
         load_weights(denoiser, path / "model.safetensors")
         ae_dir = path / "autoencoder"
         autoencoder = build_autoencoder(cfg.autoencoder, ae_dir if ae_dir.is_dir() else None)
@@ -225,6 +297,7 @@ class DiffusionGenerator:
             autoencoder=autoencoder,
             encoder=encoder,
             attribute_prior=prior,
+            extras=cls.read_extras(path),
             device=device,
         )
 
@@ -232,7 +305,9 @@ class DiffusionGenerator:
 def _register_builtin() -> None:
     """Import the modules whose decorators fill :data:`GENERATORS` (idempotent)."""
     import synthface.generators.id3.generator
-    import synthface.generators.plain  # noqa: F401
+    import synthface.generators.morphface.generator
+    import synthface.generators.plain
+    import synthface.generators.uiface.generator  # noqa: F401
 
 
 def create_generator(

@@ -11,15 +11,15 @@ the silent ``strict=False`` load that UIFace's sampler does.
 from __future__ import annotations
 
 import json
-import os
-import shutil
-import uuid
+import re
 from pathlib import Path
 
 import torch
 from torch import nn
 
 from synthface.generators.config import GeneratorConfig
+from synthface.pipeline.atomic import atomic_path
+from synthface.pipeline.checkfiles import check_safetensors, check_zip, newest_intact
 from synthface.pipeline.config import validate_config
 from synthface.pipeline.errors import InputError
 
@@ -27,24 +27,13 @@ FORMAT = "synthface-generator"
 FORMAT_VERSION = 1
 
 
-def write_json_atomic(path: Path, data) -> None:
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(data, f, indent=2, sort_keys=True)
-        f.write("\n")
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def save_tensors_atomic(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
+    """safetensors file of CPU copies of ``tensors``, written atomically."""
     from safetensors.torch import save_file
 
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in tensors.items()}, tmp, metadata)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
+    with atomic_path(path) as tmp:
+        save_file(cpu, tmp, metadata)
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:
@@ -59,24 +48,35 @@ def load_tensors(path: Path) -> dict[str, torch.Tensor]:
         raise InputError(f"{path}: not a readable safetensors file ({exc})") from None
 
 
+def state_mismatches(
+    expected: dict[str, tuple[int, ...]], state: dict[str, torch.Tensor], prefix: str = ""
+) -> list[str]:
+    """Counts and first names of misshaped, missing and unexpected tensors (empty = match).
+
+    Names are reported as the file spells them (``prefix`` + name).
+    """
+    missing = [k for k in expected if k not in state]
+    unexpected = [k for k in state if k not in expected]
+    shapes = [
+        f"{prefix}{k} {tuple(state[k].shape)} vs {tuple(shape)}"
+        for k, shape in expected.items()
+        if k in state and tuple(state[k].shape) != tuple(shape)
+    ]
+    parts = []
+    if shapes:
+        parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
+    if missing:
+        parts.append(f"{len(missing)} missing tensors (first: {prefix}{missing[0]})")
+    if unexpected:
+        parts.append(f"{len(unexpected)} unexpected tensors (first: {prefix}{unexpected[0]})")
+    return parts
+
+
 def check_state_compatible(model: nn.Module, state: dict[str, torch.Tensor], source) -> None:
     """Raise :class:`InputError` naming the first mismatches between ``state`` and ``model``."""
-    own = model.state_dict()
-    missing = [k for k in own if k not in state]
-    unexpected = [k for k in state if k not in own]
-    shapes = [
-        f"{k} {tuple(state[k].shape)} vs {tuple(v.shape)}"
-        for k, v in own.items()
-        if k in state and tuple(state[k].shape) != tuple(v.shape)
-    ]
-    if missing or unexpected or shapes:
-        parts = []
-        if shapes:
-            parts.append(f"{len(shapes)} shape mismatches (first: {shapes[0]})")
-        if missing:
-            parts.append(f"{len(missing)} missing tensors (first: {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected tensors (first: {unexpected[0]})")
+    expected = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    parts = state_mismatches(expected, state)
+    if parts:
         raise InputError(
             f"{source}: checkpoint does not match the model architecture: " + "; ".join(parts)
         )
@@ -111,19 +111,42 @@ def generator_config_json(cfg: GeneratorConfig) -> dict:
     return {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.model_dump(mode="json")}
 
 
-def replace_dir_atomic(tmp: Path, final: Path) -> None:
-    """Move a fully written directory into place; an old one is removed only afterwards."""
-    old = None
-    if final.exists():
-        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex}")
-        os.replace(final, old)
-    os.replace(tmp, final)
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
+# Everything a resumed training run loads from a checkpoint directory.
+TRAINING_FILES = (
+    "config.json",
+    "model.safetensors",
+    "training/raw.safetensors",
+    "training/optimizer.pt",
+    "training/state.json",
+)
+_STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-def new_tmp_dir(final: Path) -> Path:
-    final.parent.mkdir(parents=True, exist_ok=True)
-    tmp = final.with_name(f".{final.name}.tmp-{uuid.uuid4().hex}")
-    tmp.mkdir()
-    return tmp
+def check_training_checkpoint(ckpt: Path) -> dict:
+    """Every file a resume loads is present and complete; returns ``training/state.json``."""
+    for rel in TRAINING_FILES:
+        if not (ckpt / rel).is_file():
+            raise InputError(f"{ckpt / rel}: missing (incomplete checkpoint directory)")
+    file = ckpt / "training" / "state.json"
+    try:
+        state = json.loads(file.read_text(encoding="utf-8"))
+    except (OSError, ValueError, RecursionError) as exc:
+        raise InputError(f"{file}: unreadable training state ({exc})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
+        raise InputError(f"{file}: no integer 'step'")
+    check_safetensors(ckpt / "model.safetensors")
+    check_safetensors(ckpt / "training" / "raw.safetensors")
+    check_zip(ckpt / "training" / "optimizer.pt")
+    return state
+
+
+def find_resume_checkpoint(run_dir: Path, allow_partial: bool = False) -> tuple[Path, dict] | None:
+    """The newest checkpoint under ``run_dir/checkpoints`` and its state, ``None`` if none
+    (damaged ones: see :func:`synthface.pipeline.checkfiles.newest_intact`)."""
+    root = run_dir / "checkpoints"
+    found = [
+        (int(m.group(1)), p)
+        for p in (root.iterdir() if root.is_dir() else [])
+        if (m := _STEP_DIR.match(p.name)) and p.is_dir()
+    ]
+    return newest_intact(found, check_training_checkpoint, allow_partial)

@@ -7,6 +7,7 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import sys
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
 from synthface.pipeline.errors import InputError
@@ -36,7 +37,17 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
-    result = train_generator(cfg, steps=args.steps, resume=not args.no_resume, log=log)
+    result = train_generator(
+        cfg,
+        steps=args.steps,
+        resume=not args.no_resume,
+        log=log,
+        resume_allow_partial=args.resume_allow_partial,
+    )
+    from accelerate import PartialState
+
+    if not PartialState().is_main_process:  # under `accelerate launch`: rank 0 reports
+        return 0
     summary = {
         "step": result["step"],
         "final": str(result["final"]) if result["final"] else None,
@@ -63,6 +74,8 @@ def sample_config(args: argparse.Namespace):
     for key in ("sampler", "steps", "guidance_scale", "id_guidance_scale", "batch_size"):
         if getattr(args, key) is not None:
             gen[key] = getattr(args, key)
+    if args.sampler_option:
+        gen["sampler_options"] = dict(args.sampler_option)
     data = {
         "generator": gen,
         "identities": {
@@ -156,11 +169,143 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_identities(args: argparse.Namespace) -> int:
+    """New identities from the generator's empty-context faces (MorphFace)."""
+    import time
+
+    from synthface.generators.base import load_generator
+    from synthface.generators.encoder import load_identity_encoder
+    from synthface.generators.id3.anchors import save_anchors
+    from synthface.generators.morphface.identities import novel_identities
+    from synthface.generators.produce import load_anchors
+    from synthface.pipeline.errors import ConfigError
+
+    _threads(args)
+    gen = load_generator(args.checkpoint)
+    if not hasattr(gen, "generate_unconditional"):
+        raise ConfigError(
+            f"{args.checkpoint}: a {gen.name!r} generator; new identities from empty-context "
+            "faces need a morphface generator (use `generator anchors` for Tammes anchors)"
+        )
+    enc_path = args.encoder or gen.config.encoder.path
+    if enc_path is None:
+        raise ConfigError("--encoder: the checkpoint names no identity encoder; give one")
+    encoder = load_identity_encoder(enc_path, differentiable=False)
+    dim = gen.config.conditioning.identity_dim
+    training = None
+    if args.training:
+        training = load_anchors(args.training, dim, field="--training")
+    t0 = time.perf_counter()
+    anchors, stats = novel_identities(
+        gen,
+        encoder,
+        args.n,
+        training=training,
+        max_cos=args.max_cos,
+        max_cos_training=args.max_cos_training,
+        seed=args.seed,
+        batch=args.batch_size,
+        max_candidates=args.max_candidates,
+        steps=args.steps,
+    )
+    save_anchors(args.out, anchors)
+    data = {**stats, "out": args.out, "seconds": round(time.perf_counter() - t0, 1)}
+    text = (
+        f"{args.n} new identities from {stats['candidates']} empty-context faces -> {args.out}\n"
+        f"  max cos between new: {stats['max_cos_between_new']}, "
+        f"to training: {stats['max_cos_to_training']}"
+    )
+    emit(args, data, text)
+    return 0
+
+
+def cmd_import_uiface(args: argparse.Namespace) -> int:
+    from synthface.generators.uiface.convert import import_uiface
+
+    config = None
+    if args.config:
+        from synthface.generators.config import GeneratorConfig
+        from synthface.pipeline.config import load_config
+
+        config = load_config(args.config, GeneratorConfig, None)
+    info = import_uiface(args.unet, args.vq_encoder, args.vq_decoder, args.out, config)
+    emit(
+        args,
+        info,
+        f"imported UIFace ({info['layout']} weights, {info['unet_parameters']:,} UNet + "
+        f"{info['autoencoder_parameters']:,} VQ-f4 parameters) -> {info['out']}",
+    )
+    return 0
+
+
+def cmd_region(args: argparse.Namespace) -> int:
+    from synthface.generators.checkpoint import read_generator_config
+    from synthface.generators.encoder import load_identity_encoder
+    from synthface.generators.region import (
+        fit_identity_region,
+        load_identity_region,
+        save_identity_region,
+    )
+
+    _threads(args)
+    cfg = read_generator_config(args.checkpoint)
+    encoder_path = args.encoder or cfg.encoder.path
+    if encoder_path is None:
+        raise InputError(
+            f"{args.checkpoint}: the checkpoint names no conditioning encoder; give --encoder"
+        )
+    if args.encoder and cfg.encoder.path and args.encoder != cfg.encoder.path:
+        print(
+            f"synthface: warning: --encoder {args.encoder} is not the checkpoint's conditioning "
+            f"encoder ({cfg.encoder.path}); the region is only meaningful in the space the "
+            "generator is conditioned on",
+            file=sys.stderr,
+        )
+    data = cfg.model_copy(deep=True)
+    data.data.path = args.data
+    data.data.source = args.source
+    data.encoder.path = encoder_path
+    encoder = load_identity_encoder(encoder_path, differentiable=False)
+    region = fit_identity_region(
+        data, encoder, max_images_per_identity=args.max_images_per_identity
+    )
+    path = save_identity_region(args.checkpoint, region)
+    region = load_identity_region(args.checkpoint)
+    own = region.neighbour_cosines()
+    info = {
+        "region": str(path),
+        **region.meta,
+        "dim": region.dim,
+        "axes": int(region.axes.shape[0]),
+        "training_nearest_neighbour_cos": {
+            "mean": round(float(own.mean()), 4),
+            "max": round(float(own.max()), 4),
+        },
+    }
+    emit(
+        args,
+        info,
+        f"{path}: {region.num_identities} training identities ({info['num_images']} images), "
+        f"{info['axes']} principal axes; nearest-neighbour cos mean "
+        f"{info['training_nearest_neighbour_cos']['mean']:.3f}",
+    )
+    return 0
+
+
 def _share(text: str) -> float:
     value = float(text)
     if not 0 < value <= 1:
         raise argparse.ArgumentTypeError(f"must be in (0, 1] (got {text})")
     return value
+
+
+def _option(text: str) -> tuple[str, object]:
+    import yaml
+
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE (got {text!r})")
+    return key, yaml.safe_load(value)
 
 
 def _positive(text: str) -> int:
@@ -173,18 +318,37 @@ def _positive(text: str) -> int:
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "generator", "train and sample diffusion face generators")
 
-    c = sub.add_parser("train", help="train (or resume) a generator from a config")
+    c = sub.add_parser(
+        "train",
+        help="train (or resume) a generator from a config",
+        description="Train (or resume) a generator as CONFIG says. Writes checkpoints and, "
+        "when done, the generator (final/) to train.output_dir (relative: under "
+        "$SYNTHFACE_HOME or the current directory).",
+    )
     c.add_argument("config", help="configs/generators/*.yaml")
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
     c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
     c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument(
+        "--resume-allow-partial",
+        action="store_true",
+        help="skip damaged checkpoints for the newest intact one (it says which it drops "
+        "and which steps are trained again) instead of failing",
+    )
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_train)
 
-    c = sub.add_parser("sample", help="render an identity-set dataset (shards) from a checkpoint")
+    c = sub.add_parser(
+        "sample",
+        help="render an identity-set dataset (shards) from a checkpoint",
+        description="The generate-synthetic steps without Prefect. Writes the dataset "
+        "directory OUT: shards/, records/, qc/, plan/, views/qc.json, report/ (unless "
+        "--no-report), dataset.json and its index files. Progress on stderr when it is a "
+        "terminal.",
+    )
     c.add_argument("checkpoint", help="generator directory (train's final/ or a checkpoint)")
     c.add_argument("--identities", type=_positive, required=True)
     c.add_argument("--per-identity", type=_positive, required=True)
@@ -200,6 +364,14 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="identity encoder for identity guidance (and QC when --qc-recognizer is not given)",
     )
     c.add_argument("--batch-size", type=_positive)
+    c.add_argument(
+        "--sampler-option",
+        type=_option,
+        action="append",
+        metavar="KEY=VALUE",
+        help="generator-specific sampler switch, repeatable (uiface: two_stage=false, "
+        "injection=false, switch_threshold=0.006, switch_bound=500)",
+    )
     c.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
     c.add_argument("--ext", choices=["jpg", "png"], default="png")
     c.add_argument("--max-samples-per-shard", type=_positive, default=10000)
@@ -217,6 +389,40 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=_positive, help="torch CPU threads (default 1)")
     add_json_flag(c)
     c.set_defaults(func=cmd_sample)
+
+    c = sub.add_parser(
+        "import-uiface",
+        help="convert UIFace's released UNet and VQ-f4 files into a uiface generator directory",
+    )
+    c.add_argument("--unet", required=True, help="ema_averaged_model_*.ckpt (or model_*.ckpt)")
+    c.add_argument("--vq-encoder", required=True, help="first_stage_encoder_state_dict.pt")
+    c.add_argument("--vq-decoder", required=True, help="first_stage_decoder_state_dict.pt")
+    c.add_argument("--out", required=True, help="generator directory to write")
+    c.add_argument(
+        "--config", help="generator config describing the model (default: uiface_128.yaml)"
+    )
+    add_json_flag(c)
+    c.set_defaults(func=cmd_import_uiface)
+
+    c = sub.add_parser(
+        "region",
+        help="store the region of a generator's training identities in its checkpoint",
+        description=(
+            "Embed the training identities with the generator's conditioning encoder and "
+            "write identity_region.safetensors into the checkpoint (training does this at its "
+            "end; use this for checkpoints made without it). Generation then packs new "
+            "identities' anchors inside that region and keeps them away from every training "
+            "identity (identities.anchor_region, identities.novelty_max_cos)."
+        ),
+    )
+    c.add_argument("checkpoint", help="generator directory (train's final/)")
+    c.add_argument("--data", required=True, help="the generator's training data")
+    c.add_argument("--source", choices=["shards", "folder"], default="shards")
+    c.add_argument("--encoder", help="conditioning encoder (default: the checkpoint's)")
+    c.add_argument("--max-images-per-identity", type=_positive, default=16)
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_region)
 
     c = sub.add_parser("anchors", help="Tammes identity anchors on the unit hypersphere")
     c.add_argument("--n", type=_positive, required=True, help="number of identities")
@@ -238,3 +444,28 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
     c.set_defaults(func=cmd_anchors)
+
+    c = sub.add_parser(
+        "identities",
+        help="new identities from a MorphFace generator's empty-context faces, kept apart",
+    )
+    c.add_argument("checkpoint", help="morphface generator directory")
+    c.add_argument("--n", type=_positive, required=True, help="number of identities")
+    c.add_argument("--out", required=True, help="output .npy (use as --anchors of sample)")
+    c.add_argument("--encoder", help="conditioning encoder (default: the checkpoint's)")
+    c.add_argument(
+        "--training",
+        metavar="EMB.npy",
+        help="embeddings of the training identities that new ones must stay away from",
+    )
+    c.add_argument("--max-cos", type=float, help="between new identities (default: config)")
+    c.add_argument(
+        "--max-cos-training", type=float, help="to any training identity (default: config)"
+    )
+    c.add_argument("--max-candidates", type=_positive, help="faces to try (default 20 x n)")
+    c.add_argument("--steps", type=_positive, help="sampler steps per candidate face")
+    c.add_argument("--batch-size", type=_positive, default=64)
+    c.add_argument("--seed", type=int, default=0)
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_identities)

@@ -2,9 +2,9 @@
 
 One file describes everything needed to rebuild a generator: the denoiser architecture,
 the conditioning, the optional latent autoencoder, the noise schedule, the default
-sampler, the ID³ specifics, the frozen identity encoder, the data and the training run.
-The same model is stored as ``config.json`` next to every checkpoint, so a checkpoint
-can be rebuilt without the YAML that produced it.
+sampler, the ID³ and MorphFace specifics, the frozen identity encoder, the data and the
+training run. The same model is stored as ``config.json`` next to every checkpoint, so a
+checkpoint can be rebuilt without the YAML that produced it.
 """
 
 from __future__ import annotations
@@ -13,7 +13,9 @@ from typing import Literal
 
 from pydantic import Field, model_validator
 
+from synthface.generators.morphface.config import MorphFaceConfig
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
 
@@ -94,7 +96,7 @@ class AutoencoderConfig(StrictModel):
     """
 
     kind: Literal["none", "kl", "vq"] = "none"
-    path: str | None = None
+    path: InputPath | None = None
     latent_channels: int = Field(default=4, ge=1)
     block_out_channels: list[int] = Field(default=[64, 128, 256], min_length=1)
     scaling_factor: float = Field(default=1.0, gt=0)
@@ -132,6 +134,10 @@ class ID3Config(StrictModel):
     cos_bounds: tuple[float, float] = (0.7, 0.9)
     # Multiplier of the time-weighted identity term; 0 turns ID³ into the plain baseline.
     id_loss_weight: float = Field(default=1.0, ge=0)
+    # What the recognizer sees in the identity term: "clipped_snr" = the one-step
+    # reconstruction clipped to [-1, 1], the term weighted by min(1, sqrt(SNR_t)) (this
+    # project's choice); "raw" = unclipped and unweighted (generators/training.py).
+    identity_term: Literal["clipped_snr", "raw"] = "clipped_snr"
     anchor_iterations: int = Field(default=300, ge=0)
     anchor_block: int = Field(default=4096, ge=1)
 
@@ -143,6 +149,65 @@ class ID3Config(StrictModel):
         return self
 
 
+class UIFaceUNetConfig(StrictModel):
+    """UIFace's own UNet (``synthface.generators.uiface.unet.UIFaceUNet``); defaults = released."""
+
+    base_channels: int = Field(default=96, ge=1)
+    # Relative multipliers: level i has base_channels * prod(channel_mult[: i + 1]) channels.
+    channel_mult: list[int] = Field(default=[1, 2, 2, 2], min_length=1)
+    attention_levels: list[bool] = Field(default=[False, True, True, True], min_length=1)
+    num_res_blocks: int = Field(default=2, ge=1)
+    head_channels: int = Field(default=32, ge=1)
+    context_dim: int = Field(default=256, ge=1)
+    # Tokens each attention block projects the context into (released model: 32).
+    context_tokens: int = Field(default=32, ge=1)
+    norm_num_groups: int = Field(default=32, ge=1)
+
+    @model_validator(mode="after")
+    def _check(self) -> UIFaceUNetConfig:
+        if len(self.attention_levels) != len(self.channel_mult):
+            raise ValueError(
+                f"attention_levels has {len(self.attention_levels)} entries, "
+                f"channel_mult has {len(self.channel_mult)}"
+            )
+        ch = self.base_channels
+        widths = [ch]
+        for m in self.channel_mult:
+            ch *= m
+            widths.append(ch)
+        for w in [*widths, self.context_dim]:
+            if w % self.norm_num_groups:
+                raise ValueError(
+                    f"width {w} is not divisible by norm_num_groups={self.norm_num_groups}"
+                )
+        for w, attn in zip(widths[1:], self.attention_levels, strict=True):
+            if attn and w % self.head_channels:
+                raise ValueError(
+                    f"width {w} is not divisible by head_channels={self.head_channels}"
+                )
+        return self
+
+
+class UIFaceConfig(StrictModel):
+    """UIFace: architecture, context dropout and the two-stage sampler's switches."""
+
+    unet: UIFaceUNetConfig = Field(default_factory=UIFaceUNetConfig)
+    # Element-wise dropout on the projected context during training (IDiff-Face's CPD).
+    # Whole samples get the empty context with probability conditioning.p_uncond.
+    context_dropout: float = Field(default=0.25, ge=0, lt=1)
+    # Stage 1 (t >= switch_bound): empty context until the sample's cross-attention map
+    # settles, then its identity; stage 2: classifier-free guidance. False = plain CFG.
+    two_stage: bool = True
+    # Self-attention of the identity pass taken from the empty-context pass (both stages),
+    # cross-attention logits re-standardised toward the unconditional pass (stage 2).
+    injection: bool = True
+    # A sample switches once its cross-attention map changes by less than this between
+    # steps (mean absolute change, per 20 timesteps: the reference's DDIM-50 spacing).
+    switch_threshold: float = Field(default=0.006, ge=0)
+    # Adaptive switching happens only at timesteps >= switch_bound.
+    switch_bound: int = Field(default=500, ge=0)
+
+
 class EncoderConfig(StrictModel):
     """The frozen identity encoder (a recognizer checkpoint directory or an ONNX file).
 
@@ -150,12 +215,12 @@ class EncoderConfig(StrictModel):
     recognizer is converted to torch operations (``synthface.recognition.onnx_to_torch``).
     """
 
-    path: str | None = None
+    path: InputPath | None = None
 
 
 class DataConfig(StrictModel):
     source: Literal["shards", "folder"] = "shards"
-    path: str | None = None
+    path: InputPath | None = None
     # Use the ``.npy`` embedding stored with each sample instead of running the encoder.
     use_cached_embeddings: bool = False
     shuffle_buffer: int = Field(default=1000, ge=1)
@@ -173,7 +238,7 @@ class TrainConfig(StrictModel):
     seed: int = 0
     checkpoint_every: int = Field(default=500, ge=1)
     log_every: int = Field(default=50, ge=1)
-    output_dir: str = "out/generators/run"
+    output_dir: OutputPath = "out/generators/run"
     keep_checkpoints: int = Field(default=2, ge=1)
 
 
@@ -188,6 +253,8 @@ class GeneratorConfig(StrictModel):
     diffusion: DiffusionConfig = Field(default_factory=DiffusionConfig)
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     id3: ID3Config = Field(default_factory=ID3Config)
+    morphface: MorphFaceConfig = Field(default_factory=MorphFaceConfig)
+    uiface: UIFaceConfig = Field(default_factory=UIFaceConfig)
     encoder: EncoderConfig = Field(default_factory=EncoderConfig)
     data: DataConfig = Field(default_factory=DataConfig)
     train: TrainConfig = Field(default_factory=TrainConfig)
@@ -201,7 +268,12 @@ class GeneratorConfig(StrictModel):
                 f"downsampling factor {down}"
             )
         latent = self.image_size // down
-        unet_down = 2 ** (len(self.unet.block_out_channels) - 1)
+        levels = (
+            self.uiface.unet.channel_mult
+            if self.generator == "uiface"
+            else self.unet.block_out_channels
+        )
+        unet_down = 2 ** (len(levels) - 1)
         if latent % unet_down:
             raise ValueError(
                 f"UNet input size {latent} is not divisible by its downsampling factor {unet_down}"

@@ -1,14 +1,30 @@
-"""Training samples for the generators: identity-set shards or image folders.
+"""Training samples for the generators, per rank: identity-set shards or image folders.
 
-Both sources yield the shards reader's sample dict (``image`` uint8 HxWx3, ``label``,
-``meta``, ``embedding``) as an endless, deterministic stream: epoch ``e`` is a seeded
-permutation (map-style sources) or the shards reader with ``set_epoch(e)``. Resuming at
-sample ``k`` of the stream therefore reproduces exactly the batches an uninterrupted run
-would have seen (map-style sources jump there; streams re-read and drop ``k`` samples).
+Every training process (rank r of W) reads its own part of the data, and where a
+resumed run starts reading is computed, not replayed:
+
+* **Map-style sources** (an :class:`ImageFolder`, a list of sample dicts): epoch ``e``
+  is one permutation shared by all ranks (seeded by ``(seed, e)``); rank r takes every
+  W-th entry of it from position r. Rank streams are therefore disjoint within an epoch,
+  and position ``k`` of a rank's stream is an index computation: resuming jumps there.
+* **Shard datasets** (:class:`ShardSource`): the stream is cut into *segments* of
+  ``segment_steps`` optimizer steps (the checkpoint interval), as the recognition
+  trainer does. Each segment assigns the shards to ranks afresh (a permutation seeded by
+  ``(seed, segment)``, rank r taking every W-th shard; with fewer shards than ranks, every
+  W-th sample instead), so the ranks read disjoint data within a segment, and opens a
+  fresh stream seeded by ``(seed, segment, rank)``. A run resumed from a checkpoint on
+  the grid starts a new segment and reads nothing twice; a resume inside a segment
+  drops the samples already used *before decoding them* (tar members are read and
+  thrown away, no JPEG is decoded).
+
+Within a rank, a shuffle buffer of ``data.shuffle_buffer`` encoded samples mixes the
+identities (shards hold whole identities in order); only samples leaving the buffer are
+decoded. Memory does not grow with the dataset: one shard is open at a time.
 """
 
 from __future__ import annotations
 
+import json
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from synthface.generators.config import GeneratorConfig
-from synthface.pipeline.errors import InputError
+from synthface.pipeline.errors import InputError, ShardError
 
 IMAGE_EXTS = (".jpg", ".jpeg", ".png")
 
@@ -44,13 +60,10 @@ class ImageFolder(Sequence):
         return len(self.items)
 
     def __getitem__(self, i):  # type: ignore[override]
-        import json
-
-        from PIL import Image
+        from synthface.pipeline.limits import open_image
 
         path, label = self.items[i]
-        with Image.open(path) as im:
-            image = np.asarray(im.convert("RGB"))
+        image = np.asarray(open_image(path))
         side = path.with_suffix(path.suffix + ".json")
         meta = json.loads(side.read_text()) if side.is_file() else {}
         return {
@@ -62,34 +75,128 @@ class ImageFolder(Sequence):
         }
 
 
-def sample_stream(
-    source: Sequence[dict[str, Any]] | Any, *, seed: int, skip: int = 0
+def sequence_stream(
+    source: Sequence[dict[str, Any]],
+    *,
+    seed: int,
+    rank: int = 0,
+    world_size: int = 1,
+    start: int = 0,
 ) -> Iterator[dict[str, Any]]:
-    """Endless deterministic stream over ``source`` starting at stream position ``skip``."""
-    if isinstance(source, Sequence):
-        n = len(source)
-        if n == 0:
-            raise InputError("training data is empty")
-        epoch, offset = divmod(skip, n)
-        while True:
-            order = np.random.default_rng([seed, epoch]).permutation(n)
-            for i in order[offset:]:
-                yield source[int(i)]
-            epoch, offset = epoch + 1, 0
-    # a shards pipeline with set_epoch
-    epoch, dropped = 0, 0
+    """Rank ``rank``'s endless stream over a map-style source, from its position ``start``."""
+    n = len(source)
+    if n == 0:
+        raise InputError("training data is empty")
+    if n < world_size:
+        raise InputError(f"{n} training samples cannot be split over {world_size} processes")
+    share = len(range(rank, n, world_size))  # this rank's entries per epoch
+    epoch, offset = divmod(start, share)
     while True:
-        source.set_epoch(epoch)
-        got = 0
-        for s in source:
-            got += 1
+        order = np.random.default_rng([seed, epoch]).permutation(n)[rank::world_size]
+        for i in order[offset:]:
+            yield source[int(i)]
+        epoch, offset = epoch + 1, 0
+
+
+class ShardSource:
+    """A finished shard dataset (``dataset.json`` + tars), streamed per rank and segment."""
+
+    def __init__(self, path: str | Path, *, split: str = "train", shuffle_buffer: int = 1000):
+        from synthface.pipeline.shards import shard_paths, split_manifest
+
+        self.path = Path(path)
+        entry = split_manifest(self.path, split)
+        self.shards = [str(p) for p in shard_paths(self.path, split)]
+        self.counts = [int(r.get("num_samples", 0)) for r in entry.get("shards", [])]
+        if not self.shards or sum(self.counts) == 0:
+            raise InputError(f"{self.path}/dataset.json: split {split!r} has no samples")
+        self.shuffle_buffer = max(1, int(shuffle_buffer))
+
+    def _raw(self, seed: int, segment: int, rank: int, world: int) -> Iterator[dict[str, Any]]:
+        """Undecoded samples of this rank in this segment, cycling over its part."""
+        from synthface.pipeline.shards.index_reader import iter_raw
+
+        n = len(self.shards)
+        by_shard = n >= world
+        mine = np.random.default_rng([seed, segment]).permutation(n)[rank::world]
+        if by_shard and not sum(self.counts[int(i)] for i in mine):
+            raise InputError(f"{self.path}: the shards given to process {rank} are all empty")
+        if not by_shard and sum(self.counts) < world:
+            raise InputError(f"{self.path}: fewer samples than the {world} training processes")
+        cycle = 0
+        while True:
+            if by_shard:  # this rank's shards, in a new order every pass
+                order = np.random.default_rng([seed, segment, rank, cycle]).permutation(mine)
+            else:  # every rank walks all shards in one order per segment, keeping its samples
+                order = np.random.default_rng([seed, segment]).permutation(n)
+            counter = 0
+            for sid in order:
+                path = Path(self.shards[int(sid)])
+                try:
+                    for raw in iter_raw(path):
+                        counter += 1
+                        if by_shard or (counter - 1) % world == rank:
+                            yield raw
+                except OSError as exc:
+                    raise ShardError(
+                        f"{path}: cannot read shard ({exc}); run `synthface shards verify`"
+                    ) from None
+            cycle += 1
+
+    def stream(
+        self, *, seed: int, segment: int, rank: int = 0, world_size: int = 1, skip: int = 0
+    ) -> Iterator[dict[str, Any]]:
+        """Decoded samples of ``segment`` for ``rank``, after dropping ``skip`` undecoded ones."""
+        from synthface.pipeline.shards.decode import to_sample
+
+        rng = np.random.default_rng([seed, segment, rank, 1 << 20])
+        buf: list[dict[str, Any]] = []
+        dropped = 0
+        for raw in self._raw(seed, segment, rank, world_size):
+            if len(buf) < self.shuffle_buffer:
+                buf.append(raw)
+                continue
+            i = int(rng.integers(len(buf)))
+            buf[i], raw = raw, buf[i]
             if dropped < skip:
                 dropped += 1
                 continue
-            yield s
-        if got == 0:
-            raise InputError("training data is empty")
-        epoch += 1
+            yield to_sample(raw, decode=True)
+
+
+def training_batches(
+    source,
+    *,
+    batch_size: int,
+    seed: int,
+    start_step: int = 0,
+    segment_steps: int,
+    rank: int = 0,
+    world_size: int = 1,
+) -> Iterator[list[dict[str, Any]]]:
+    """Rank ``rank``'s batches from optimizer step ``start_step`` on (one list per step)."""
+    if isinstance(source, Sequence):
+        stream = sequence_stream(
+            source, seed=seed, rank=rank, world_size=world_size, start=start_step * batch_size
+        )
+        while True:
+            yield [next(stream) for _ in range(batch_size)]
+    if not isinstance(source, ShardSource):
+        raise TypeError(f"training data must be a sequence or a ShardSource, got {type(source)}")
+    step = start_step
+    while True:
+        segment = step // segment_steps
+        end = (segment + 1) * segment_steps
+        stream = source.stream(
+            seed=seed,
+            segment=segment,
+            rank=rank,
+            world_size=world_size,
+            skip=(step - segment * segment_steps) * batch_size,
+        )
+        for _ in range(step, end):
+            yield [next(stream) for _ in range(batch_size)]
+        step = end
 
 
 def open_source(cfg: GeneratorConfig):
@@ -99,11 +206,7 @@ def open_source(cfg: GeneratorConfig):
         raise InputError("data.path is not set in the generator config")
     if d.source == "folder":
         return ImageFolder(d.path)
-    from synthface.pipeline.shards import make_webdataset
-
-    return make_webdataset(
-        d.path, shuffle_shards=True, buffer=d.shuffle_buffer, decode=True, seed=cfg.train.seed
-    )
+    return ShardSource(d.path, shuffle_buffer=d.shuffle_buffer)
 
 
 def attribute_row(meta: dict, names: Sequence[str], key: str) -> list[float]:

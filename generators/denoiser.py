@@ -27,6 +27,28 @@ def _mlp(sizes: list[int]) -> nn.Sequential:
     return nn.Sequential(*layers)
 
 
+def check_conditions(
+    identity: torch.Tensor, attributes: torch.Tensor | None, identity_dim: int, num_attributes: int
+) -> None:
+    """Raise :class:`InputError` for conditions of the wrong shape or with NaN/inf."""
+    if identity.ndim != 2 or identity.shape[1] != identity_dim:
+        raise InputError(
+            f"identity conditions must have shape (N, {identity_dim}) (got {tuple(identity.shape)})"
+        )
+    if not torch.isfinite(identity).all():
+        raise InputError("identity conditions contain NaN or infinite values")
+    if num_attributes:
+        if attributes is None:
+            raise InputError(f"attribute conditions (N, {num_attributes}) are required")
+        if attributes.shape != (identity.shape[0], num_attributes):
+            raise InputError(
+                f"attribute conditions must have shape ({identity.shape[0]}, "
+                f"{num_attributes}) (got {tuple(attributes.shape)})"
+            )
+        if not torch.isfinite(attributes).all():
+            raise InputError("attribute conditions contain NaN or infinite values")
+
+
 class ConditionEncoder(nn.Module):
     """(identity embedding, attributes) -> cross-attention tokens, with a learned null."""
 
@@ -47,23 +69,7 @@ class ConditionEncoder(nn.Module):
 
     def check(self, identity: torch.Tensor, attributes: torch.Tensor | None) -> None:
         """Raise :class:`InputError` for conditions this model cannot use."""
-        if identity.ndim != 2 or identity.shape[1] != self.identity_dim:
-            raise InputError(
-                f"identity conditions must have shape (N, {self.identity_dim}) "
-                f"(got {tuple(identity.shape)})"
-            )
-        if not torch.isfinite(identity).all():
-            raise InputError("identity conditions contain NaN or infinite values")
-        if self.num_attributes:
-            if attributes is None:
-                raise InputError(f"attribute conditions (N, {self.num_attributes}) are required")
-            if attributes.shape != (identity.shape[0], self.num_attributes):
-                raise InputError(
-                    f"attribute conditions must have shape ({identity.shape[0]}, "
-                    f"{self.num_attributes}) (got {tuple(attributes.shape)})"
-                )
-            if not torch.isfinite(attributes).all():
-                raise InputError("attribute conditions contain NaN or infinite values")
+        check_conditions(identity, attributes, self.identity_dim, self.num_attributes)
 
     def forward(
         self,
@@ -116,12 +122,20 @@ def build_unet(cfg: GeneratorConfig) -> nn.Module:
 
 
 class ConditionalDenoiser(nn.Module):
-    """eps_theta(x_t, t, tokens); ``cond`` turns raw conditions into tokens."""
+    """eps_theta(x_t, t, tokens); ``cond`` turns raw conditions into tokens.
 
-    def __init__(self, cfg: GeneratorConfig) -> None:
+    A generator with other conditions passes its own ``cond`` (same ``check``/``forward``/
+    ``null`` interface) and may add UNet call arguments through ``unet_kwargs``.
+    """
+
+    def __init__(self, cfg: GeneratorConfig, cond: nn.Module | None = None) -> None:
         super().__init__()
         self.unet = build_unet(cfg)
-        self.cond = ConditionEncoder(cfg)
+        self.cond = cond if cond is not None else ConditionEncoder(cfg)
+
+    def unet_kwargs(self, sample: torch.Tensor, t: torch.Tensor) -> dict:
+        """Extra keyword arguments of the UNet call (none here)."""
+        return {}
 
     def forward(
         self,
@@ -136,4 +150,7 @@ class ConditionalDenoiser(nn.Module):
         """Predicted noise; pass ``tokens`` or the raw conditions (one call, DDP-safe)."""
         if tokens is None:
             tokens = self.cond(identity, attributes, drop)
-        return self.unet(sample, t, encoder_hidden_states=tokens.to(sample.dtype)).sample
+        states = tokens.to(sample.dtype)
+        return self.unet(
+            sample, t, encoder_hidden_states=states, **self.unet_kwargs(sample, t)
+        ).sample

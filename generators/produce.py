@@ -2,7 +2,8 @@
 
 These are plain functions; the ``generate-synthetic`` Prefect flow only orders them.
 ``produce_shard`` is the unit of work and of resume: it generates every image of its
-identities, embeds them with the evaluation recognizer, scores them (``synthface.pipeline.qc``),
+identities, embeds them with the evaluation recognizer, scores them (``synthface.pipeline.qc``;
+face image quality too when ``qc.quality_model`` is set),
 writes the QC sidecar and then the shard atomically. A shard that
 ``completed_shards`` vouches for is skipped, so re-runs and retried tasks only redo
 missing or corrupt shards; everything a shard contains is a function of the config and
@@ -21,22 +22,27 @@ import os
 import re
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from synthface.pipeline.atomic import atomic_write_bytes
+from synthface.generators.region import REGION_FILE
+from synthface.pipeline.atomic import atomic_write_bytes, atomic_write_json, file_sha256
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.generate_plan import (
     GenerateConfig,
     ShardWork,
     anchors_path,
     dataset_config,
+    novelty_path,
     plan_generation,
     read_plan,
     write_plan,
 )
+from synthface.pipeline.output_paths import check_output_outside
+from synthface.pipeline.progress import progress_bar
 from synthface.pipeline.qc import read_shard_qc, score_identity, write_shard_qc
 from synthface.pipeline.shards import Sample, begin_dataset, encode_image, write_shard
 from synthface.pipeline.shards.manifest import config_hash
@@ -77,9 +83,13 @@ def _checkpoint_dir(cfg: GenerateConfig) -> Path:
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """Hash of a generator checkpoint's config and weights (its identity, not its path)."""
+    """Hash of a generator checkpoint's config, weights and fitted files (not its path)."""
+    from synthface.generators.base import GENERATORS, _register_builtin
+
+    _register_builtin()
+    extra = sorted({f for name in GENERATORS.names() for f in GENERATORS.get(name).extra_files})
     h = hashlib.sha256()
-    for name in ("config.json", "model.safetensors", "attribute_prior.json"):
+    for name in ("config.json", "model.safetensors", "attribute_prior.json", REGION_FILE, *extra):
         f = Path(path) / name
         if f.is_file():
             h.update(name.encode())
@@ -134,6 +144,16 @@ def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
             f"generator.id_guidance_scale: identity guidance ({guidance}) needs --encoder / "
             "generator.encoder or the checkpoint's encoder.path; set it to 0 to sample without"
         )
+
+
+def _check_sampler_options(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
+    """Generator-specific sampler switches are checked before anything is written."""
+    from synthface.generators.base import GENERATORS
+
+    try:
+        GENERATORS.get(name).validate_sampler_options(ckpt_cfg, cfg.generator.sampler_options)
+    except InputError as exc:
+        raise ConfigError(f"generator.sampler_options: {exc}") from None
 
 
 # --------------------------------------------------------------------------- anchors
@@ -214,12 +234,68 @@ def remove_stale_temporaries(dataset_dir: Path) -> list[Path]:
     return removed
 
 
+def _weights_sha256(path: str | Path) -> str | None:
+    p = Path(path)
+    f = p / "model.safetensors" if p.is_dir() else p
+    return file_sha256(f)[0] if f.is_file() else None
+
+
+def qc_uses_conditioning_encoder(cfg: GenerateConfig, ckpt_cfg) -> bool:
+    """True when the QC recognizer is the generator's conditioning encoder (or a copy of it)."""
+    qc = _qc_recognizer_path(cfg, ckpt_cfg)
+    enc = _encoder_path(cfg, ckpt_cfg)
+    if enc is None or not Path(enc).exists():
+        return False
+    if Path(qc).resolve() == Path(enc).resolve():
+        return True
+    same = _weights_sha256(qc)
+    return same is not None and same == _weights_sha256(enc)
+
+
+QC_INFLATED = (
+    "qc.recognizer is the generator's own conditioning encoder: the generator was trained "
+    "(and is guided) to please exactly this recognizer, so its QC scores are inflated; give "
+    "qc.recognizer an independent recognizer the generator never saw"
+)
+
+
+def resolve_anchor_region(cfg: GenerateConfig, ckpt: Path):
+    """(packing actually used, the checkpoint's identity region or None, warnings)."""
+    from synthface.generators.region import load_identity_region
+
+    ids = cfg.identities
+    region = load_identity_region(ckpt)
+    if ids.anchors is not None:
+        return "given", region, []
+    if ids.anchor_region == "sphere":
+        return "sphere", region, []
+    if region is not None:
+        return "data", region, []
+    if ids.anchor_region == "data":
+        raise ConfigError(
+            f"identities.anchor_region: data, but {ckpt} stores no {REGION_FILE} (the region "
+            "of its training identities); add it with `synthface generator region` or set "
+            "identities.anchor_region: sphere"
+        )
+    return (
+        "sphere",
+        None,
+        [
+            f"{ckpt} stores no {REGION_FILE}: anchors fall back to the whole sphere, where "
+            "generators draw new identities much less well (docs/generators.md); add it with "
+            "`synthface generator region CHECKPOINT --data TRAINING_SHARDS`"
+        ],
+    )
+
+
 @dataclass(frozen=True)
 class Prepared:
     dataset_dir: Path
     dataset_config: dict
     work: list[ShardWork]
     generator_name: str
+    warnings: tuple[str, ...] = ()
+    novelty: dict | None = None
 
     @property
     def num_samples(self) -> int:
@@ -242,10 +318,19 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     ckpt_cfg = read_generator_config(ckpt)
     name = _generator_name(cfg, ckpt_cfg)
     _check_identity_guidance(cfg, ckpt_cfg, name)
+    _check_sampler_options(cfg, ckpt_cfg, name)
     resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
     _qc_recognizer_path(cfg, ckpt_cfg)
     if cfg.qc.gallery is not None and not Path(cfg.qc.gallery).is_file():
         raise InputError(f"qc.gallery: {cfg.qc.gallery}: no such embeddings file")
+    if (
+        cfg.qc.quality_model is not None
+        and not (Path(cfg.qc.quality_model) / "config.json").is_file()
+    ):
+        raise InputError(
+            f"qc.quality_model: {cfg.qc.quality_model}: not a quality model directory "
+            "(synthface quality train writes one)"
+        )
     enc = _encoder_path(cfg, ckpt_cfg)
     if enc is not None and not Path(enc).exists():
         raise InputError(f"generator.encoder: {enc}: no such identity encoder")
@@ -253,14 +338,35 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     given = None
     if cfg.identities.anchors is not None:
         given = load_anchors(cfg.identities.anchors, dim, cfg.identities.count)
+    else:
+        from synthface.generators.id3.anchors import check_tammes_memory
+
+        check_tammes_memory(cfg.identities.count, dim, ckpt_cfg.id3.anchor_block)
+    warnings: list[str] = []
+    if qc_uses_conditioning_encoder(cfg, ckpt_cfg):
+        warnings.append(QC_INFLATED)
+    mode, region, notes = resolve_anchor_region(cfg, ckpt)
+    warnings += notes
+    if region is not None and region.dim != dim:
+        raise InputError(
+            f"{ckpt}/{REGION_FILE}: embeddings of dimension {region.dim}, the generator's "
+            f"identity_dim is {dim}"
+        )
+    max_cos = cfg.identities.novelty_max_cos
+    guard = mode in ("data", "sphere") and region is not None and max_cos is not None
+    for text in warnings:
+        log.warning(text)
 
     dataset_dir = Path(cfg.output.dir)
+    check_output_outside(dataset_dir, "output.dir", **{"generator.checkpoint": ckpt})
     remove_stale_temporaries(dataset_dir)
     dcfg = dataset_config(
         cfg,
         checkpoint_sha256=checkpoint_sha256(ckpt),
         generator_name=name,
         anchors_sha256=None if given is None else _anchors_sha256(given),
+        anchor_region=mode,
+        novelty_guard=guard,
     )
     begin_dataset(dataset_dir, config=dcfg, split=cfg.output.split)
     work = plan_generation(cfg)
@@ -268,6 +374,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     stored = read_plan(dataset_dir)
     apath = anchors_path(dataset_dir)
     anchors = None
+    moved = None  # anchors the novelty guard had to move (known when computed here)
     if given is not None:
         _store_anchors(apath, given)
         anchors = given
@@ -291,21 +398,49 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         # single-threaded) equals one made in the flow process.
         threads = torch.get_num_threads()
         torch.set_num_threads(cfg.runner.torch_threads)
+        packing = {
+            "iterations": iters,
+            "block": ckpt_cfg.id3.anchor_block,
+            "seed": cfg.identities.seed,
+            "progress": progress,
+        }
         try:
-            anchors = tammes_anchors(
-                cfg.identities.count,
-                dim,
-                iterations=iters,
-                block=ckpt_cfg.id3.anchor_block,
-                seed=cfg.identities.seed,
-                progress=progress,
-            )
+            if mode == "data":
+                from synthface.generators.id3.anchors import anchors_in_region
+
+                anchors = anchors_in_region(
+                    region.stats(),
+                    cfg.identities.count,
+                    variance=cfg.identities.region_variance,
+                    **packing,
+                )
+            else:
+                anchors = tammes_anchors(cfg.identities.count, dim, **packing)
         finally:
             torch.set_num_threads(threads)
         anchors = np.ascontiguousarray(anchors.cpu().numpy(), dtype=np.float32)
+        if guard:
+            from synthface.generators.region import novelty_guard
+
+            anchors, moved = novelty_guard(anchors, region.centroids, max_cos)
         _store_anchors(apath, anchors)
+    novelty = None
+    if region is not None:
+        from synthface.generators.region import novelty_report
+
+        if moved is None and guard:  # anchors reused from the plan: keep the count made then
+            from synthface.pipeline.generate_finalize import read_novelty
+
+            moved = (read_novelty(dataset_dir) or {}).get("anchors_moved")
+        novelty = {
+            "anchor_region": mode,
+            "guard": guard,
+            "anchors_moved": moved,
+            **novelty_report(anchors, region, max_cos if guard else None),
+        }
+        atomic_write_json(novelty_path(dataset_dir), novelty)
     write_plan(dataset_dir, dcfg, work)
-    return Prepared(dataset_dir, dcfg, work, name)
+    return Prepared(dataset_dir, dcfg, work, name, tuple(warnings), novelty)
 
 
 # --------------------------------------------------------------------------- producer
@@ -317,6 +452,7 @@ class Producer:
     embedder: object
     anchors_comparable: bool  # QC embeddings live in the anchors' space
     device: str
+    quality: object | None = None  # SDD-FIQA QualityScorer when qc.quality_model is set
 
 
 _CACHE: dict[tuple, Producer] = {}
@@ -332,7 +468,14 @@ def load_producer(cfg: GenerateConfig) -> Producer:
     device = resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
     enc_path = _encoder_path(cfg, ckpt_cfg)
     qc_path = _qc_recognizer_path(cfg, ckpt_cfg)
-    key = (str(ckpt.resolve()), checkpoint_sha256(ckpt), enc_path, qc_path, device)
+    key = (
+        str(ckpt.resolve()),
+        checkpoint_sha256(ckpt),
+        enc_path,
+        qc_path,
+        device,
+        cfg.qc.quality_model,
+    )
     with _LOCK:
         if key in _CACHE:
             return _CACHE[key]
@@ -353,7 +496,12 @@ def load_producer(cfg: GenerateConfig) -> Producer:
         generator = load_generator(ckpt, encoder=encoder, device=device)
         embedder = load_embedder(qc_path, device=device)
         same_space = Path(qc_path).resolve() == Path(enc_path).resolve() if enc_path else False
-        producer = Producer(generator, embedder, same_space, device)
+        quality = None
+        if cfg.qc.quality_model is not None:
+            from synthface.recognition.quality import QualityScorer
+
+            quality = QualityScorer(cfg.qc.quality_model, device=device)
+        producer = Producer(generator, embedder, same_space, device, quality)
         _CACHE[key] = producer
         return producer
 
@@ -418,9 +566,16 @@ def shard_complete(dataset_dir: Path, split: str, index: int):
 
 
 def produce_shard(
-    cfg: GenerateConfig, work: ShardWork, *, producer: Producer | None = None
+    cfg: GenerateConfig,
+    work: ShardWork,
+    *,
+    producer: Producer | None = None,
+    progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
-    """Generate, embed, score and write shard ``work.index`` (skipped when already complete)."""
+    """Generate, embed, score and write shard ``work.index`` (skipped when already complete).
+
+    ``progress(n)`` is called as each batch of ``n`` images is done.
+    """
     dataset_dir = Path(cfg.output.dir)
     done = shard_complete(dataset_dir, work.split, work.index)
     if done is not None and read_shard_qc(dataset_dir, work.split, work.index) is not None:
@@ -443,6 +598,7 @@ def produce_shard(
         ident = cond["identity"].reshape(n, -1)
         attrs = cond["attributes"].reshape(n, -1) if attr_names else None
         seeds = cond["seeds"].reshape(n)
+        decided: list[dict] = []
         images = gen.generate(
             ident,
             attrs,
@@ -453,12 +609,25 @@ def produce_shard(
             id_guidance_scale=cfg.generator.id_guidance_scale,
             batch_size=cfg.generator.batch_size,
             precision=cfg.generator.precision,
+            sampler_options=cfg.generator.sampler_options,
+            sample_meta=decided,
         )
         vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
+        quality = None
+        if producer.quality is not None:
+            quality = producer.quality.score(images, batch_size=cfg.qc.batch_size)
+        if progress is not None:
+            progress(n)
         for k, identity in enumerate(range(a, b)):
             rows = slice(k * m, (k + 1) * m)
             anchor = np.asarray(anchors[identity]) if producer.anchors_comparable else None
-            per_sample, summary = score_identity(identity, vectors[rows], cfg.qc, anchor=anchor)
+            per_sample, summary = score_identity(
+                identity,
+                vectors[rows],
+                cfg.qc,
+                anchor=anchor,
+                quality=None if quality is None else quality[rows],
+            )
             scores.append(summary)
             for j in range(m):
                 i = k * m + j
@@ -467,6 +636,7 @@ def produce_shard(
                     "seed": int(seeds[i]),
                     "condition_cos": _r(cond["cos"][k, j]),
                     "qc": per_sample[j],
+                    **decided[i],  # what the sampler decided for this image (uiface: switch)
                 }
                 if attr_names:
                     meta["attributes"] = {
@@ -499,8 +669,12 @@ def generate_dataset(cfg: GenerateConfig) -> dict:
 
     prepared = prepare_generation(cfg)
     producer = None
-    for work in prepared.work:
-        result = produce_shard(cfg, work, producer=producer)
-        if not result.skipped and producer is None:
-            producer = load_producer(cfg)
-    return finalize_generation(cfg, prepared.dataset_config, prepared.work)
+    with progress_bar(prepared.num_samples, desc="generating") as bar:
+        for work in prepared.work:
+            result = produce_shard(cfg, work, producer=producer, progress=bar.update)
+            if result.skipped:
+                bar.update(result.num_samples)
+            elif producer is None:
+                producer = load_producer(cfg)
+    summary = finalize_generation(cfg, prepared.dataset_config, prepared.work)
+    return {**summary, "warnings": list(prepared.warnings)}

@@ -79,6 +79,29 @@ def seed_generators(seeds: Sequence[int]) -> list[torch.Generator]:
     return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds]
 
 
+def precision_context(device: torch.device, precision: str):
+    """bf16 autocast for ``precision == "bf16"``, otherwise nothing."""
+    if precision == "bf16":
+        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
+    return nullcontext()
+
+
+def step_kwargs(sampler: SamplerConfig, gens: list[torch.Generator]) -> dict:
+    """Extra ``scheduler.step`` arguments: eta for DDIM, per-sample generators for noise."""
+    kw: dict = {"eta": sampler.eta} if sampler.name == "ddim" else {}
+    if sampler.name in ("ddpm", "ddim"):
+        kw["generator"] = gens
+    return kw
+
+
+def initial_noise(
+    gens: list[torch.Generator], shape: tuple[int, int, int], sched, device
+) -> torch.Tensor:
+    """x_T, one draw per sample from its own generator (independent of the batch)."""
+    x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+    return x * sched.init_noise_sigma
+
+
 IdentityScore = Callable[[torch.Tensor], torch.Tensor]
 """x0_hat (N,C,H,W) -> per-sample cos(f(decode(x0_hat)), y) (N,), differentiable."""
 
@@ -108,8 +131,7 @@ def sample(
     sched = make_scheduler(sampler.name, diffusion, clip_x0=clip_x0)
     sched.set_timesteps(sampler.steps, device=device)
     gens = seed_generators(seeds)
-    x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
-    x = x * sched.init_noise_sigma
+    x = initial_noise(gens, shape, sched, device)
     w = sampler.guidance_scale
     cfg_on = w != 1.0
     null = denoiser.cond.null(n).to(tokens.dtype)
@@ -117,14 +139,8 @@ def sample(
     alphas = sched.alphas_cumprod.to(device)
     use_id = identity_score is not None and sampler.id_guidance_scale > 0
     full = use_id and sampler.id_guidance_mode == "full"
-    autocast = (
-        torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-        if precision == "bf16"
-        else nullcontext()
-    )
-    step_kw = {"eta": sampler.eta} if sampler.name == "ddim" else {}
-    if sampler.name in ("ddpm", "ddim"):
-        step_kw["generator"] = gens
+    autocast = precision_context(device, precision)
+    step_kw = step_kwargs(sampler, gens)
 
     for t in sched.timesteps:
         xin = sched.scale_model_input(x, t)

@@ -3,8 +3,8 @@
 Loss (our reading of ID³'s Fig. 1 caption, whose signs were lost in the quoted text):
 
     L = || eps - eps_theta(x_t, t, y, s) ||^2
-        + w_id * lambda_t * (1 - cos(f(x0_hat), y)),   x0_hat = (x_t - sqrt(1-a_t) eps_theta) / sqrt(a_t)
-    lambda_t = 0.5 * (1 - 1 / (1 + exp(-t/T)))
+        + w_id * lambda_t * g_t * (1 - cos(f(clip(x0_hat)), y)),
+    x0_hat = (x_t - sqrt(1-a_t) eps_theta) / sqrt(a_t),   lambda_t = 0.5 * (1 - 1 / (1 + exp(-t/T)))
 
 * The inner-product term must *reward* alignment of the one-step reconstruction with the
   condition (the paper maximises a bound on an identity-adjusted likelihood), so it enters
@@ -16,18 +16,33 @@ Loss (our reading of ID³'s Fig. 1 caption, whose signs were lost in the quoted 
   when there is little noise, which is the regime where a one-step reconstruction is a
   face the recognizer can read. (The other sign of the exponent would give 0.25 -> 0.366,
   weighting the noisiest, least informative reconstructions most, so we reject it.)
+* ``id3.identity_term: clipped_snr`` (default) is this project's change to the published
+  term, which says nothing about either point: the recognizer sees the reconstruction
+  clipped to its input range [-1, 1] (what the sampler does with x0 too), and the term
+  is weighted by g_t = min(1, sqrt(a_t / (1 - a_t))). d x0_hat / d eps_theta is
+  -sqrt((1 - a_t) / a_t), about 150 at t = T with the linear schedule: unweighted, the
+  noisiest steps, whose reconstructions are furthest from a face, would dominate the
+  gradient. With g_t the gradient reaching eps_theta is at most lambda_t at every t.
+  ``raw`` is the unclipped, unweighted term (g_t = 1) for comparison; docs/benchmarks.md
+  has both on the ID³ fidelity benchmark.
 * Samples that drew the null condition (classifier-free dropout) get no identity term:
   there is no y for them to match.
 
+Several processes (``accelerate launch``): each rank draws its own timesteps, noise,
+dropout and flips (a generator seeded by (seed, rank, step)) and reads its own part of
+the data (``synthface.generators.data``), so N processes compute an N-times larger batch,
+not N copies of one. Model and optimizer are prepared (moved, DDP-wrapped) before the
+EMA is created and before a checkpoint is loaded, so the EMA and the optimizer state
+live on the training device. Only rank 0 logs and writes checkpoints.
+
 Exact resume: model, EMA, optimizer and the fitted attribute histogram are checkpointed;
-every per-step random draw (timesteps, noise, dropout, flips) comes from a generator
-seeded by (seed, step), and the data stream is positioned at step * batch_size, so a
-resumed run reproduces the uninterrupted one.
+every per-step random draw comes from the (seed, rank, step) generator, and the data
+stream is positioned by computation (``training_batches``), so a resumed run reproduces
+the uninterrupted one without re-reading what was already used.
 """
 
 from __future__ import annotations
 
-import json
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -42,22 +57,22 @@ import torch.nn.functional as F
 from synthface.generators.autoencoder import build_autoencoder
 from synthface.generators.base import GENERATORS, _register_builtin
 from synthface.generators.checkpoint import (
+    find_resume_checkpoint,
     generator_config_json,
     load_tensors,
     load_weights,
-    new_tmp_dir,
-    replace_dir_atomic,
-    save_tensors_atomic,
-    write_json_atomic,
+    save_tensors,
 )
 from synthface.generators.config import GeneratorConfig
-from synthface.generators.data import attribute_row, open_source, sample_stream
-from synthface.generators.denoiser import ConditionalDenoiser
+from synthface.generators.data import attribute_row, open_source, training_batches
 from synthface.generators.ema import EMA
 from synthface.generators.id3.attributes import AttributePrior
+from synthface.generators.region import store_identity_region
 from synthface.generators.sampling import make_scheduler
+from synthface.pipeline.atomic import atomic_dir, atomic_write_bytes, atomic_write_json
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError
+from synthface.recognition.training.data import segment_seed
 
 # Fields that may change between a run and its resumption.
 _RESUMABLE = {"steps", "checkpoint_every", "log_every", "keep_checkpoints", "output_dir"}
@@ -68,6 +83,11 @@ def identity_weight(t: torch.Tensor, num_train_timesteps: int) -> torch.Tensor:
     return 0.5 * (1.0 - torch.sigmoid(t.float() / num_train_timesteps))
 
 
+def snr_cap(alpha_bar: torch.Tensor) -> torch.Tensor:
+    """g_t = min(1, sqrt(a_t / (1 - a_t))): bounds d(term)/d eps_theta by the term's weight."""
+    return (alpha_bar / (1.0 - alpha_bar)).sqrt().clamp(max=1.0)
+
+
 def resume_hash(cfg: GeneratorConfig) -> str:
     data = cfg.model_dump(mode="json")
     for key in _RESUMABLE:
@@ -76,8 +96,9 @@ def resume_hash(cfg: GeneratorConfig) -> str:
     return config_hash(data)
 
 
-def _step_generator(seed: int, step: int) -> torch.Generator:
-    return torch.Generator().manual_seed(int(seed) * 1_000_003 + int(step))
+def step_generator(seed: int, step: int, rank: int = 0) -> torch.Generator:
+    """The CPU generator of all random draws of one rank's training step."""
+    return torch.Generator().manual_seed(segment_seed(seed, rank, step))
 
 
 def _images_to_tensor(images: list[np.ndarray], size: int) -> torch.Tensor:
@@ -171,6 +192,9 @@ def training_loss(
         images = torch.where(flip.view(n, 1, 1, 1), images.flip(-1), images)
     t = torch.randint(0, T, (n,), generator=gen)
     drop = torch.rand(n, generator=gen) < cfg.conditioning.p_uncond
+    # Generator-specific per-step draws (UIFace: the element-wise context dropout mask).
+    hook = getattr(getattr(model, "module", model), "training_extras", None)
+    extras = hook(n, gen) if hook is not None else {}
     images, t, drop = images.to(device), t.to(device), drop.to(device)
     x0 = autoencoder.encode(images)
     noise = torch.randn(x0.shape, generator=gen).to(device)
@@ -182,7 +206,7 @@ def training_loss(
         return autocast() if autocast is not None else nullcontext()
 
     with ctx():
-        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop)
+        eps = model(xt, t, identity=identity, attributes=attrs, drop=drop, **extras)
     eps = eps.float()
     mse = F.mse_loss(eps, noise)
     parts = {"mse": float(mse.detach())}
@@ -190,23 +214,21 @@ def training_loss(
     if use_identity_loss:
         ab = scheduler.alphas_cumprod.to(device)[t].view(n, 1, 1, 1)
         x0_hat = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
+        lam = identity_weight(t, T)
         with ctx():
-            emb = encoder(autoencoder.decode(x0_hat))
+            image_hat = autoencoder.decode(x0_hat)
+            if cfg.id3.identity_term == "clipped_snr":
+                image_hat = image_hat.clamp(-1.0, 1.0)
+                lam = lam * snr_cap(ab.view(n))
+            emb = encoder(image_hat)
         cos = (emb.float() * F.normalize(identity.float(), dim=1)).sum(1)
         keep = (~drop).float()
-        lam = identity_weight(t, T)
         id_term = (lam * (1 - cos) * keep).sum() / n
         loss = loss + cfg.id3.id_loss_weight * id_term
         parts["id"] = float(id_term.detach())
         parts["cos"] = float((cos.detach() * keep).sum() / keep.sum().clamp(min=1))
     parts["loss"] = float(loss.detach())
     return loss, parts
-
-
-def latest_checkpoint(run_dir: Path) -> Path | None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
-    ckpts = [c for c in ckpts if (c / "training" / "state.json").is_file()]
-    return ckpts[-1] if ckpts else None
 
 
 def _prune(run_dir: Path, keep: int) -> None:
@@ -223,24 +245,26 @@ def _save_checkpoint(
     opt,
     prior: AttributePrior | None,
     step: int,
+    extras: dict[str, bytes] | None = None,
 ) -> None:
     """A checkpoint is a complete generator directory (EMA weights) plus ``training/``."""
-    tmp = new_tmp_dir(final)
-    write_json_atomic(tmp / "config.json", generator_config_json(cfg))
-    save_tensors_atomic(tmp / "model.safetensors", ema.state_dict())
-    if prior is not None and prior.total:
-        write_json_atomic(tmp / "attribute_prior.json", prior.to_dict())
-    tr = tmp / "training"
-    tr.mkdir()
-    save_tensors_atomic(tr / "raw.safetensors", raw_model.state_dict())
-    torch.save(opt.state_dict(), tr / "optimizer.pt")
-    state = {
-        "step": step,
-        "resume_hash": resume_hash(cfg),
-        "prior": prior.to_dict() if prior is not None else None,
-    }
-    write_json_atomic(tr / "state.json", state)
-    replace_dir_atomic(tmp, final)
+    with atomic_dir(final) as tmp:
+        atomic_write_json(tmp / "config.json", generator_config_json(cfg))
+        save_tensors(tmp / "model.safetensors", ema.state_dict())
+        if prior is not None and prior.total:
+            atomic_write_json(tmp / "attribute_prior.json", prior.to_dict())
+        for name, payload in (extras or {}).items():  # the generator's fitted files
+            atomic_write_bytes(tmp / name, payload)
+        tr = tmp / "training"
+        tr.mkdir()
+        save_tensors(tr / "raw.safetensors", raw_model.state_dict())
+        torch.save(opt.state_dict(), tr / "optimizer.pt")
+        state = {
+            "step": step,
+            "resume_hash": resume_hash(cfg),
+            "prior": prior.to_dict() if prior is not None else None,
+        }
+        atomic_write_json(tr / "state.json", state)
 
 
 def _require_encoder(cfg: GeneratorConfig, encoder, use_id: bool) -> None:
@@ -265,15 +289,18 @@ def train_generator(
     steps: int | None = None,
     resume: bool = True,
     log: Callable[[dict], None] | None = None,
+    resume_allow_partial: bool = False,
 ) -> dict[str, Any]:
     """Train (or resume) the configured generator; returns the run summary.
 
-    ``data``: a sequence of sample dicts or a shards pipeline (default: ``cfg.data``);
+    ``data``: a sequence of sample dicts or a ``ShardSource`` (default: ``cfg.data``);
     ``encoder``: the frozen identity encoder (default: loaded from ``cfg.encoder.path``);
     ``steps``: stop after this global step (default ``cfg.train.steps``), e.g. to test
-    resumption.
+    resumption. A damaged newest checkpoint stops the run naming the file, unless
+    ``resume_allow_partial`` lets it fall back to the newest intact one (saying so).
     """
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState
 
     _register_builtin()
     gen_cls = GENERATORS.get(cfg.generator)
@@ -288,13 +315,21 @@ def train_generator(
     tc = cfg.train
     total = min(steps or tc.steps, tc.steps)
     run_dir = Path(tc.output_dir)
-    accelerator = Accelerator(mixed_precision=tc.mixed_precision)
-    device = accelerator.device
+    # every file a resume loads is checked before anything is built
+    found = find_resume_checkpoint(run_dir, resume_allow_partial) if resume else None
+    # cpu=True on a machine without CUDA: otherwise accelerate starts no process group
+    # and `accelerate launch --num_processes N` trains N unconnected copies. A precision
+    # fixed by an earlier run in this process is reset (the process group is kept).
+    AcceleratorState._reset_state()
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(), mixed_precision=tc.mixed_precision)
+    device, rank = accelerator.device, accelerator.process_index
 
-    torch.manual_seed(tc.seed)
-    model = ConditionalDenoiser(cfg)
-    ema = EMA(model, tc.ema_decay)
+    torch.manual_seed(tc.seed)  # the same initial weights on every rank
+    model = gen_cls.build_denoiser(cfg)
     opt = torch.optim.AdamW(model.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+    model, opt = accelerator.prepare(model, opt)
+    raw_model = accelerator.unwrap_model(model)
+    ema = EMA(raw_model, tc.ema_decay)  # on the device prepare() put the model on
     names = [a.name for a in cfg.conditioning.attributes]
     prior = (
         AttributePrior.empty(names, [a.range for a in cfg.conditioning.attributes])
@@ -302,45 +337,53 @@ def train_generator(
         else None
     )
     start = 0
-    ckpt = latest_checkpoint(run_dir) if resume else None
-    if ckpt is not None:
-        state = json.loads((ckpt / "training" / "state.json").read_text())
+    if found is not None:
+        ckpt, state = found
         if state.get("resume_hash") != resume_hash(cfg):
             raise ConfigError(
                 f"{ckpt}: checkpoint was trained with a different config; use a new "
                 "train.output_dir or restore the config (only train.steps and logging may change)"
             )
-        load_weights(model, ckpt / "training" / "raw.safetensors")
+        load_weights(raw_model, ckpt / "training" / "raw.safetensors")
         ema.load_state_dict(load_tensors(ckpt / "model.safetensors"))
-        opt.load_state_dict(
+        opt.load_state_dict(  # torch moves the state to the parameters' device
             torch.load(ckpt / "training" / "optimizer.pt", map_location="cpu", weights_only=True)
         )
         if prior is not None and state.get("prior"):
             prior = AttributePrior.from_dict(state["prior"])
         start = int(state["step"])
+    extras = gen_cls.read_extras(found[0]) if found is not None else {}
+    if len(extras) < len(gen_cls.extra_files):
+        extras = gen_cls.fit_extras(cfg, data)
     if encoder is not None and hasattr(encoder, "to"):
         encoder = encoder.to(device)
     autoencoder = build_autoencoder(cfg.autoencoder).to(device)
     scheduler = make_scheduler("ddpm", cfg.diffusion)
-    model, opt = accelerator.prepare(model, opt)
-    raw_model = accelerator.unwrap_model(model)
-    stream = sample_stream(data, seed=tc.seed, skip=start * tc.batch_size)
+    batches = training_batches(
+        data,
+        batch_size=tc.batch_size,
+        seed=tc.seed,
+        start_step=start,
+        segment_steps=tc.checkpoint_every,
+        rank=rank,
+        world_size=accelerator.num_processes,
+    )
     model.train()
     history: list[dict] = []
     t0 = time.perf_counter()
     step = start
     for step in range(start, total):
-        samples = [next(stream) for _ in range(tc.batch_size)]
-        batch = make_batch(samples, cfg, encoder)
-        if prior is not None:
-            prior.add(batch.raw_attributes)
+        batch = gen_cls.training_batch(next(batches), cfg, encoder)
+        if prior is not None:  # every rank adds every rank's attributes: one prior
+            raw = torch.from_numpy(batch.raw_attributes).to(device)
+            prior.add(accelerator.gather(raw).cpu().numpy())
         loss, parts = training_loss(
             model,
             autoencoder,
             encoder,
             batch,
             cfg,
-            _step_generator(tc.seed, step),
+            step_generator(tc.seed, step, rank),
             scheduler=scheduler,
             use_identity_loss=use_id,
             autocast=accelerator.autocast,
@@ -354,25 +397,37 @@ def train_generator(
         ema.update(raw_model, step)
         parts["step"] = step + 1
         history.append(parts)
-        if log is not None and ((step + 1) % tc.log_every == 0 or step + 1 == total):
-            rate = (step + 1 - start) / max(time.perf_counter() - t0, 1e-9)
-            log({**parts, "steps_per_s": round(rate, 3)})
         done = step + 1
-        if accelerator.is_main_process and (done % tc.checkpoint_every == 0 or done == total):
+        if not accelerator.is_main_process:
+            continue
+        if log is not None and (done % tc.log_every == 0 or done == total):
+            rate = (done - start) / max(time.perf_counter() - t0, 1e-9)
+            log({**parts, "steps_per_s": round(rate, 3)})
+        if done % tc.checkpoint_every == 0 or done == total:
             _save_checkpoint(
-                run_dir / "checkpoints" / f"step-{done:08d}", cfg, raw_model, ema, opt, prior, done
+                run_dir / "checkpoints" / f"step-{done:08d}",
+                cfg,
+                raw_model,
+                ema,
+                opt,
+                prior,
+                done,
+                extras,
             )
             _prune(run_dir, tc.keep_checkpoints)
     final = None
     if accelerator.is_main_process and start < total and total == tc.steps:
         final = run_dir / "final"
-        export = ConditionalDenoiser(cfg)
+        export = gen_cls.build_denoiser(cfg)
         ema.copy_to(export)
         generator = gen_cls(
             cfg,
             denoiser=export,
             autoencoder=autoencoder,
             attribute_prior=prior if prior is not None and prior.total else None,
+            extras=extras,
         )
         generator.save_pretrained(final)
+        store_identity_region(final, cfg, encoder, data=data)
+    accelerator.wait_for_everyone()
     return {"step": max(start, total), "final": final, "history": history}

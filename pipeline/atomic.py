@@ -8,7 +8,10 @@ On any error the temporary file is removed. The final file gets the permissions 
 serving account can read exported models and embeddings.
 
 ``atomic_write`` hands out an open file; ``atomic_path`` hands out a temporary *path*
-for libraries that insist on writing by name (safetensors, ONNX, ``np.save``).
+for libraries that insist on writing by name (safetensors, ONNX, ``np.save``);
+``atomic_dir`` / ``publish_dir`` do the same for a whole directory (checkpoints), whose
+files are fsynced and which replaces an older directory of the same name only once it
+is complete.
 """
 
 from __future__ import annotations
@@ -17,6 +20,8 @@ import contextlib
 import hashlib
 import json
 import os
+import shutil
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
@@ -42,7 +47,8 @@ def fsync_file(path: str | Path) -> None:
 
 
 def tmp_name(final: Path) -> Path:
-    # Hidden and suffixed so that globs such as ``shards/*.tar`` never pick it up.
+    # Hidden and suffixed so that globs such as ``shards/*.tar`` never pick it up; the pid
+    # lets a later run tell a dead writer's leftover from a live writer's file.
     return final.with_name(f".{final.name}.tmp-{os.getpid()}")
 
 
@@ -58,26 +64,30 @@ def default_mode() -> int:
     return 0o666 & ~_umask()
 
 
-def _publish(tmp: Path, final: Path) -> None:
+def _publish(tmp: Path, final: Path, sync: bool = True) -> None:
     os.chmod(tmp, default_mode())
     os.replace(tmp, final)
-    fsync_dir(final.parent)
+    if sync:
+        fsync_dir(final.parent)
 
 
 @contextlib.contextmanager
-def atomic_path(path: str | Path) -> Iterator[Path]:
+def atomic_path(path: str | Path, *, sync: bool = True) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; publish it there when the block succeeds.
 
     The caller (or the library it calls) writes the whole file at the yielded path; it is
-    then fsynced and renamed over ``path``. On an exception it is removed.
+    then fsynced and renamed over ``path``. On an exception it is removed. ``sync=False``
+    skips both fsyncs (still never a partial file under the final name) for writers of
+    thousands of small files that flush once at the end (``os.sync()``).
     """
     final = Path(path)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = tmp_name(final)
     try:
         yield tmp
-        fsync_file(tmp)
-        _publish(tmp, final)
+        if sync:
+            fsync_file(tmp)
+        _publish(tmp, final, sync)
     except BaseException:
         with contextlib.suppress(OSError):
             tmp.unlink()
@@ -85,17 +95,65 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
 
 
 @contextlib.contextmanager
-def atomic_write(path: str | Path, mode: str = "wb", **open_kwargs: Any) -> Iterator[IO]:
+def atomic_write(
+    path: str | Path, mode: str = "wb", *, sync: bool = True, **open_kwargs: Any
+) -> Iterator[IO]:
     """``open(path, mode)`` that publishes the file only if the block completes."""
     if not mode.startswith("w"):
         raise ValueError(f"atomic_write: mode must start with 'w' (got {mode!r})")
-    with atomic_path(path) as tmp, open(tmp, mode, **open_kwargs) as f:
+    with atomic_path(path, sync=sync) as tmp, open(tmp, mode, **open_kwargs) as f:
         yield f
         f.flush()
 
 
-def atomic_write_bytes(path: str | Path, data: bytes) -> None:
-    with atomic_write(path, "wb") as f:
+def _fsync_tree(root: Path) -> None:
+    for folder, _, files in os.walk(root):
+        for name in files:
+            fsync_file(Path(folder) / name)
+        fsync_dir(folder)
+
+
+def publish_dir(tmp: str | Path, final: str | Path) -> None:
+    """Publish a fully written directory ``tmp`` as ``final``.
+
+    Every file in it is fsynced first; an existing ``final`` is moved aside and removed
+    only after the new one is in place, so a crash leaves the old or the new directory
+    under the final name (plus, at worst, a hidden ``.NAME.old-*`` to delete).
+    """
+    tmp, final = Path(tmp), Path(final)
+    _fsync_tree(tmp)
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{uuid.uuid4().hex[:12]}")
+        os.replace(final, old)
+    os.replace(tmp, final)
+    fsync_dir(final.parent)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path) -> Iterator[Path]:
+    """Yield an empty temporary directory next to ``path``; publish it there on success.
+
+    Files inside may be written plainly (the directory is the unit of atomicity). On an
+    exception the temporary directory is removed and an existing ``path`` is untouched.
+    """
+    final = Path(path)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    tmp = tmp_name(final)
+    shutil.rmtree(tmp, ignore_errors=True)  # a leftover of a dead process with our pid
+    tmp.mkdir()
+    try:
+        yield tmp
+        publish_dir(tmp, final)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+
+
+def atomic_write_bytes(path: str | Path, data: bytes, *, sync: bool = True) -> None:
+    with atomic_write(path, "wb", sync=sync) as f:
         f.write(data)
 
 

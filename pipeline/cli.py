@@ -17,6 +17,11 @@ from typing import Any
 
 from synthface.pipeline import __version__
 from synthface.pipeline.errors import SynthfaceError
+from synthface.pipeline.limits import (
+    DEFAULT_MAX_IMAGE_PIXELS,
+    PIXELS_ENV,
+    set_max_image_pixels,
+)
 
 ENTRY_POINT_GROUP = "synthface.cli"
 
@@ -25,10 +30,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="synthface",
         description="Synthetic face datasets for face recognition.",
-        epilog="Add --debug anywhere for a traceback on errors.",
+        epilog="Add --debug anywhere for a traceback on errors, --quiet for no progress bars.",
     )
     parser.add_argument("--version", action="version", version=f"synthface {__version__}")
     parser.add_argument("--debug", action="store_true", help="show tracebacks on errors")
+    parser.add_argument(
+        "--quiet", action="store_true", help="no progress bars (they show only on a terminal)"
+    )
+    parser.add_argument(
+        "--max-image-pixels",
+        type=int,
+        metavar="N",
+        help=f"refuse images above N pixels (default {DEFAULT_MAX_IMAGE_PIXELS}, or ${PIXELS_ENV})",
+    )
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         ep.load()(groups)
@@ -58,10 +72,17 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
-    argv = [a for a in argv if a != "--debug"]
+    if "--quiet" in argv:
+        from synthface.pipeline.progress import QUIET_ENV
+
+        os.environ[QUIET_ENV] = "1"  # child processes (Prefect, Dask workers) inherit it
+    argv = [a for a in argv if a not in ("--debug", "--quiet")]
     parser = build_parser()
     args = parser.parse_args(argv)
+    args.debug = debug
     try:
+        if args.max_image_pixels is not None:
+            set_max_image_pixels(args.max_image_pixels)
         code = args.func(args)
     except SynthfaceError as exc:
         if debug:

@@ -7,12 +7,13 @@ Re-running it on a finished dataset rewrites the same bytes.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import numpy as np
 
 from synthface.pipeline.errors import ShardError
-from synthface.pipeline.generate_plan import GenerateConfig, ShardWork, anchors_path
+from synthface.pipeline.generate_plan import GenerateConfig, ShardWork, anchors_path, novelty_path
 from synthface.pipeline.qc import QCConfig, audit, gather_identity_table, load_gallery, write_view
 from synthface.pipeline.shards import completed_shards, finalize_dataset
 from synthface.pipeline.shards.manifest import config_hash
@@ -21,6 +22,14 @@ from synthface.pipeline.shards.manifest import config_hash
 def missing_shards(cfg: GenerateConfig, work: list[ShardWork]) -> list[int]:
     done = completed_shards(cfg.output.dir, split=cfg.output.split, check_sha=False)
     return [w.index for w in work if w.index not in done]
+
+
+def read_novelty(dataset_dir: Path) -> dict | None:
+    """The anchors' distance to the generator's training identities (``plan/novelty.json``)."""
+    try:
+        return json.loads(novelty_path(dataset_dir).read_text())
+    except (OSError, ValueError):
+        return None
 
 
 def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[ShardWork]) -> dict:
@@ -44,13 +53,17 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
         gallery = load_gallery(cfg.qc.gallery, table.centroids.shape[1])
     result = audit(table, cfg.qc, gallery=gallery)
     anchors = np.load(anchors_path(dataset_dir), allow_pickle=False)
+    extra = {"qc": result.summary}
+    novelty = read_novelty(dataset_dir)
+    if novelty is not None:
+        extra["anchors"] = novelty
     manifest = finalize_dataset(
         dataset_dir,
         config=dataset_cfg,
         num_classes=cfg.identities.count,
         identity_arrays={"anchors": anchors, **result.arrays},
         split=split,
-        extra={"qc": result.summary},
+        extra=extra,
     )
     view = write_view(
         dataset_dir,
@@ -78,6 +91,8 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
         "view_samples": view["num_samples"],
         "qc": result.summary,
     }
+    if novelty is not None:
+        out["anchors"] = novelty
     if cfg.report.enabled:
         from synthface.pipeline.report import write_report
 

@@ -14,26 +14,29 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, model_validator
+from pydantic import Field
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import StrictModel, config_hash
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.paths import InputPath, OutputPath
 from synthface.pipeline.qc.config import QCConfig
+from synthface.pipeline.schedule import DeploymentSchedule
 from synthface.pipeline.shards.plan import plan_shards
 
 PLAN_DIR = "plan"
 PLAN_FILE = "plan.json"
 ANCHORS_FILE = "anchors.npy"
+NOVELTY_FILE = "novelty.json"
 
 
 class GeneratorSection(StrictModel):
     # Registry name expected of the checkpoint (None = whatever the checkpoint says).
     name: str | None = None
-    # A ``save_pretrained`` generator directory.
-    checkpoint: str = "data/demo/id3_world/generator"
+    # A ``save_pretrained`` generator directory (required: there is no sensible default).
+    checkpoint: InputPath
     # Conditioning encoder for identity guidance; None = the checkpoint's ``encoder.path``.
-    encoder: str | None = None
+    encoder: InputPath | None = None
     device: Literal["cpu", "cuda", "auto"] = "cpu"
     # Run on the CPU when ``device: cuda`` is requested but no GPU is visible.
     allow_cpu_fallback: bool = False
@@ -46,6 +49,9 @@ class GeneratorSection(StrictModel):
     batch_size: int = Field(default=32, ge=1)
     # Denoiser compute precision (bf16: autocast on the GPU; images change slightly).
     precision: Literal["fp32", "bf16"] = "fp32"
+    # Generator-specific sampler switches, checked by the generator before anything is
+    # written (uiface: two_stage, injection, switch_threshold, switch_bound).
+    sampler_options: dict[str, bool | int | float] = Field(default_factory=dict)
 
 
 class IdentitiesSection(StrictModel):
@@ -56,11 +62,22 @@ class IdentitiesSection(StrictModel):
     anchor_iterations: int | None = Field(default=None, ge=0)
     # A ``.npy`` of N x D identity anchors (N >= count, D = the generator's identity_dim)
     # to use instead of Tammes anchors; the first ``count`` rows, L2-normalised.
-    anchors: str | None = None
+    anchors: InputPath | None = None
+    # Where Tammes anchors are packed. "auto": inside the region of the generator's
+    # training identities when its checkpoint stores it (identity_region.safetensors),
+    # else the whole sphere, with a warning; "data": that region (an error without it);
+    # "sphere": the whole hypersphere (ID³ as published).
+    anchor_region: Literal["auto", "data", "sphere"] = "auto"
+    # Share of the training identities' spread the packing axes keep ("data" anchors).
+    region_variance: float = Field(default=0.95, gt=0, le=1)
+    # Novelty guard: no anchor's cosine to any training identity may exceed this (the
+    # checkpoint's stored identities, in the conditioning encoder's space); None = off.
+    novelty_max_cos: float | None = Field(default=0.8, ge=-1, le=1)
 
 
 class OutputSection(StrictModel):
-    dir: str = "out/datasets/demo"
+    # Relative: under $SYNTHFACE_HOME or the current directory (synthface.pipeline.paths).
+    dir: OutputPath = "out/datasets/demo"
     split: str = Field(default="train", pattern=r"^[a-z][a-z0-9_]*$")
     image_format: Literal["jpg", "png"] = "jpg"
     jpeg_quality: int = Field(default=95, ge=1, le=100)
@@ -93,32 +110,19 @@ class RunnerSection(StrictModel):
     retry_delay_seconds: float = Field(default=2.0, ge=0)
 
 
-class ScheduleSection(StrictModel):
-    """Schedules attached by ``synthface flows serve`` (at most one of cron / interval)."""
-
-    cron: str | None = None
-    interval_seconds: int | None = Field(default=None, ge=1)
-    timezone: str = "UTC"
-
-    @model_validator(mode="after")
-    def _one(self) -> ScheduleSection:
-        if self.cron is not None and self.interval_seconds is not None:
-            raise ValueError("set cron or interval_seconds, not both")
-        return self
-
-
 class GenerateConfig(StrictModel):
     """Config kind ``generate`` (``configs/generate/*.yaml``)."""
 
     # Deployment name for ``synthface flows serve``: generate-synthetic/<name>.
     name: str = Field(default="default", pattern=r"^[a-z0-9][a-z0-9_\-]*$")
-    generator: GeneratorSection = Field(default_factory=GeneratorSection)
+    generator: GeneratorSection
     identities: IdentitiesSection = Field(default_factory=IdentitiesSection)
     output: OutputSection = Field(default_factory=OutputSection)
     qc: QCConfig = Field(default_factory=QCConfig)
     report: ReportSection = Field(default_factory=ReportSection)
     runner: RunnerSection = Field(default_factory=RunnerSection)
-    schedule: ScheduleSection = Field(default_factory=ScheduleSection)
+    # The schedule of its deployment generate-synthetic/<name> (serve and prefect.yaml alike).
+    schedule: DeploymentSchedule = Field(default_factory=DeploymentSchedule)
 
 
 def dataset_config(
@@ -127,6 +131,8 @@ def dataset_config(
     checkpoint_sha256: str,
     generator_name: str,
     anchors_sha256: str | None = None,
+    anchor_region: str = "sphere",
+    novelty_guard: bool = False,
 ) -> dict:
     """The part of the config that determines the dataset's bytes (its identity).
 
@@ -138,6 +144,8 @@ def dataset_config(
     gen = cfg.generator.model_dump(mode="json")
     for key in ("checkpoint", "encoder", "device", "allow_cpu_fallback"):
         gen.pop(key)
+    if not gen["sampler_options"]:  # absent = empty: datasets from before the field keep their hash
+        gen.pop("sampler_options")
     gen["name"] = generator_name
     gen["checkpoint_sha256"] = checkpoint_sha256
     out = cfg.output.model_dump(mode="json")
@@ -145,8 +153,19 @@ def dataset_config(
     qc = cfg.qc.model_dump(mode="json")
     ids = cfg.identities.model_dump(mode="json")
     if ids.pop("anchors") is not None:
-        ids.pop("anchor_iterations")
+        for key in ("anchor_iterations", "anchor_region", "region_variance", "novelty_max_cos"):
+            ids.pop(key)
         ids["anchors_sha256"] = anchors_sha256
+    else:
+        # What the anchors were actually packed in, not "auto"; whole-sphere anchors without
+        # a guard are what every dataset before these options was, so they hash as before.
+        ids["anchor_region"] = anchor_region
+        if anchor_region != "data":
+            ids.pop("region_variance")
+        if not novelty_guard:
+            ids.pop("novelty_max_cos")
+            if anchor_region == "sphere":
+                ids.pop("anchor_region")
     return {
         "kind": "generate",
         "generator": gen,
@@ -213,6 +232,10 @@ def plan_path(dataset_dir: str | Path) -> Path:
 
 def anchors_path(dataset_dir: str | Path) -> Path:
     return Path(dataset_dir) / PLAN_DIR / ANCHORS_FILE
+
+
+def novelty_path(dataset_dir: str | Path) -> Path:
+    return Path(dataset_dir) / PLAN_DIR / NOVELTY_FILE
 
 
 def write_plan(dataset_dir: str | Path, dataset_cfg: dict, work: list[ShardWork]) -> None:

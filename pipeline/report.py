@@ -19,6 +19,7 @@ from synthface.pipeline.shards import decode_image, load_identity_array, split_m
 
 REPORT_DIR = "report"
 BINS = np.linspace(-1.0, 1.0, 101)
+QUALITY_BINS = np.linspace(0.0, 100.0, 51)  # quality outside 0..100 lands in the end bins
 MIN_TILE = 64  # pixels
 
 
@@ -57,27 +58,62 @@ def _histogram_png(series: list[tuple[str, np.ndarray, bool]], title: str) -> by
     return _png(fig)
 
 
-def _contact_sheet_png(rows: dict[int, list[np.ndarray]], cols: int) -> bytes:
-    from PIL import Image
+def _quality_png(counts: np.ndarray, title: str) -> bytes:
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 3.2))
+    ax = fig.add_subplot()
+    centers = 0.5 * (QUALITY_BINS[1:] + QUALITY_BINS[:-1])
+    ax.bar(centers, counts / max(int(counts.sum()), 1), width=QUALITY_BINS[1] - QUALITY_BINS[0])
+    ax.set_xlabel("face image quality (SDD-FIQA scale)")
+    ax.set_ylabel("fraction of samples")
+    ax.set_title(f"{title} (n={int(counts.sum())})")
+    fig.tight_layout()
+    return _png(fig)
+
+
+def _contact_sheet_png(rows: dict[int, list[np.ndarray]]) -> bytes:
+    """One row per identity, labelled with its index; as many columns as the fullest row
+    has samples (a dataset with fewer samples than asked for gets no empty columns)."""
+    from PIL import Image, ImageDraw, ImageFont
 
     first = next(iter(rows.values()))[0]
     # Small images (the CPU demo's 32 px) are enlarged by pixel repetition to be visible.
     scale = max(1, -(-MIN_TILE // first.shape[0]))
-    rows = {k: [np.repeat(np.repeat(im, scale, 0), scale, 1) for im in v] for k, v in rows.items()}
     h, w = first.shape[0] * scale, first.shape[1] * scale
-    sheet = np.full((len(rows) * (h + 2), cols * (w + 2), 3), 255, dtype=np.uint8)
+    cols = max(len(v) for v in rows.values())
+    font = ImageFont.load_default(size=max(10, h // 4))
+    labels = {identity: f"id {identity}" for identity in rows}
+    label_w = max(int(font.getlength(text)) for text in labels.values()) + 8
+    sheet = Image.new("RGB", (label_w + cols * (w + 2), len(rows) * (h + 2)), "white")
+    draw = ImageDraw.Draw(sheet)
     for r, identity in enumerate(sorted(rows)):
-        for c, img in enumerate(rows[identity][:cols]):
-            if img.shape[:2] != (h, w):
-                img = np.asarray(Image.fromarray(img).resize((w, h)))
-            sheet[r * (h + 2) : r * (h + 2) + h, c * (w + 2) : c * (w + 2) + w] = img
+        y = r * (h + 2)
+        top, bottom = draw.textbbox((0, 0), labels[identity], font=font)[1::2]
+        draw.text((4, y + (h - top - bottom) // 2), labels[identity], fill="black", font=font)
+        for c, img in enumerate(rows[identity]):
+            tile = Image.fromarray(np.repeat(np.repeat(img, scale, 0), scale, 1))
+            if tile.size != (w, h):
+                tile = tile.resize((w, h))
+            sheet.paste(tile, (label_w + c * (w + 2), y))
     buf = io.BytesIO()
-    Image.fromarray(sheet).save(buf, "PNG", compress_level=6, optimize=False)
+    sheet.save(buf, "PNG", compress_level=6, optimize=False)
     return buf.getvalue()
 
 
 def _fmt(x) -> str:
     return "–" if x is None else (f"{x:.3f}" if isinstance(x, float) else str(x))
+
+
+def _quality_rule(th: dict) -> str:
+    if not th.get("quality_model"):
+        return "no quality model"
+    if th.get("min_quality") is None:
+        return "quality scored, no threshold"
+    return f"quality < {th['min_quality']}"
 
 
 def write_report(
@@ -88,7 +124,8 @@ def write_report(
     contact_samples: int = 8,
     seed: int = 0,
 ) -> dict[str, Path]:
-    """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``."""
+    """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``
+    and, when samples carry a quality score, ``report/quality.png``."""
     from synthface.pipeline.shards import iter_samples
 
     dataset_dir = Path(dataset_dir)
@@ -102,18 +139,22 @@ def write_report(
         "centroid_cos": np.zeros(len(BINS) - 1, np.int64),
         "anchor_cos": np.zeros(len(BINS) - 1, np.int64),
     }
-    pending: dict[str, list[float]] = {k: [] for k in hist}
+    quality = np.zeros(len(QUALITY_BINS) - 1, np.int64)
+    pending: dict[str, list[float]] = {k: [] for k in (*hist, "quality")}
 
     def flush() -> None:
         for k, values in pending.items():
-            if values:
+            if values and k == "quality":
+                clipped = np.clip(values, QUALITY_BINS[0], QUALITY_BINS[-1])
+                quality[:] += np.histogram(clipped, QUALITY_BINS)[0]
+            elif values:
                 hist[k] += np.histogram(values, BINS)[0]
-                values.clear()
+            values.clear()
 
     sheet: dict[int, list[np.ndarray]] = {}
     for s in iter_samples(dataset_dir, split, decode=False):
         q = s["meta"].get("qc", {})
-        for k in hist:
+        for k in pending:
             if k in q:
                 pending[k].append(q[k])
         if len(pending["centroid_cos"]) >= 8192:
@@ -150,9 +191,12 @@ def write_report(
         atomic_write_bytes(
             paths["similarity"], _histogram_png(series, f"{dataset_dir.name}: similarities")
         )
+    if quality.sum():
+        paths["quality"] = out / "quality.png"
+        atomic_write_bytes(paths["quality"], _quality_png(quality, f"{dataset_dir.name}: quality"))
     if sheet:
         paths["contact_sheet"] = out / "contact_sheet.png"
-        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet, contact_samples))
+        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet))
 
     lines = [
         f"# QC report: {dataset_dir.name} ({split})",
@@ -174,6 +218,7 @@ def write_report(
             ("nearest_identity_similarity", "nearest other identity (cos)"),
             ("anchor_cos", "sample to anchor (cos)"),
             ("gallery_similarity", "nearest real identity (cos)"),
+            ("identity_quality", "face image quality (SDD-FIQA, identity mean)"),
         ):
             st = qc.get(key)
             if st and st.get("mean") is not None:
@@ -195,20 +240,57 @@ def write_report(
             f"| identities: too_few_samples | {qc['flagged_identities']['too_few_samples']} | kept < {th['min_samples']} |",
             f"| samples: low_consistency | {qc['flagged_samples']['low_consistency']} | cos to centroid < {th['min_sample_consistency']} |",
             f"| samples: duplicate | {qc['flagged_samples']['duplicate']} | pair cos > {th['duplicate_similarity']} |",
+            f"| samples: low_quality | {qc['flagged_samples'].get('low_quality', 0)} | {_quality_rule(th)} |",
             "",
             f"Filtered view `views/{qc['view']['name']}.json` leaves out "
             f"{qc['view']['excluded_identities']} identities and {qc['view']['excluded_samples']} "
             "further samples; the shards themselves are unchanged.",
             "",
         ]
+    anchors = (entry.get("extra") or {}).get("anchors")
+    if anchors:
+        near = anchors.get("anchor_to_nearest_training_cos") or {}
+        own = anchors.get("training_nearest_neighbour_cos") or {}
+        where = (
+            "inside the region of the generator's training identities"
+            if anchors.get("anchor_region") == "data"
+            else "on the whole sphere"
+        )
+        margin = anchors.get("max_cos_to_training")
+        lines += [
+            "## Anchors and novelty",
+            "",
+            f"Anchors packed {where} ({anchors.get('training_identities')} training "
+            "identities, conditioning encoder's space); novelty guard: "
+            + ("off" if margin is None else f"no anchor above cos {margin} to any of them")
+            + (
+                ""
+                if anchors.get("anchors_moved") is None
+                else f" ({anchors['anchors_moved']} anchors moved to meet it)"
+            )
+            + ".",
+            "",
+            "| cos | mean | p95 | max |",
+            "|---|---|---|---|",
+            "| anchor to nearest training identity | "
+            + " | ".join(_fmt(near.get(k)) for k in ("mean", "p95", "max"))
+            + " |",
+            "| training identity to nearest other | "
+            + " | ".join(_fmt(own.get(k)) for k in ("mean", "p95", "max"))
+            + " |",
+            "",
+        ]
     if "similarity" in paths:
         lines += ["## Similarities", "", "![similarities](similarity.png)", ""]
+    if "quality" in paths:
+        lines += ["## Face image quality", "", "![quality](quality.png)", ""]
     if "contact_sheet" in paths:
         lines += [
             "## Contact sheet",
             "",
-            f"Rows: identities {', '.join(str(i) for i in sorted(sheet))} (seed {seed}); "
-            f"columns: their first {contact_samples} samples.",
+            f"Rows: identities {', '.join(str(i) for i in sorted(sheet))} (seed {seed}), "
+            f"labelled; columns: their first "
+            f"{max(len(v) for v in sheet.values())} samples.",
             "",
             "![contact sheet](contact_sheet.png)",
             "",

@@ -13,10 +13,8 @@ and wrongly shaped keys.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -24,6 +22,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from synthface.pipeline.atomic import atomic_path, atomic_write_text, file_sha256
 from synthface.pipeline.errors import InputError
 
 FORMAT = "synthface.recognizer"
@@ -41,25 +40,7 @@ _SHOWN = 8
 
 
 def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def _atomic_write(path: Path, write) -> None:
-    """Write via a temporary file in the same directory, fsync, then rename over ``path``."""
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    try:
-        write(tmp)
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    return file_sha256(path)[0]
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -97,7 +78,8 @@ def save_recognizer(
     out.mkdir(parents=True, exist_ok=True)
     state = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
     weights = out / WEIGHTS_NAME
-    _atomic_write(weights, lambda tmp: save_file(state, tmp, metadata={"format": FORMAT}))
+    with atomic_path(weights) as tmp:
+        save_file(state, tmp, metadata={"format": FORMAT})
     meta = {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
@@ -107,7 +89,7 @@ def save_recognizer(
         "config": dict(config) if config is not None else {},
     }
     text = json.dumps(meta, indent=2, sort_keys=True, default=str) + "\n"
-    _atomic_write(out / CONFIG_NAME, lambda tmp: Path(tmp).write_text(text))
+    atomic_write_text(out / CONFIG_NAME, text)
     return out
 
 

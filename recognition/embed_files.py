@@ -21,7 +21,10 @@ from typing import Any
 
 import numpy as np
 
+from synthface.pipeline.atomic import atomic_path, atomic_write
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
+from synthface.pipeline.progress import progress_bar
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
 
@@ -38,13 +41,7 @@ def list_images(root: str | os.PathLike) -> list[Path]:
 
 
 def _read_image(path: Path) -> np.ndarray:
-    from PIL import Image, UnidentifiedImageError
-
-    try:
-        with Image.open(path) as im:
-            return np.asarray(im.convert("RGB"))
-    except (OSError, UnidentifiedImageError) as exc:
-        raise InputError(f"{path}: cannot decode image ({exc})") from None
+    return np.asarray(open_image(path))
 
 
 def _fit(img: np.ndarray, size: tuple[int, int], resize: bool, key: str) -> np.ndarray:
@@ -60,9 +57,11 @@ def _fit(img: np.ndarray, size: tuple[int, int], resize: bool, key: str) -> np.n
     return np.asarray(Image.fromarray(img).resize((size[1], size[0]), Image.BILINEAR))
 
 
-def iter_image_dir(root: str | os.PathLike) -> Iterator[tuple[str, np.ndarray, int | None]]:
+def iter_image_dir(
+    root: str | os.PathLike, files: list[Path] | None = None
+) -> Iterator[tuple[str, np.ndarray, int | None]]:
     base = Path(root)
-    for path in list_images(base):
+    for path in list_images(base) if files is None else files:
         yield path.relative_to(base).as_posix(), _read_image(path), None
 
 
@@ -84,17 +83,6 @@ def _batches(items: Iterable, size: int) -> Iterator[list]:
             batch = []
     if batch:
         yield batch
-
-
-def _atomic_target(path: Path) -> str:
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    os.close(fd)
-    return tmp
-
-
-def _fsync(path: str) -> None:
-    with open(path, "rb+") as f:
-        os.fsync(f.fileno())
 
 
 def embed_to_npy(
@@ -121,60 +109,60 @@ def embed_to_npy(
     if batch_size < 1:
         raise InputError(f"batch size must be >= 1, got {batch_size}")
     embedder = load_embedder(model, device=device)
-    source = iter_image_dir(images) if images is not None else iter_shard_dir(shards, split)
+    if images is not None:
+        files = list_images(images)
+        total, source = len(files), iter_image_dir(images, files)
+    else:
+        from synthface.pipeline.shards import split_manifest
+
+        total = int(split_manifest(shards, split)["num_samples"])
+        source = iter_shard_dir(shards, split)
     out_path = Path(out)
     if out_path.suffix != ".npy":
         raise InputError(f"{out_path}: output must end in .npy")
     out_path.parent.mkdir(parents=True, exist_ok=True)
     keys_path = out_path.with_suffix(".keys.txt")
     labels_path = out_path.with_suffix(".labels.npy")
-    tmp_raw = _atomic_target(out_path.with_suffix(".raw"))
-    tmp_keys = _atomic_target(keys_path)
-    tmps = [tmp_raw, tmp_keys]
     count = 0
     labels: list[int] = []
-    try:
-        with open(tmp_raw, "wb") as raw, open(tmp_keys, "w", encoding="utf-8") as keys:
+    # Published in reverse order of entry when the block completes: labels, keys, then
+    # E.npy last, so an E.npy present means the set is complete.
+    with (
+        atomic_path(out_path) as tmp_npy,
+        atomic_path(keys_path) as tmp_keys,
+        tempfile.TemporaryFile(dir=out_path.parent) as raw,  # rows, until the count is known
+    ):
+        with (
+            open(tmp_keys, "w", encoding="utf-8") as keys,
+            progress_bar(total, desc="embedding") as bar,
+        ):
             for batch in _batches(source, batch_size):
                 arr = np.stack([_fit(img, embedder.input_size, resize, k) for k, img, _ in batch])
                 raw.write(embedder.embed(arr, flip=flip).tobytes())
                 keys.writelines(f"{k}\n" for k, _, _ in batch)
                 labels.extend(lab for _, _, lab in batch if lab is not None)
                 count += len(batch)
+                bar.update(len(batch))
         if count == 0:
             raise InputError(f"{shards}: dataset has no samples")
-        tmp_npy = _atomic_target(out_path)
-        tmps.append(tmp_npy)
+        raw.flush()
         dst = np.lib.format.open_memmap(
             tmp_npy, mode="w+", dtype=np.float32, shape=(count, embedder.dim)
         )
-        src = np.memmap(tmp_raw, dtype=np.float32, mode="r", shape=(count, embedder.dim))
+        src = np.memmap(raw, dtype=np.float32, mode="r", shape=(count, embedder.dim))
         for start in range(0, count, 65536):
             dst[start : start + 65536] = src[start : start + 65536]
         dst.flush()
         del dst, src
-        for t in (tmp_npy, tmp_keys):
-            _fsync(t)
-        summary: dict[str, Any] = {
-            "out": str(out_path),
-            "count": count,
-            "dim": embedder.dim,
-            "model": str(model),
-            "flip": flip,
-            "keys": str(keys_path),
-            "labels": None,
-        }
         if shards is not None:
-            tmp_labels = _atomic_target(labels_path)
-            tmps.append(tmp_labels)
-            with open(tmp_labels, "wb") as f:
-                np.save(f, np.asarray(labels, dtype=np.int64))
-            _fsync(tmp_labels)
-            os.replace(tmp_labels, labels_path)
-            summary["labels"] = str(labels_path)
-        os.replace(tmp_keys, keys_path)
-        os.replace(tmp_npy, out_path)  # last: E.npy present means the set is complete
-        return summary
-    finally:
-        for t in tmps:
-            Path(t).unlink(missing_ok=True)
+            with atomic_write(labels_path) as f:
+                np.save(f, np.asarray(labels, dtype=np.int64), allow_pickle=False)
+    return {
+        "out": str(out_path),
+        "count": count,
+        "dim": embedder.dim,
+        "model": str(model),
+        "flip": flip,
+        "keys": str(keys_path),
+        "labels": str(labels_path) if shards is not None else None,
+    }

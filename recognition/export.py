@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import copy
 import os
-import tempfile
 import warnings
 from pathlib import Path
 from typing import Any
@@ -27,6 +26,7 @@ import numpy as np
 import torch
 from torch import nn
 
+from synthface.pipeline.atomic import atomic_path
 from synthface.pipeline.errors import InputError
 
 INPUT_NAME = "data"
@@ -114,9 +114,8 @@ def export_onnx(
     model = copy.deepcopy(model).to("cpu").eval()
     out = Path(out_path)
     out.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{out.name}.", suffix=".tmp.onnx", dir=out.parent)
-    os.close(fd)
-    try:
+    with atomic_path(out) as tmp_path:
+        tmp = str(tmp_path)
         dummy = torch.zeros(1, 3, *hw)
         with warnings.catch_warnings():
             # the TorchScript exporter is deprecated in torch >= 2.9; the dynamo exporter
@@ -157,12 +156,6 @@ def export_onnx(
             raise InputError(
                 f"{out}: insightface would read normalisation {probe.input_mean}/{probe.input_std}"
             )
-        with open(tmp, "rb+") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, out)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return {
         "path": str(out),
         "input_shape": ["batch", 3, *hw],

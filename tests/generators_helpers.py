@@ -95,3 +95,15 @@ def toy_samples(identities: int = 4, per_identity: int = 4, size: int = 16) -> l
                 }
             )
     return out
+
+
+def toy_shards(path: Path, identities: int = 8, per_identity: int = 4, per_shard: int = 8) -> Path:
+    """``toy_samples`` written as a finished shard dataset (PNG: lossless), ``per_shard`` each."""
+    from synthface.pipeline.shards import DatasetWriter, Sample, encode_image
+
+    with DatasetWriter(path, config={"toy": identities}, max_samples=per_shard) as w:
+        for s in toy_samples(identities, per_identity):
+            ident, index = (int(v) for v in s["__key__"].split("/"))
+            w.add(Sample(ident, index, encode_image(s["image"], "png"), "png", s["meta"]))
+        w.close()
+    return path

@@ -40,7 +40,7 @@ def test_error_names_file_field_expected_and_actual(tmp_path):
     path = _write(tmp_path, "generator:\n  steps: -3\n")
     with pytest.raises(ConfigError) as err:
         load_config(path, _Root)
-    assert str(err.value) == f"{path}: generator.steps: must be > 0 (got -3)"
+    assert str(err.value) == f"{path}: line 2: generator.steps: must be > 0 (got -3)"
 
 
 def test_unknown_key_is_an_error(tmp_path):

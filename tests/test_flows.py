@@ -23,6 +23,7 @@ import pytest
 import yaml
 
 from synthface.generators.produce import generate_dataset
+from synthface.pipeline.generate_plan import GenerateConfig
 from synthface.pipeline.shards import load_manifest
 from tests.flows_helpers import make_tiny_models, tiny_config
 from tests.test_flows_units import tree_hashes
@@ -92,8 +93,8 @@ def models(tmp_path_factory) -> Path:
     return root
 
 
-def _config_file(path: Path, cfg) -> Path:
-    path.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+def _config_file(path: Path, cfg, kind: str = "generate") -> Path:
+    path.write_text(yaml.safe_dump({"kind": kind, **cfg.model_dump(mode="json")}))
     return path
 
 
@@ -218,6 +219,133 @@ def test_bad_parameter_fails_fast_naming_the_field(server, served):
     assert time.monotonic() - t0 < 60
 
 
+def _registered(server, full_name: str) -> dict | None:
+    r = httpx.get(server["url"] + "/deployments/name/" + full_name)
+    if r.status_code != 200:
+        return None
+    d = r.json()
+    schedules = sorted(
+        (
+            s["schedule"].get("cron") or s["schedule"].get("interval"),
+            s["schedule"].get("timezone"),
+            s["active"],
+        )
+        for s in d["schedules"]
+    )
+    keys = ("entrypoint", "parameters", "tags", "description", "enforce_parameter_schema")
+    return {k: d[k] for k in keys} | {"schedules": schedules}
+
+
+def test_prefect_deploy_and_flows_serve_register_the_same_deployments(server, models, tmp_path):
+    """One table: `prefect deploy --all` on the generated prefect.yaml and `flows serve`
+    give the same names, entrypoints, parameters, schedules and time zones."""
+    work = tmp_path / "project"
+    (work / "configs").mkdir(parents=True)
+    base = tiny_config(models, work / "out").model_dump(mode="json")
+    paths = []
+    for name, schedule in (
+        ("nightly", {"cron": "0 3 * * *", "timezone": "Europe/Paris"}),
+        ("weekly", {"interval_seconds": 604800, "timezone": "Asia/Tokyo"}),
+    ):
+        cfg = GenerateConfig.model_validate(base | {"name": name, "schedule": schedule})
+        paths.append(_config_file(work / "configs" / f"{name}.yaml", cfg))
+    recipe = work / "configs" / "tiny_rec.yaml"
+    recipe.write_text(yaml.safe_dump({"kind": "recognition", "data": {"train": "shards"}}))
+    args = [a for p in [*paths, recipe] for a in ("--config", str(p))]
+    res = subprocess.run(
+        [BIN / "synthface", "flows", "deployments", *args, "--write-prefect-yaml", "--json"],
+        cwd=work,
+        env=server["env"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 0, res.stderr
+    table = yaml.safe_load(res.stdout)
+    names = [row["deployment"] for row in table]
+    assert sorted(names) == sorted(
+        [
+            "generate-synthetic/nightly",
+            "generate-synthetic/weekly",
+            "train-recognizer/tiny_rec",
+            "frcsyn-benchmark/on-demand",
+        ]
+    )
+    assert (
+        _prefect(server, "work-pool", "create", "synthface-process", "--type", "process").returncode
+        == 0
+    )
+    deployed = subprocess.run(
+        [BIN / "prefect", "--no-prompt", "deploy", "--all"],
+        cwd=work,
+        env=server["env"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert deployed.returncode == 0, deployed.stdout[-3000:] + deployed.stderr[-3000:]
+    by_deploy = {n: _registered(server, n) for n in names}
+    assert all(by_deploy.values()), by_deploy
+    assert by_deploy["generate-synthetic/nightly"]["schedules"] == [
+        ("0 3 * * *", "Europe/Paris", True)
+    ]
+    assert by_deploy["generate-synthetic/weekly"]["schedules"] == [(604800.0, "Asia/Tokyo", True)]
+    assert by_deploy["generate-synthetic/nightly"]["parameters"] == {
+        "config_file": "configs/nightly.yaml"
+    }
+    for name in names:  # forget them, so that what follows is serve's registration
+        dep = httpx.get(server["url"] + "/deployments/name/" + name).json()
+        url = server["url"] + f"/deployments/{dep['id']}"
+        _wait_for(lambda url=url: httpx.delete(url).status_code in (204, 404), 60, "a delete")
+    log = open(tmp_path / "serve.log", "wb")  # noqa: SIM115 - closed below
+    proc = subprocess.Popen(
+        [BIN / "synthface", "flows", "serve", *args],
+        cwd=work,
+        env=server["env"],
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        start_new_session=True,
+    )
+    try:
+        _wait_for(
+            lambda: all(_registered(server, n) for n in names), 120, "serve's deployments", proc
+        )
+        by_serve = {n: _registered(server, n) for n in names}
+    finally:
+        _stop(proc)
+        log.close()
+    assert by_serve == by_deploy
+
+
+def test_error_inside_a_flow_run_prints_one_line(server, models, tmp_path):
+    """Prefect logs a failing task and flow with tracebacks; the CLI shows one line (the
+    traceback only with --debug), and a --set value is blamed on the override."""
+    config = _config_file(tmp_path / "ok.yaml", tiny_config(models, tmp_path / "ds"))
+    missing = tmp_path / "no-such-generator"
+    cmd = ["flows", "run", "generate", "--config", str(config)]
+    bad = [*cmd, "--set", f"generator.checkpoint={missing}"]
+
+    def run(*args):
+        return subprocess.run(
+            [BIN / "synthface", *args], env=server["env"], capture_output=True, text=True
+        )
+
+    res = run(*bad)
+    assert res.returncode == 1
+    mentions = [line for line in res.stderr.splitlines() if str(missing) in line]
+    assert mentions == [
+        f"synthface: error: generator.checkpoint: {missing}: not a generator checkpoint "
+        "(no such directory); train one (`make demo` builds the demo's) or point "
+        "generator.checkpoint at one"
+    ], res.stderr
+    assert "Traceback" not in res.stderr
+    assert "Traceback" in run("--debug", *bad).stderr
+    res = run(*cmd, "--set", "identities.count=0")
+    assert res.stderr.strip() == (
+        "synthface: error: --set identities.count=0: identities.count: must be >= 1 (got 0)"
+    )
+
+
 SECTIONS = {"identities": {"count": 10, "samples_per_identity": 3}}
 
 
@@ -274,6 +402,7 @@ def test_sigkill_at_random_points_then_resume_is_byte_identical(
     res = subprocess.run(cmd, env=server["env"], capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-3000:]
     assert tree_hashes(out) == reference
+    print(f"sigkill-resume: {landed} kills landed, {len(reference)} files byte-identical")
 
 
 def test_dask_task_runner_with_two_local_workers(server, models, reference, tmp_path):
@@ -340,3 +469,38 @@ def test_frcsyn_benchmark_flow_scores_packages_and_validates(server, tmp_path):
     out = json.loads(res.stdout.split("RESULT ", 1)[1])
     assert out["valid"] is True and out["zip"].endswith(".zip")
     assert "TO" in out["metrics"]["systems"]["proposed"]
+
+
+def test_benchmark_flow_through_the_cli_runs_generation_as_a_subflow(server, tmp_path):
+    """`synthface benchmark synthetic`: the flow, its stage tasks and the generate-synthetic
+    subflow, on the smallest benchmark (one generator, one protocol, no FRCSyn/variation)."""
+    import json
+
+    from synthface.flows.deployments import build_table
+    from tests.test_benchmark import tiny_config
+
+    cfg = tiny_config(
+        tmp_path / "bench",
+        real={"protocols": {"names": ["lfw"], "folds": 2, "pairs_per_fold": 16}},
+        evaluation={"frcsyn": False},
+        variation={"enabled": False},
+    )
+    (tmp_path / "configs" / "benchmark").mkdir(parents=True)
+    config = _config_file(tmp_path / "configs" / "benchmark" / "tiny.yaml", cfg, "benchmark")
+    res = subprocess.run(
+        [BIN / "synthface", "benchmark", "synthetic", "--config", str(config), "--json"],
+        env={**server["env"], "OMP_NUM_THREADS": "1"},
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert res.returncode == 0, res.stderr[-3000:]
+    logs = res.stdout + res.stderr
+    assert "subflow run" in logs and "generate-synthetic" in logs
+    out = json.loads(res.stdout[res.stdout.index("{") :])
+    assert set(out["mean_accuracy"]) == {"real", "plain", "real+plain"}
+    assert "generator/plain" in out["stages"]["executed"]
+    assert (tmp_path / "bench" / "report" / "benchmark.md").is_file()
+    (row,) = build_table([config], flows=["benchmark-synthetic"], base=tmp_path)
+    assert row.full_name == "benchmark-synthetic/tiny"
+    assert row.parameters == {"config_file": "configs/benchmark/tiny.yaml"}

@@ -11,7 +11,6 @@ import numpy as np
 import pytest
 
 from synthface.generators.produce import generate_dataset, prepare_generation, produce_shard
-from synthface.pipeline.config import load_config
 from synthface.pipeline.errors import ConfigError, InputError, ShardError
 from synthface.pipeline.generate_plan import GenerateConfig
 from synthface.pipeline.shards import completed_shards, load_identity_array, load_manifest
@@ -166,56 +165,56 @@ def test_leaked_identity_is_dropped_from_the_view(models, tmp_path):
     assert load_manifest(out)["splits"]["train"]["num_identities"] == 6  # nothing deleted
 
 
-def test_embedded_default_config_is_valid_and_resolves_paths():
-    from synthface.flows.defaults import PROJECT_ROOT, load_default_config
+def test_embedded_default_config_finds_the_demo_models_and_writes_where_the_user_is(
+    tmp_path, monkeypatch
+):
+    from synthface.flows.defaults import load_default_config
 
-    cfg = load_config(ROOT / "configs" / "generate" / "default.yaml", GenerateConfig)
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("SYNTHFACE_HOME", raising=False)
+    cfg = load_default_config()
     assert cfg.name == "default" and cfg.runner.kind == "thread"
-    resolved = load_default_config()
-    assert Path(resolved.output.dir) == PROJECT_ROOT / cfg.output.dir
+    # inputs next to the config (configs/generate/../../data), outputs under the cwd
+    assert Path(cfg.generator.checkpoint) == ROOT / "data/demo/models/generator/final"
+    assert (Path(cfg.generator.checkpoint) / "config.json").is_file()
+    assert Path(cfg.generator.encoder) == ROOT / "data/demo/models/recognizer/model"
+    assert Path(cfg.output.dir) == tmp_path / "out/demo/dataset"
+    monkeypatch.setenv("SYNTHFACE_HOME", str(tmp_path / "home"))
+    assert Path(load_default_config().output.dir) == tmp_path / "home/out/demo/dataset"
 
 
 def test_flow_parameters_and_overrides_are_validated():
     from synthface.flows.generate import resolve_config
 
-    base = GenerateConfig()
+    base = GenerateConfig(generator={"checkpoint": "/models/gen"})
     cfg = resolve_config(base, identities=5, overrides=["qc.duplicate_similarity=0.9"])
     assert cfg.identities.count == 5 and cfg.qc.duplicate_similarity == 0.9
+    with pytest.raises(ConfigError, match="give config or config_file, not both"):
+        resolve_config(base, config_file="synthface:generate/default.yaml")
     with pytest.raises(ConfigError, match=r"identities\.count: must be >= 1 \(got 0\)"):
         resolve_config(base, overrides=["identities.count=0"])
     with pytest.raises(ConfigError, match=r"runner\.kindd: unknown key"):
         resolve_config(base, overrides=["runner.kindd=dask"])
 
 
-def test_prefect_env_defaults_and_unreachable_server(tmp_path):
+def test_prefect_env_defaults_and_unreachable_server(tmp_path, monkeypatch):
     import socket
 
-    from synthface.flows.defaults import PROJECT_ROOT, prepare_prefect_env
+    from synthface.flows.defaults import prepare_prefect_env
 
+    monkeypatch.chdir(tmp_path)
     env: dict[str, str] = {}
     assert prepare_prefect_env(env) is None
-    assert env["PREFECT_HOME"] == str(PROJECT_ROOT / ".prefect")
+    assert env["PREFECT_HOME"] == str(tmp_path / ".prefect")  # where the user is
+    env = {"SYNTHFACE_HOME": str(tmp_path / "home")}
+    prepare_prefect_env(env)
+    assert env["PREFECT_HOME"] == str(tmp_path / "home" / ".prefect")
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     url = f"http://127.0.0.1:{port}/api"
     with pytest.raises(InputError, match=f"Prefect server unreachable at PREFECT_API_URL={url}"):
         prepare_prefect_env({"PREFECT_API_URL": url})
-
-
-def test_prefect_yaml_points_at_the_flow():
-    import importlib
-
-    import yaml
-
-    doc = yaml.safe_load((ROOT / "prefect.yaml").read_text())
-    for dep in doc["deployments"]:
-        path, func = dep["entrypoint"].split(":")
-        module = importlib.import_module(path.removesuffix(".py").replace("/", "."))
-        flow = getattr(module, func)
-        assert flow.name == "generate-synthetic"
-        assert dep["work_pool"]["name"] == "synthface-process"
-        flow.validate_parameters(dep.get("parameters") or {})  # the stored defaults are valid
 
 
 def test_qc_view_cli_refilters_without_touching_shards(models, tmp_path):

@@ -19,7 +19,7 @@ from synthface.recognition.frcsyn.package import (
     validate_package,
     write_deterministic_zip,
 )
-from synthface.recognition.frcsyn.rules import check_training_data, get_subtask
+from synthface.recognition.frcsyn.rules import BUPT_GROUPS, check_training_data, get_subtask
 from synthface.recognition.frcsyn.scoring import format_submission, score_run
 from synthface.recognition.frcsyn.threshold import choose_threshold
 
@@ -105,7 +105,9 @@ def test_zip_bytes_are_deterministic(tmp_path):
 # ------------------------------------------------------------ a synthetic tree
 
 
-def make_tree(root: Path, datasets, *, subjects=6, per=3, seed=0, prefix="s", size=4):
+def make_tree(
+    root: Path, datasets, *, subjects=6, per=3, seed=0, prefix="s", size=4, groups=GROUPS
+):
     """Comparison tree with small random PNGs (the stand-in systems only read the paths)."""
     from PIL import Image
 
@@ -113,7 +115,7 @@ def make_tree(root: Path, datasets, *, subjects=6, per=3, seed=0, prefix="s", si
     (root / "comparisons").mkdir(parents=True)
     for d in datasets:
         lines, gt = [], []
-        for g in GROUPS:
+        for g in groups:
             imgs = [[f"{g}/{prefix}{d}{k}/{i}.jpg" for i in range(per)] for k in range(subjects)]
             for k in range(subjects):
                 for i in range(per):
@@ -213,6 +215,57 @@ def test_task1_bias_metrics(tmp_path):
         "hist_bupt.png",
     ]
     assert "![groups_proposed.png]" in (tmp_path / "run" / "report.md").read_text()
+
+
+def test_group_map_overrides_the_path_rule(tmp_path):
+    """Real BUPT folders hold only the ethnicity: 4 groups by path, 8 with a group map."""
+    st = get_subtask("1.1")
+    races = ("African", "Asian", "Caucasian", "Indian")
+    ev = make_tree(tmp_path / "eval", ["bupt"], subjects=4, seed=3, groups=races)
+    cal = make_tree(tmp_path / "cal", ["holdout"], seed=4, prefix="t")
+    by_path = score_run(st, ev, cal, SYSTEMS, tmp_path / "by_path", plots=False)["metrics"]
+    assert by_path["group_assignment"]["groups"] == list(races)
+    assert len(by_path["systems"]["proposed"]["datasets"]["bupt"]["groups"]) == 4
+    assert "pass a group map" in (tmp_path / "by_path" / "report.md").read_text()
+    # subject (its directory) -> race x gender
+    gm = tmp_path / "groups.csv"
+    gm.write_text(
+        "\n".join(
+            ["subject,group"]
+            + [f"{r}/sbupt{k},{r}_{'male' if k % 2 else 'female'}" for r in races for k in range(4)]
+        )
+        + "\n"
+    )
+    run = score_run(st, ev, cal, SYSTEMS, tmp_path / "mapped", plots=False, group_map=gm)
+    m = run["metrics"]
+    assert m["group_assignment"]["source"] == "group map"
+    assert m["group_assignment"]["groups"] == sorted(BUPT_GROUPS)
+    groups = m["systems"]["proposed"]["datasets"]["bupt"]["groups"]
+    assert sorted(groups) == sorted(BUPT_GROUPS)
+    vals = np.array(list(groups.values()))
+    assert m["systems"]["proposed"]["TO"] == pytest.approx(vals.mean() - vals.std())
+    md = (tmp_path / "mapped" / "report.md").read_text()
+    assert "BUPT groups (8) from group map" in md and "pass a group map" not in md
+    # a subject the map does not know is an error naming it
+    gm.write_text("African/sbupt0,African_female\n")
+    with pytest.raises(InputError, match="no group for the subject"):
+        score_run(st, ev, cal, SYSTEMS, tmp_path / "bad", plots=False, group_map=gm)
+
+
+def test_group_map_file_errors_and_last_component_subjects(tmp_path):
+    from synthface.recognition.frcsyn.groups import GroupMap, assign_groups
+
+    f = tmp_path / "g.tsv"
+    f.write_text("# BUPT genders\nm.0ab\tAfrican_male\nAsian/m.0cd\tAsian_female\n")
+    gm = GroupMap.load(f)
+    groups, record = assign_groups(["African/m.0ab/1.jpg", "Asian/m.0cd/2.jpg"], gm)
+    assert groups == ["African_male", "Asian_female"] and record["sha256"] == gm.sha256
+    f.write_text("m.0ab,African_male\nm.0ab,African_female\n")
+    with pytest.raises(InputError, match=r"g.tsv:2: subject 'm.0ab' is in group"):
+        GroupMap.load(f)
+    f.write_text("just-one-column\n")
+    with pytest.raises(InputError, match=r"g.tsv:1: expected 'subject,group'"):
+        GroupMap.load(f)
 
 
 def test_threshold_never_from_evaluation_data(tmp_path):
@@ -395,3 +448,49 @@ def test_cli_score_package_validate_with_tiny_models(tmp_path, capsys):
         == 0
     )
     assert "valid cvpr2024 1.1 package" in capsys.readouterr().out
+
+
+# ------------------------------------------------------------ calibration from training shards
+
+
+def test_calibration_from_training_shards(tmp_path, capsys):
+    from synthface.pipeline.shards import iter_samples
+    from synthface.pipeline.world import make_world_dataset
+
+    ds = tmp_path / "train"
+    make_world_dataset(ds, identities=6, per_identity=3, size=32)
+    out = tmp_path / "cal"
+    args = ["frcsyn", "calibration", "--from-shards", str(ds), "--out", str(out)]
+    assert main([*args, "--identities", "5", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["num_genuine"] == info["num_impostor"] == 5
+    cset = read_comparisons(out / "comparisons", "calibration", need_labels=True)
+    assert cset.labels.tolist() == [True] * 5 + [False] * 5
+    ident = [int(p.split("/")[1]) for p in cset.first]
+    other = [int(p.split("/")[1]) for p in cset.second]
+    assert [a == b for a, b in zip(ident, other)] == cset.labels.tolist()  # impostors differ
+    # each identity's last two images, byte for byte
+    last = {}
+    for s in iter_samples(ds, decode=False):
+        last.setdefault(s["label"], []).append(s["image"])
+    for a, b in zip(cset.first[:5], cset.second[:5]):
+        i = int(a.split("/")[1])
+        assert (out / "images" / a).read_bytes() == last[i][-2]
+        assert (out / "images" / b).read_bytes() == last[i][-1]
+    # a re-run with the same arguments is a no-op; the tree feeds the threshold choice
+    assert main([*args, "--identities", "5"]) == 0
+    assert "5 genuine + 5 impostor" in capsys.readouterr().out
+    with pytest.raises(InputError, match="has 6 identities, 9 were asked"):
+        from synthface.recognition.frcsyn.calibration import calibration_from_shards
+
+        calibration_from_shards(ds, tmp_path / "x", identities=9)
+
+
+def test_validate_without_run_warns_what_it_did_not_check(run_task2, tmp_path, capsys):
+    _, ev, _, run_dir, _ = run_task2
+    good = package_run(run_dir, tmp_path / "sub")
+    rep = validate_package(good, ev / "comparisons")
+    assert rep.ok and "no run given" in rep.warnings[0]
+    assert main(["frcsyn", "validate", str(good), "--comparisons", str(ev / "comparisons")]) == 0
+    assert "warning: no run given" in capsys.readouterr().err
+    assert not validate_package(good, ev / "comparisons", run_dir=run_dir).warnings

@@ -69,6 +69,14 @@ def test_a_few_training_steps_lower_the_loss(tmp_path):
     assert gen.attribute_prior is not None and gen.attribute_prior.total == 40 * 4
     imgs = gen.generate(np.ones((2, 8), np.float32), None, [1, 2])
     assert imgs.shape == (2, 16, 16, 3)
+    # and the region of its training identities: each the mean encoder embedding of its images
+    from synthface.generators.region import load_identity_region
+
+    region = load_identity_region(result["final"])
+    assert region.num_identities == 4 and region.meta["num_images"] == 4 * 4
+    first = enc.embed_uint8(np.stack([s["image"] for s in data if s["label"] == 0][:16]))
+    want = first.mean(0) / np.linalg.norm(first.mean(0))
+    assert np.abs(region.centroids[0] - want).max() < 2e-3  # stored as float16
 
 
 def test_identity_loss_gradient_reaches_the_unet():
@@ -120,6 +128,37 @@ def test_resume_is_exact(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     # only keep_checkpoints (2) survive
     assert len(list((tmp_path / "b" / "run" / "checkpoints").iterdir())) == 2
+
+
+def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, caplog):
+    """The newest checkpoint damaged after it was written (a truncated copy, a full disk):
+    resume stops naming the file; --resume-allow-partial falls back and says so."""
+    import shutil
+
+    data, enc = toy_samples(), tiny_encoder()
+    good = tmp_path / "good"
+    train_generator(tiny_config(good, train={"keep_checkpoints": 3}), data=data, encoder=enc)
+    damages = [
+        ("training/raw.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-100])),
+        ("model.safetensors", lambda p: p.write_bytes(p.read_bytes() + b"x")),
+        ("training/optimizer.pt", lambda p: p.write_bytes(p.read_bytes()[:1000])),
+        ("training/optimizer.pt", lambda p: p.unlink()),
+        ("training/state.json", lambda p: p.write_text("{not json")),
+    ]
+    for k, (name, damage) in enumerate(damages):
+        run = tmp_path / f"case{k}"
+        shutil.copytree(good, run)
+        target = run / "run" / "checkpoints" / "step-00000004" / name
+        damage(target)
+        more = tiny_config(run, train={"keep_checkpoints": 3, "steps": 6})
+        with pytest.raises(InputError) as err:
+            train_generator(more, data=data, encoder=enc)
+        assert str(err.value).startswith(str(target)), (name, str(err.value))
+        assert "--resume-allow-partial" in str(err.value)
+    result = train_generator(more, data=data, encoder=enc, resume_allow_partial=True)
+    assert result["step"] == 6 and [h["step"] for h in result["history"]] == [3, 4, 5, 6]
+    assert "dropping checkpoint step-00000004" in caplog.text
+    assert "resuming from step-00000002, steps 3..4 are trained again" in caplog.text
 
 
 def test_resume_refuses_a_changed_config(tmp_path):

@@ -62,7 +62,9 @@ def test_channel_splits_and_subsets_are_the_documented_ones():
         return {c * 64 + f for c in range(3) for f in freqs}
 
     client = {0, 1, 2, 3, 4, 5, 8, 9, 16, 24}
-    assert set(duetface.CLIENT_CHANNELS) == per_colour(client) and len(duetface.CLIENT_CHANNELS) == 30
+    assert (
+        set(duetface.CLIENT_CHANNELS) == per_colour(client) and len(duetface.CLIENT_CHANNELS) == 30
+    )
     assert set(duetface.SERVER_CHANNELS) == set(range(192)) - per_colour(client)
     assert len(duetface.SERVER_CHANNELS) == 162
 
@@ -135,13 +137,15 @@ def _noisy_templates(identities: int, groups: int, dim: int, noise: float, seed:
 
 
 def test_slerpface_matching_after_protection_and_cross_key_separation():
-    from synthface.recognition.privacy import slerpface as sf
     from synthface.recognition.evaluation import roc
+    from synthface.recognition.privacy import slerpface as sf
 
     a, b = _noisy_templates(200, 49, 16, 0.4, seed=0)
     gen = torch.Generator().manual_seed(3)
-    gallery = sf.enrol(a, sf.draw_keys(a.groups.shape, gen), alpha=0.9, drop_rate=0.5, generator=gen)
-    assert ((gallery.template == 0).float().mean() > 0.2)  # group dropout happened
+    gallery = sf.enrol(
+        a, sf.draw_keys(a.groups.shape, gen), alpha=0.9, drop_rate=0.5, generator=gen
+    )
+    assert (gallery.template == 0).float().mean() > 0.2  # group dropout happened
     shift = torch.roll(torch.arange(200), 1)
     genuine = sf.match(b, gallery)
     impostor = sf.match(sf.Templates(b.groups[shift], b.weights[shift]), gallery)
@@ -183,7 +187,9 @@ def _world_images(tmp_path, identities, per_identity, split="train"):
     from synthface.pipeline.world import make_world_dataset
     from synthface.recognition.privacy.attacks import load_dataset_images
 
-    make_world_dataset(tmp_path, identities=identities, per_identity=per_identity, size=32, split=split)
+    make_world_dataset(
+        tmp_path, identities=identities, per_identity=per_identity, size=32, split=split
+    )
     return load_dataset_images(tmp_path, identities * per_identity)
 
 
@@ -199,7 +205,9 @@ def test_attack_learns_on_unprotected_input_and_less_on_protected(tmp_path):
     plain = torch.nn.Identity()
     open_ = attacks.reconstruction_attack(plain, attacker, targets_a, targets_b, judge, settings)
     assert open_["loss_history"][-1] < 0.5 * open_["loss_history"][0]  # it learns
-    noisy = create_protected("dctdp", backbone="tiny", input_size=32, embedding_dim=8, budget_mean=0.002)
+    noisy = create_protected(
+        "dctdp", backbone="tiny", input_size=32, embedding_dim=8, budget_mean=0.002
+    )
     shut = attacks.reconstruction_attack(noisy, attacker, targets_a, targets_b, judge, settings)
     assert open_["psnr"] > 20 and open_["psnr"] > shut["psnr"] + 5
     assert open_["ssim"] > shut["ssim"] + 0.2
@@ -232,11 +240,19 @@ def _train(shards, out, protection: str, kwargs: dict, **model):
 
     cfg = validate_config(
         {
-            "data": {"train": str(shards / "train"), "batch_size": 8, "num_workers": 0,
-                     "shuffle_buffer": 64},
-            "model": {"backbone": model.get("backbone", "tiny"), "input_size": 32,
-                      "embedding_dim": model.get("dim", 32), "params": model.get("params", {}),
-                      "protection": {"name": protection, "params": kwargs}},
+            "data": {
+                "train": str(shards / "train"),
+                "batch_size": 8,
+                "num_workers": 0,
+                "shuffle_buffer": 64,
+            },
+            "model": {
+                "backbone": model.get("backbone", "tiny"),
+                "input_size": 32,
+                "embedding_dim": model.get("dim", 32),
+                "params": model.get("params", {}),
+                "protection": {"name": protection, "params": kwargs},
+            },
             "head": {"name": "arcface", "params": {"scale": 16, "margin": 0.2}},
             "optim": {"lr": 0.05},
             "train": {"output_dir": str(out), "max_steps": 3, "device": "cpu"},
@@ -264,11 +280,15 @@ def test_every_method_trains_a_few_steps_on_shards(shards, tmp_path):
     }
     dirs = {name: _train(shards, tmp_path / name, name, p, **m) for name, (p, m) in runs.items()}
     dirs["duetface"] = _train(
-        shards, tmp_path / "duetface", "duetface",
+        shards,
+        tmp_path / "duetface",
+        "duetface",
         {"client_params": client, "client_checkpoint": str(dirs["duetface_client"])},
     )
     dirs["minusface"] = _train(
-        shards, tmp_path / "minusface", "minusface",
+        shards,
+        tmp_path / "minusface",
+        "minusface",
         {"generator_widths": [8, 16], "residue_checkpoint": str(dirs["minusface_residue"])},
     )
     x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1

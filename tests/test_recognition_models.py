@@ -102,6 +102,24 @@ def test_ir100_real_forward_small_input():
         assert model(torch.randn(1, 3, 32, 32)).shape == (1, 64)
 
 
+def test_iresnet_initialisation_follows_arcface_torch_unless_asked():
+    """arcface_torch: conv weights N(0, 0.1), BN (1, 0), embedding BN scale frozen at 1."""
+    deep = create_backbone("ir18", input_size=32, embedding_dim=8)
+    convs = torch.cat(
+        [m.weight.detach().flatten() for m in deep.modules() if isinstance(m, torch.nn.Conv2d)]
+    )
+    assert float(convs.mean()) == pytest.approx(0.0, abs=2e-3)
+    assert float(convs.std()) == pytest.approx(0.1, rel=0.02)
+    assert not deep.features.weight.requires_grad
+    tiny = create_backbone("tiny", input_size=32, embedding_dim=8)  # this project's CPU model
+    fan_out = tiny.layer4[0].conv1.weight.detach()
+    expected = math.sqrt(2.0 / (fan_out.shape[0] * 9))
+    assert float(fan_out.std()) == pytest.approx(expected, rel=0.1)
+    assert create_backbone("tiny", input_size=32, embedding_dim=8, init="arcface_torch")
+    with pytest.raises(ConfigError):
+        create_backbone("tiny", input_size=32, init="xavier")
+
+
 def test_backbone_bad_arguments_are_config_errors():
     with pytest.raises(ConfigError, match=r"unknown backbone 'ir51'.*ir50"):
         create_backbone("ir51")
@@ -140,13 +158,18 @@ def test_arcface_changes_only_the_target_logit():
 
 def test_arcface_threshold_fallback_and_no_nan_at_the_poles():
     m = 0.5
-    head = _head_with_angles("arcface", [0.0, 1.0])
+    head = _head_with_angles("arcface", [0.0, 1.0], formulation="threshold")
     theta = math.pi - 0.2  # beyond pi - m: linear fallback cos(theta) - m*sin(pi - m)
     out = head(_emb(theta), torch.tensor([0]))
     fallback = math.cos(theta) - m * math.sin(math.pi - m)
     assert out.logits[0, 0].item() == pytest.approx(64 * fallback, abs=1e-3)
     for angle in (0.0, math.pi):  # cos = +1 / -1 exactly: sqrt/acos gradients must stay finite
-        for name, kw in [("arcface", {}), ("combined", {"m1": 1.2}), ("curricularface", {})]:
+        for name, kw in [
+            ("arcface", {}),
+            ("arcface", {"formulation": "threshold"}),
+            ("combined", {"m1": 1.2}),
+            ("curricularface", {}),
+        ]:
             h = _head_with_angles(name, [0.0, 2.0], **kw)
             x = _emb(angle).requires_grad_(True)
             res = h(x, torch.tensor([0]))
@@ -155,8 +178,29 @@ def test_arcface_threshold_fallback_and_no_nan_at_the_poles():
             assert torch.isfinite(h.weight.grad).all()
 
 
+def test_arcface_torch_formulation_no_threshold_straight_through_gradient():
+    """arcface_torch: cos(theta + m) at every angle; d loss / d c as if the logit were s*c."""
+    m, s = 0.5, 64.0
+    for theta in (0.3, math.pi - 0.2):  # below and beyond the old threshold
+        head = _head_with_angles("arcface", [0.0, 1.0])
+        assert head.formulation == "arcface_torch"
+        x = _emb(theta).requires_grad_(True)
+        out = head(x, torch.tensor([0]))
+        assert out.logits[0, 0].item() == pytest.approx(s * math.cos(theta + m), abs=1e-3)
+        out.loss.backward()
+        # reference: the same softmax, but the gradient flows through s*c unchanged
+        ref_head = _head_with_angles("cosface", [0.0, 1.0], margin=0.0)
+        x2 = _emb(theta).requires_grad_(True)
+        cos = F.linear(F.normalize(x2, dim=1), F.normalize(ref_head.weight, dim=1))
+        shift = torch.tensor([[math.cos(theta + m) - math.cos(theta), 0.0]])
+        F.cross_entropy(s * (cos + shift), torch.tensor([0])).backward()
+        assert torch.allclose(x.grad, x2.grad, atol=1e-5)
+    with pytest.raises(ConfigError, match="formulation"):
+        create_head("arcface", embedding_dim=2, num_classes=2, formulation="paper")
+
+
 def test_easy_margin_leaves_obtuse_targets_alone():
-    head = _head_with_angles("arcface", [0.0, 1.0], easy_margin=True)
+    head = _head_with_angles("arcface", [0.0, 1.0], easy_margin=True, formulation="threshold")
     out = head(_emb(2.0), torch.tensor([0]))  # cos < 0
     assert out.logits[0, 0].item() == pytest.approx(64 * math.cos(2.0), abs=1e-4)
 
@@ -175,7 +219,9 @@ def test_cosface_and_combined_margins():
     a = _head_with_angles("combined", [0.0, 1.0], m1=1.0, m2=0.5, m3=0.0)(
         _emb(2.9), torch.tensor([0])
     )
-    b = _head_with_angles("arcface", [0.0, 1.0])(_emb(2.9), torch.tensor([0]))
+    b = _head_with_angles("arcface", [0.0, 1.0], formulation="threshold")(
+        _emb(2.9), torch.tensor([0])
+    )
     assert torch.allclose(a.logits, b.logits)
 
 
@@ -197,6 +243,23 @@ def test_curricularface_t_update_and_hard_negative_modulation():
     head(_emb(theta), torch.tensor([0]))  # evaluation never moves t
     assert head.t.item() == pytest.approx((1 - alpha) * t1 + alpha * math.cos(theta), rel=1e-5)
     assert "t" in head.state_dict()  # resumes exactly
+
+
+def test_curricularface_hard_negatives_are_judged_against_cos_theta_plus_m():
+    """Beyond theta_y > pi - m the target uses the fallback, but a negative is hard only if
+    it beats cos(theta_y + m) (paper, released code), not the (higher) fallback value."""
+    m = 0.5
+    theta = 2.9  # target angle: cos(3.4) = -0.967, fallback cos(2.9) - m sin(pi - m) = -1.21
+    head = _head_with_angles("curricularface", [0.0, theta + 3.0, theta + 1.0])
+    out = head(_emb(theta), torch.tensor([0]))
+    t = head.t.item()
+    c1, c2 = math.cos(3.0), math.cos(1.0)  # -0.990: between the two; 0.540: hard either way
+    assert math.cos(theta) - m * math.sin(math.pi - m) < c1 < math.cos(theta + m) < c2
+    assert out.logits[0, 0].item() == pytest.approx(
+        64 * (math.cos(theta) - m * math.sin(math.pi - m)), abs=1e-3
+    )
+    assert out.logits[0, 1].item() == pytest.approx(64 * c1, abs=1e-3)  # not hard
+    assert out.logits[0, 2].item() == pytest.approx(64 * c2 * (t + c2), abs=1e-3)  # hard
 
 
 def test_cifp_penalises_only_instance_false_positives():

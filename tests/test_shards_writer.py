@@ -198,10 +198,13 @@ def test_output_directory_holding_another_dataset(tmp_path):
     (tmp_path / "other" / "thesis.pdf").write_bytes(b"%PDF")
     with pytest.raises(ShardError, match="not empty and holds no synthface dataset"):
         DatasetWriter(tmp_path / "other", config={"seed": 2})
-    # unfinished run of another config
-    w = DatasetWriter(tmp_path / "half", config={"seed": 1})
+    # an unfinished run of another config that wrote a shard
+    w = DatasetWriter(tmp_path / "half", config={"seed": 1}, max_samples=1)
+    for s in make_samples(0, 3, per_identity=1):
+        w.add(s)
     w.abort()
-    with pytest.raises(ShardError, match="unfinished"):
+    assert completed_shards(tmp_path / "half")
+    with pytest.raises(ShardError, match="part of an unfinished 'train' dataset"):
         DatasetWriter(tmp_path / "half", config={"seed": 3})
 
 

@@ -122,7 +122,7 @@ def test_resume_is_exact(world, tmp_path):
     extra = {
         "augment": {"crop": {"p": 0.3}, "photometric": {"p": 0.3}, "low_res": {"p": 0.3}},
         "head": {"params": {"scale": 16, "margin": 0.2, "sample_rate": 0.5}},
-        "train": {"output_dir": "", "epochs": 4, "device": "cpu", "grad_accum": 2},
+        "train": {"epochs": 4, "device": "cpu", "grad_accum": 2},
         "checkpoint": {"every_steps": 8},
     }
     straight = _cfg(world, tmp_path / "a", **extra)
@@ -216,7 +216,7 @@ def test_cli_train_with_overrides(world, tmp_path, capsys):
     assert code == 1 and "optim.lr: must be > 0" in err
 
 
-@pytest.mark.parametrize("name", ["ir50_arcface.yaml", "world_tiny.yaml"])
+@pytest.mark.parametrize("name", ["arcface_torch_r50_casia.yaml", "world_tiny.yaml"])
 def test_shipped_configs_validate(name):
     cfg = load_config(REPO / "configs" / "recognition" / name, TrainConfig)
     assert cfg.optim.weight_decay == pytest.approx(5e-4)
@@ -267,3 +267,64 @@ def test_onnx_teacher_pulls_the_student_towards_its_embeddings(world, tmp_path):
     bad.model.embedding_dim = 32
     with pytest.raises(ConfigError, match="64-d embeddings"):
         train(bad)
+
+
+@pytest.fixture(scope="module")
+def stopped(world, tmp_path_factory) -> Path:
+    """A run stopped after 32 steps: checkpoints at 16 and 32, metrics logged every 8."""
+    out = tmp_path_factory.mktemp("stopped") / "run"
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)  # module scope: set up before the autouse _one_thread
+    try:
+        train(_cfg(world, out), stop_after=32)
+    finally:
+        torch.set_num_threads(threads)
+    return out
+
+
+def _copy(stopped: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    shutil.copytree(stopped, tmp_path / "run")
+    return tmp_path / "run"
+
+
+@pytest.mark.parametrize(
+    ("name", "damage"),
+    [
+        ("random_states_0.pkl", lambda p: p.write_bytes(b"not a torch file")),
+        ("random_states_0.pkl", lambda p: p.write_bytes(p.read_bytes()[:200])),
+        ("random_states_0.pkl", lambda p: p.unlink()),
+        ("model.safetensors", lambda p: p.write_bytes(p.read_bytes()[:-64])),
+        ("optimizer.bin", lambda p: p.write_bytes(p.read_bytes()[:-64])),
+        ("trainer_state.json", lambda p: p.unlink()),
+    ],
+    ids=["rng-garbage", "rng-truncated", "rng-missing", "weights", "optimizer", "state"],
+)
+def test_resume_stops_naming_a_damaged_checkpoint_file(world, stopped, tmp_path, name, damage):
+    """accelerate would only log "Could not load random states" and carry on differently."""
+    run = _copy(stopped, tmp_path)
+    target = run / "checkpoints" / "step-00000032" / name
+    damage(target)
+    cfg = _cfg(world, run)
+    with pytest.raises(InputError) as err:
+        train(cfg, resume="latest")
+    message = str(err.value)
+    assert name in message and "--resume-allow-partial" in message and "\n" not in message
+
+
+def test_resume_allow_partial_falls_back_and_metrics_are_appended(world, stopped, tmp_path, caplog):
+    run = _copy(stopped, tmp_path)
+    logged = (run / "metrics.csv").read_text()
+    assert [int(r["step"]) for r in _rows(run / "metrics.csv")] == [8, 16, 24, 32]
+    (run / "checkpoints" / "step-00000032" / "random_states_0.pkl").write_bytes(b"garbage")
+    result = train(
+        _cfg(world, run, train={"max_steps": 40}), resume="latest", resume_allow_partial=True
+    )
+    assert result.completed and result.global_step == 40
+    assert "dropping checkpoint step-00000032" in caplog.text
+    assert "resuming from step-00000016, steps 17..32 are trained again" in caplog.text
+    # the interrupted attempt's rows stay; the resumed run's rows follow them
+    text = (run / "metrics.csv").read_text()
+    assert text.startswith(logged)
+    assert [int(r["step"]) for r in _rows(run / "metrics.csv")] == [8, 16, 24, 32, 24, 32, 40]

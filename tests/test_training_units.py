@@ -46,7 +46,7 @@ def test_config_rejects_unknown_and_invalid_keys():
 def test_config_defaults_are_the_arcface_recipe():
     cfg = validate_config({"data": {"train": "x"}}, TrainConfig)
     assert (cfg.optim.name, cfg.optim.lr, cfg.optim.momentum) == ("sgd", 0.1, 0.9)
-    assert cfg.optim.weight_decay == 5e-4 and not cfg.optim.decay_norm_and_bias
+    assert cfg.optim.weight_decay == 5e-4 and cfg.optim.decay_norm_and_bias
     assert (cfg.model.backbone, cfg.model.input_size, cfg.head.name) == ("ir50", 112, "arcface")
 
 
@@ -86,7 +86,12 @@ def test_no_weight_decay_on_norm_and_bias():
     from synthface.recognition.config import OptimConfig
 
     opt = build_optimizer(model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1))
-    assert isinstance(opt, torch.optim.AdamW)
+    assert isinstance(opt, torch.optim.AdamW)  # default: decay everything, as arcface_torch
+    assert [g["weight_decay"] for g in opt.param_groups] == [0.1]
+    assert len(opt.param_groups[0]["params"]) == len(list(model.parameters()))
+    opt = build_optimizer(
+        model, OptimConfig(name="adamw", lr=1e-3, weight_decay=0.1, decay_norm_and_bias=False)
+    )
     assert [g["weight_decay"] for g in opt.param_groups] == [0.1, 0.0]
 
 

@@ -217,6 +217,11 @@ def test_protocol_files_have_the_stated_counts(tmp_path, protocol):
     if protocol == "rof":
         assert all(a["occluder"] == "none" for a in A)
         assert {b["occluder"] for b in B} == {"mask", "sunglasses"}
+    if protocol == "lowres":
+        assert all("resolution" not in a for a in A) and all(b["resolution"] == 8 for b in B)
+        # B lost its fine detail: far less high-frequency energy than A
+        hf = [np.abs(np.diff(decode_image(blobs[k]).astype(float), axis=1)).mean() for k in (0, 1)]
+        assert hf[1] < 0.6 * hf[0]
     if protocol == "bupt":
         assert all(p["group_a"] == p["group_b"] for p in meta)  # impostors within a group
         assert all(line.split("/")[0] in GROUP_NAMES for line in comps)

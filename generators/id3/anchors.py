@@ -56,6 +56,22 @@ def packing_stats(x: torch.Tensor, block: int = 4096) -> dict[str, float]:
     }
 
 
+def tammes_memory_bytes(n: int, dim: int, block: int) -> int:
+    """Peak bytes of :func:`tammes_anchors`: the float64 start (then float32 points) and, per
+    block, three ``block x n`` float32 matrices (similarities, scaled, softmax weights)."""
+    b = min(block, n)
+    return 20 * n * dim + 16 * n + 12 * b * n + 16 * b * dim
+
+
+def check_tammes_memory(n: int, dim: int, block: int, device: str | torch.device = "cpu") -> None:
+    """Refuse, before allocating, a packing that would not fit the device's memory."""
+    from synthface.pipeline.limits import check_memory
+
+    what = f"Tammes anchors for {n} identities x {dim} dims (block {min(block, n)})"
+    hint = "use fewer identities or a smaller anchor block (id3.anchor_block)"
+    check_memory(tammes_memory_bytes(n, dim, block), what, hint, device)
+
+
 @torch.no_grad()
 def tammes_anchors(
     n: int,
@@ -77,6 +93,7 @@ def tammes_anchors(
     """
     if n < 2:
         return random_unit_vectors(max(n, 0), dim, seed).to(device)
+    check_tammes_memory(n, dim, block, device)
     x = random_unit_vectors(n, dim, seed).to(device)
     g = torch.Generator().manual_seed(int(seed) + 1)
     for it in range(iterations):
@@ -99,6 +116,55 @@ def tammes_anchors(
 
 
 @torch.no_grad()
+def region_statistics(
+    reference: np.ndarray | torch.Tensor, *, max_dims: int = 64
+) -> dict[str, torch.Tensor]:
+    """Mean, principal axes and variances of the rows of ``reference`` (L2-normalised first).
+
+    Returns float64 tensors ``mean`` (D), ``axes`` (K, D), ``variances`` (K) for the top
+    ``K = min(max_dims, rows, D)`` axes and ``total_variance`` (the sum over *all* axes,
+    so a stored top-K still knows which share of the spread it covers).
+    """
+    ref = torch.as_tensor(np.asarray(reference, dtype=np.float32))
+    if ref.ndim != 2 or ref.shape[0] < 3 or not torch.isfinite(ref).all():
+        raise ValueError("reference must be a finite (rows >= 3, dim) array")
+    ref = torch.nn.functional.normalize(ref.double(), dim=1)
+    mean = ref.mean(0)
+    _, sv, vt = torch.linalg.svd(ref - mean, full_matrices=False)
+    var = sv**2 / (ref.shape[0] - 1)
+    k = min(int(max_dims), len(var))
+    return {
+        "mean": mean,
+        "axes": vt[:k],
+        "variances": var[:k],
+        "total_variance": var.sum(),
+    }
+
+
+@torch.no_grad()
+def anchors_in_region(
+    stats: dict[str, torch.Tensor],
+    n: int,
+    *,
+    variance: float = 0.95,
+    max_dims: int = 64,
+    **tammes_kwargs,
+) -> torch.Tensor:
+    """N anchors packed in the region ``stats`` (from :func:`region_statistics`) describes."""
+    if not 0 < variance <= 1:
+        raise ValueError(f"variance must be in (0, 1] (got {variance})")
+    mean = stats["mean"].double()
+    axes = stats["axes"].double()
+    var = stats["variances"].double()
+    share = torch.cumsum(var, 0) / stats["total_variance"].double()
+    k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype)).item()) + 1
+    k = max(2, min(k, max_dims, len(var)))
+    z = tammes_anchors(n, k, **tammes_kwargs).double().cpu()
+    x = mean + math.sqrt(k) * (z * var[:k].sqrt()) @ axes[:k]
+    return torch.nn.functional.normalize(x, dim=1).float()
+
+
+@torch.no_grad()
 def anchors_within(
     reference: np.ndarray | torch.Tensor,
     n: int,
@@ -115,37 +181,20 @@ def anchors_within(
     principal axes V_k, s_k covering ``variance`` of their spread (at most ``max_dims``);
     Tammes packing runs on the unit sphere of R^k, and each packed z maps to
     normalize(m + sqrt(k) * (z * s_k) @ V_k), which has the reference's covariance while
-    keeping Tammes' separation along those axes. Not part of ID³; an option.
+    keeping Tammes' separation along those axes. Not part of ID³; an option. A generator
+    checkpoint stores these statistics of its training identities
+    (``synthface.generators.region``), so generation needs no reference file.
     """
-    ref = torch.as_tensor(np.asarray(reference, dtype=np.float32))
-    if ref.ndim != 2 or ref.shape[0] < 3 or not torch.isfinite(ref).all():
-        raise ValueError("reference must be a finite (rows >= 3, dim) array")
     if not 0 < variance <= 1:
         raise ValueError(f"variance must be in (0, 1] (got {variance})")
-    ref = torch.nn.functional.normalize(ref.double(), dim=1)
-    mean = ref.mean(0)
-    _, sv, vt = torch.linalg.svd(ref - mean, full_matrices=False)
-    var = sv**2 / (ref.shape[0] - 1)
-    share = torch.cumsum(var, 0) / var.sum()
-    k = int(torch.searchsorted(share, torch.tensor(variance, dtype=share.dtype)).item()) + 1
-    k = max(2, min(k, max_dims, len(var)))
-    z = tammes_anchors(n, k, **tammes_kwargs).double().cpu()
-    x = mean + math.sqrt(k) * (z * var[:k].sqrt()) @ vt[:k]
-    return torch.nn.functional.normalize(x, dim=1).float()
+    stats = region_statistics(reference, max_dims=max(int(max_dims), 2))
+    return anchors_in_region(stats, n, variance=variance, max_dims=max_dims, **tammes_kwargs)
 
 
 def save_anchors(path, anchors: torch.Tensor | np.ndarray) -> None:
     """Atomic ``.npy`` write (float32)."""
-    import os
-    import uuid
-    from pathlib import Path
+    from synthface.pipeline.atomic import atomic_write
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
     arr = np.asarray(anchors.cpu() if isinstance(anchors, torch.Tensor) else anchors, np.float32)
-    tmp = path.with_name(f".{path.name}.{uuid.uuid4().hex}.tmp")
-    with open(tmp, "wb") as f:
-        np.save(f, arr)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    with atomic_write(path) as f:
+        np.save(f, arr, allow_pickle=False)

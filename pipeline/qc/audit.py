@@ -13,7 +13,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -86,6 +86,22 @@ class IdentityTable:
     centroids: np.ndarray  # (C, D) unit rows
     low_consistency: dict[int, list[int]]  # identity -> sample indices
     duplicates: dict[int, list[int]]
+    quality: np.ndarray | None = None  # mean sample quality per identity; NaN = not scored
+    sample_quality: dict[int, list[list[float]]] = field(default_factory=dict)  # [index, q]
+
+    def __post_init__(self) -> None:
+        if self.quality is None:
+            self.quality = np.full(len(self.num_samples), np.nan, dtype=np.float32)
+
+    def low_quality(self, threshold: float | None) -> dict[int, list[int]]:
+        """Samples whose quality is below ``threshold`` (none without a threshold)."""
+        if threshold is None:
+            return {}
+        found = {
+            i: [int(j) for j, q in pairs if q < threshold]
+            for i, pairs in self.sample_quality.items()
+        }
+        return {i: v for i, v in found.items() if v}
 
     @property
     def num_identities(self) -> int:
@@ -126,6 +142,8 @@ def gather_identity_table(
         centroids=np.stack([r.centroid for r in rows]).astype(np.float32),
         low_consistency={r.identity: r.low_consistency for r in rows if r.low_consistency},
         duplicates={r.identity: r.duplicates for r in rows if r.duplicates},
+        quality=col("quality"),
+        sample_quality={r.identity: r.sample_quality for r in rows if r.sample_quality},
     )
 
 
@@ -227,6 +245,8 @@ def audit(table: IdentityTable, cfg: QCConfig, *, gallery: np.ndarray | None = N
     }
     if np.isfinite(table.anchor_cos).any():
         arrays["qc_anchor_cos"] = table.anchor_cos
+    if np.isfinite(table.quality).any():
+        arrays["qc_quality"] = table.quality
     leak_sim = None
     if gallery is not None:
         leak_sim, leak_idx = gallery_similarity(table.centroids, gallery, cfg.block)
@@ -237,9 +257,11 @@ def audit(table: IdentityTable, cfg: QCConfig, *, gallery: np.ndarray | None = N
     # Sample-level exclusions, then identities left with too few samples.
     excluded_samples: dict[str, list[str]] = {}
     kept = table.num_samples.copy()
+    low_quality = table.low_quality(cfg.min_quality)
     for reason, table_map in (
         ("low_consistency", table.low_consistency),
         ("duplicate", table.duplicates),
+        ("low_quality", low_quality),
     ):
         if reason not in cfg.drop_samples:
             continue
@@ -272,11 +294,13 @@ def audit(table: IdentityTable, cfg: QCConfig, *, gallery: np.ndarray | None = N
         "flagged_samples": {
             "low_consistency": sum(len(v) for v in table.low_consistency.values()),
             "duplicate": sum(len(v) for v in table.duplicates.values()),
+            "low_quality": sum(len(v) for v in low_quality.values()),
         },
         "identity_consistency": _stats(table.consistency),
         "identity_diversity": _stats(table.diversity),
         "nearest_identity_similarity": _stats(sep),
         "anchor_cos": _stats(table.anchor_cos),
+        "identity_quality": _stats(table.quality),
         "gallery_similarity": None if leak_sim is None else _stats(leak_sim),
         "view": {
             "name": cfg.view,

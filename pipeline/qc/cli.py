@@ -18,7 +18,7 @@ def cmd_view(args: argparse.Namespace) -> int:
     data["view"] = args.name
     if args.gallery:
         data["gallery"] = args.gallery
-    qc = validate_config(apply_overrides(data, args.set), QCConfig, "qc")
+    qc = validate_config(apply_overrides(data, args.set), QCConfig, "qc", overrides=args.set)
     out = write_filtered_view(args.dataset, qc, split=args.split)
     text = (
         f"{out['view']}: {out['num_identities']} identities, {out['num_samples']} samples kept "

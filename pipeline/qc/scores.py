@@ -40,6 +40,10 @@ class IdentityScores:
     anchor_cos: float | None  # mean cosine to the conditioning anchor, if scored
     low_consistency: list[int] = field(default_factory=list)  # sample indices
     duplicates: list[int] = field(default_factory=list)  # sample indices (later of a pair)
+    quality: float | None = None  # mean face image quality of the samples, if scored
+    # [sample index, quality] of every sample: the audit thresholds them (qc.min_quality),
+    # so a stricter quality view needs no regeneration
+    sample_quality: list[list[float]] = field(default_factory=list)
     centroid: np.ndarray | None = field(default=None, repr=False)
 
     def to_dict(self) -> dict:
@@ -52,6 +56,8 @@ class IdentityScores:
             "anchor_cos": self.anchor_cos,
             "low_consistency": list(self.low_consistency),
             "duplicates": list(self.duplicates),
+            "quality": self.quality,
+            "sample_quality": [list(p) for p in self.sample_quality],
         }
 
     @classmethod
@@ -66,6 +72,7 @@ def score_identity(
     *,
     sample_indices: list[int] | None = None,
     anchor: np.ndarray | None = None,
+    quality: np.ndarray | None = None,
 ) -> tuple[list[dict], IdentityScores]:
     """Score the ``n`` samples of one identity.
 
@@ -76,6 +83,7 @@ def score_identity(
         sample_indices: the samples' indices within the identity (default ``0..n-1``).
         anchor: ``(D,)`` conditioning anchor, only when it lives in the same embedding
             space as ``embeddings`` (i.e. the evaluation recognizer is the conditioning one).
+        quality: ``(n,)`` face image quality scores (``qc.quality_model``), if scored.
 
     Returns:
         One ``qc`` dict per sample (for its ``.json``) and the identity summary.
@@ -101,6 +109,10 @@ def score_identity(
                 f"identity {identity}: anchor has {anchor.shape[0]} dims, embeddings have {emb.shape[1]}"
             )
         anchor_cos = emb @ anchor
+    if quality is not None:
+        quality = np.asarray(quality, dtype=np.float64).reshape(-1)
+        if quality.shape[0] != n or not np.all(np.isfinite(quality)):
+            raise InputError(f"identity {identity}: need {n} finite quality scores")
     # Mean pairwise cosine over i != j from the norm of the sum: |sum|^2 = n + sum_{i!=j} cos.
     total = emb.sum(axis=0)
     pair_mean = (float(total @ total) - n) / (n * (n - 1)) if n > 1 else 1.0
@@ -121,6 +133,10 @@ def score_identity(
         entry: dict = {"centroid_cos": _r(to_centroid[i]), "flags": flags}
         if anchor_cos is not None:
             entry["anchor_cos"] = _r(anchor_cos[i])
+        if quality is not None:
+            entry["quality"] = _r(quality[i])
+            if cfg.min_quality is not None and quality[i] < cfg.min_quality:
+                flags.append("low_quality")
         if i in duplicate_of:
             flags.append("duplicate")
             entry["duplicate_of"] = idx[duplicate_of[i]]
@@ -134,6 +150,8 @@ def score_identity(
         anchor_cos=None if anchor_cos is None else _r(anchor_cos.mean()),
         low_consistency=low,
         duplicates=[idx[i] for i in sorted(duplicate_of)],
+        quality=None if quality is None else _r(quality.mean()),
+        sample_quality=[] if quality is None else [[idx[i], _r(quality[i])] for i in range(n)],
         centroid=centroid.astype(np.float32),
     )
     return per_sample, summary

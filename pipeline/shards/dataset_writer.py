@@ -7,13 +7,14 @@ boundary whether it still fits the current shard or opens the next one.
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.shards.manifest import begin_dataset, finalize_dataset
+from synthface.pipeline.shards.manifest import begin_dataset, finalize_dataset, release_dataset
 from synthface.pipeline.shards.sample import Sample
 from synthface.pipeline.shards.writer import (
     SHARDS_DIR,
@@ -45,6 +46,7 @@ class DatasetWriter:
         self.split = split
         self.max_samples = max_samples
         self.max_bytes = max_bytes
+        self._created = not self.dataset_dir.exists()
         begin_dataset(self.dataset_dir, config=config, split=split)
         self._buffer: list[Sample] = []
         self._identity = -1
@@ -105,11 +107,19 @@ class DatasetWriter:
                 )
 
     def abort(self) -> None:
-        """Drop the shard in progress (complete shards stay, and count for a re-run)."""
+        """Drop the shard in progress (complete shards stay, and count for a re-run).
+
+        A run that wrote no shard at all gives up its claim on the directory (and removes
+        the directory if it made it and it is empty), so it can be reused with other input.
+        """
         if self._shard is not None:
             self._shard.abort()
             self._shard = None
         self._buffer = []
+        released = release_dataset(self.dataset_dir, config=self.config, split=self.split)
+        if released and self._created:
+            with contextlib.suppress(OSError):
+                self.dataset_dir.rmdir()
 
     def close(
         self, identity_arrays: dict[str, np.ndarray] | None = None, extra: dict | None = None

@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-import io
 import json
 from typing import Any
 
 import numpy as np
 
 from synthface.pipeline.errors import ShardError
-from synthface.pipeline.shards.sample import decode_image
+from synthface.pipeline.limits import quote
+from synthface.pipeline.shards.sample import decode_image, npy_from_bytes
 
 
 def image_member(raw: dict[str, Any]) -> str:
@@ -17,26 +17,30 @@ def image_member(raw: dict[str, Any]) -> str:
         if ext in raw:
             return ext
     raise ShardError(
-        f"sample {raw.get('__key__')!r} ({raw.get('__url__', '?')}): no .jpg or .png member"
+        f"{raw.get('__url__', '?')}: sample {quote(raw.get('__key__'))}: no .jpg or .png member"
     )
 
 
 def to_sample(raw: dict[str, Any], decode: bool = True) -> dict[str, Any]:
-    """``{"__key__", "image", "label", "meta", "embedding"}`` from a raw member dict."""
+    """``{"__key__", "image", "label", "meta", "embedding"}`` from a raw member dict.
+
+    Any malformed member is a ``ShardError``/``InputError`` naming the shard and the key.
+    """
     key = raw["__key__"]
+    where = f"{raw.get('__url__', '?')}: sample {quote(key)}"
     ext = image_member(raw)
     image = raw[ext]
     try:
         label = int(raw["cls"])
         meta = json.loads(raw["json"]) if "json" in raw else {}
-    except (KeyError, ValueError) as exc:
-        raise ShardError(
-            f"sample {key!r} ({raw.get('__url__', '?')}): bad .cls/.json member ({exc})"
-        ) from None
-    embedding = np.load(io.BytesIO(raw["npy"]), allow_pickle=False) if "npy" in raw else None
+    except (KeyError, ValueError, RecursionError) as exc:
+        raise ShardError(f"{where}: bad .cls/.json member ({quote(str(exc), 120)})") from None
+    if not isinstance(meta, dict):
+        raise ShardError(f"{where}: .json member is not an object")
+    embedding = npy_from_bytes(raw["npy"], f"{where}: .npy") if "npy" in raw else None
     return {
         "__key__": key,
-        "image": decode_image(image, key) if decode else bytes(image),
+        "image": decode_image(image, where) if decode else bytes(image),
         "label": label,
         "meta": meta,
         "embedding": embedding,

@@ -25,6 +25,7 @@ import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.pipeline.shards.dataset_writer import DatasetWriter
 from synthface.pipeline.shards.manifest import shard_paths
 from synthface.pipeline.shards.sample import (
@@ -182,6 +183,7 @@ def from_folder(
     ``extra.align`` then counts aligned and skipped images and dropped identities.
     """
     src = Path(src)
+    check_output_outside(out, "output", source=src)
     names = [f.name for f in list_identities(src, skip_non_images)]
     config = {
         "converter": "from-folder",
@@ -251,6 +253,7 @@ def to_folder(dataset_dir: str | Path, out: str | Path, *, split: str = "train")
     from synthface.pipeline.shards.index_reader import iter_raw
 
     out = Path(out)
+    check_output_outside(out, "output", dataset=dataset_dir)
     out.mkdir(parents=True, exist_ok=True)
     root = out.resolve()
     written = skipped = 0

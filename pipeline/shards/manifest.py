@@ -8,10 +8,14 @@ finished dataset; one without is a run in progress.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import io
 import json
+import os
 import re
+import socket
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,11 @@ import numpy as np
 from synthface.pipeline import __version__
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.limits import quote
 from synthface.pipeline.shards.writer import (
     RECORDS_DIR,
     SHARDS_DIR,
+    SPLIT_RE,
     ShardRecord,
     check_split,
     completed_shards,
@@ -32,6 +38,7 @@ FORMAT_NAME = "synthface-identity-shards"
 SCHEMA_VERSION = 1
 MANIFEST = "dataset.json"
 INFO = "_info.json"
+CLAIM_LOCK = ".claim.lock"
 ARRAY_NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 # Names that may sit in a dataset directory besides the split-prefixed ones.
 OWN_NAMES = {MANIFEST, INFO, SHARDS_DIR, RECORDS_DIR}
@@ -70,49 +77,168 @@ def _is_own(name: str) -> bool:
     return name in OWN_NAMES or name.endswith((".npy", "-wids.json"))
 
 
+def _written_files(dataset_dir: Path, split: str) -> list[Path]:
+    """Files a run of ``split`` writes per shard (``shards/``, ``records/``, ``qc/`` ...),
+    finished or temporary: what makes a directory hold *part of* a dataset."""
+    pattern = re.compile(rf"^\.?{re.escape(split)}-\d{{6}}\.")
+    found = []
+    with contextlib.suppress(OSError):
+        for sub in dataset_dir.iterdir():
+            if sub.is_dir():
+                found.extend(p for p in sub.iterdir() if pattern.match(p.name))
+    return sorted(found)
+
+
+def _owner_path(dataset_dir: Path, split: str) -> Path:
+    # Hidden, and removed when the split is finalized or released: the finished dataset's
+    # bytes never depend on which process claimed it.
+    return dataset_dir / RECORDS_DIR / f".{split}-owner.json"
+
+
+def _live_owner(dataset_dir: Path, split: str) -> int | None:
+    """The pid of another process on this host that holds the claim and still runs."""
+    try:
+        owner = json.loads(_owner_path(dataset_dir, split).read_text())
+        pid, host = int(owner["pid"]), owner["host"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    if host != socket.gethostname() or pid == os.getpid():
+        return None
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return None
+    except PermissionError:
+        pass  # alive, another user's
+    return pid
+
+
+def _pending_hash(pending: Path) -> str | None:
+    try:
+        return json.loads(pending.read_text())["config_hash"]
+    except FileNotFoundError:
+        return None
+    except (OSError, ValueError, KeyError, TypeError, RecursionError):
+        return "?"
+
+
+def _check_claim(dataset_dir: Path, split: str, digest: str) -> None:
+    """Refuse (``ShardError``) a directory that holds another dataset or unrelated files.
+
+    An unfinished claim of another config whose run wrote nothing of the split (it failed
+    before its first shard, or was refused and is rerun with other flags) may be taken over.
+    """
+    manifest_file = dataset_dir / MANIFEST
+    if manifest_file.exists():
+        old = load_manifest(dataset_dir).get("splits", {}).get(split)
+        if old is not None and old.get("config_hash") != digest:
+            raise ShardError(
+                f"{dataset_dir}: already holds a different '{split}' dataset (config hash "
+                f"{str(old.get('config_hash', '?'))[:12]} != {digest[:12]}); "
+                "use a new directory or delete it"
+            )
+        return
+    old_hash = _pending_hash(_pending_path(dataset_dir, split))
+    if old_hash is not None:
+        if old_hash == digest:
+            return
+        live = _live_owner(dataset_dir, split)
+        if live is not None:
+            raise ShardError(
+                f"{dataset_dir}: claimed for another '{split}' dataset by a running process "
+                f"(pid {live}); wait for it or stop it, or use a new directory"
+            )
+        written = _written_files(dataset_dir, split)
+        if written:
+            raise ShardError(
+                f"{dataset_dir}: holds part of an unfinished '{split}' dataset of another "
+                f"config (hash {old_hash[:12]} != {digest[:12]}; {len(written)} files such as "
+                f"{written[0].relative_to(dataset_dir)}); use a new directory or delete it"
+            )
+        return
+    if dataset_dir.is_dir():
+        foreign = sorted(p.name for p in dataset_dir.iterdir() if not _is_own(p.name))
+        if foreign:
+            raise ShardError(
+                f"{dataset_dir}: not empty and holds no synthface dataset (found "
+                f"{quote(foreign[0])}); choose an empty or new directory"
+            )
+
+
+@contextlib.contextmanager
+def _claim_lock(dataset_dir: Path) -> Iterator[None]:
+    """Exclusive lock on ``records/.claim.lock``: check-and-claim is one step for every
+    process sharing the directory (released by the kernel if the holder dies). A lock file
+    unlinked by ``release_dataset`` while we waited is not trusted: we lock the new one."""
+    import fcntl
+
+    records = dataset_dir / RECORDS_DIR
+    path = records / CLAIM_LOCK
+    while True:
+        records.mkdir(parents=True, exist_ok=True)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        try:
+            current = os.stat(path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            current = False
+        if current:
+            break
+        os.close(fd)
+    try:
+        yield
+    finally:
+        os.close(fd)
+
+
 def begin_dataset(dataset_dir: str | Path, *, config: Any, split: str = "train") -> str:
     """Claim ``dataset_dir`` for ``config`` before writing shards; returns the config hash.
 
     Refuses (``ShardError``) a directory that holds a different dataset for this split
-    (other config hash), or that holds files which are not a synthface dataset, so that a
-    typo in an output path never mixes two datasets or clobbers unrelated files.
+    (other config hash) — finished, or unfinished with shards already written — or that
+    holds files which are not a synthface dataset, so that a typo in an output path never
+    mixes two datasets or clobbers unrelated files. The refusal comes before anything is
+    written; the claim itself is made under an exclusive lock.
     """
     dataset_dir = Path(dataset_dir)
     check_split(split)
     digest = config_hash(config)
     if dataset_dir.exists() and not dataset_dir.is_dir():
         raise ShardError(f"{dataset_dir}: output path exists and is not a directory")
-    manifest_file = dataset_dir / MANIFEST
-    pending = _pending_path(dataset_dir, split)
-    if manifest_file.exists():
-        old = load_manifest(dataset_dir).get("splits", {}).get(split)
-        if old is not None and old.get("config_hash") != digest:
-            raise ShardError(
-                f"{dataset_dir}: already holds a different '{split}' dataset (config hash "
-                f"{old.get('config_hash', '?')[:12]} != {digest[:12]}); use a new directory or delete it"
-            )
-    elif pending.exists():
-        try:
-            old_hash = json.loads(pending.read_text())["config_hash"]
-        except (OSError, ValueError, KeyError, TypeError):
-            old_hash = "?"
-        if old_hash != digest:
-            raise ShardError(
-                f"{dataset_dir}: holds an unfinished '{split}' dataset of another config (hash "
-                f"{old_hash[:12]} != {digest[:12]}); use a new directory or delete it"
-            )
-    elif dataset_dir.is_dir():
-        foreign = sorted(p.name for p in dataset_dir.iterdir() if not _is_own(p.name))
-        if foreign:
-            raise ShardError(
-                f"{dataset_dir}: not empty and holds no synthface dataset (found {foreign[0]!r}); "
-                "choose an empty or new directory"
-            )
-    (dataset_dir / RECORDS_DIR).mkdir(parents=True, exist_ok=True)
-    atomic_write_bytes(
-        pending, _json_bytes({"config": _config_dict(config), "config_hash": digest})
-    )
+    _check_claim(dataset_dir, split, digest)  # refuse before creating anything
+    with _claim_lock(dataset_dir):
+        _check_claim(dataset_dir, split, digest)  # another process may have claimed since
+        pending = _pending_path(dataset_dir, split)
+        if _pending_hash(pending) != digest:
+            payload = {"config": _config_dict(config), "config_hash": digest}
+            atomic_write_bytes(pending, _json_bytes(payload))
+        owner = {"pid": os.getpid(), "host": socket.gethostname()}
+        atomic_write_bytes(_owner_path(dataset_dir, split), _json_bytes(owner), sync=False)
     return digest
+
+
+def release_dataset(dataset_dir: str | Path, *, config: Any, split: str = "train") -> bool:
+    """Give up an unfinished claim of ``config`` if its run wrote nothing of the split.
+
+    Called when a run fails before its first shard, so that the same directory can be
+    reused with another config. Returns whether the claim was released.
+    """
+    dataset_dir = Path(dataset_dir)
+    pending = _pending_path(dataset_dir, split)
+    if not pending.exists():
+        return False
+    records = dataset_dir / RECORDS_DIR
+    with _claim_lock(dataset_dir):
+        if _pending_hash(pending) != config_hash(config) or _written_files(dataset_dir, split):
+            return False
+        pending.unlink(missing_ok=True)
+        _owner_path(dataset_dir, split).unlink(missing_ok=True)
+        if [p.name for p in records.iterdir()] == [CLAIM_LOCK]:
+            (records / CLAIM_LOCK).unlink()  # waiters notice and lock a fresh file
+    for sub in (RECORDS_DIR, SHARDS_DIR):
+        with contextlib.suppress(OSError):
+            (dataset_dir / sub).rmdir()  # only if empty
+    return True
 
 
 def _npy_bytes(name: str, arr: np.ndarray) -> bytes:
@@ -260,6 +386,7 @@ def finalize_dataset(
         "splits": splits,
     }
     atomic_write_bytes(dataset_dir / MANIFEST, _json_bytes(manifest))
+    _owner_path(dataset_dir, split).unlink(missing_ok=True)
     return manifest
 
 
@@ -285,7 +412,45 @@ def load_manifest(dataset_dir: str | Path) -> dict:
         )
     if not isinstance(data.get("splits"), dict) or not data["splits"]:
         raise ShardError(f"{path}: manifest lists no splits")
+    for split, entry in data["splits"].items():
+        _check_names(path, split, entry)
     return data
+
+
+def _plain_name(manifest: Path, field: str, value: Any) -> None:
+    """A file name inside the dataset directory: no path, no '..', nothing absolute."""
+    ok = (
+        isinstance(value, str)
+        and value not in ("", ".", "..")
+        and not any(c in value for c in "/\\\0")
+    )
+    if not ok:
+        raise ShardError(
+            f"{manifest}: {field} is {quote(value)}, not a file name inside the dataset; "
+            "refusing to open it"
+        )
+
+
+def _check_names(manifest: Path, split: Any, entry: Any) -> None:
+    """Every name the readers join to the dataset directory, checked before any is opened."""
+    if not isinstance(split, str) or not SPLIT_RE.match(split):
+        raise ShardError(f"{manifest}: split name {quote(split)} must match {SPLIT_RE.pattern}")
+    if not isinstance(entry, dict):
+        raise ShardError(f"{manifest}: splits.{split} is not a mapping")
+    shards = entry.get("shards", [])
+    arrays = entry.get("arrays", {})
+    if not isinstance(shards, list) or not isinstance(arrays, dict):
+        raise ShardError(f"{manifest}: splits.{split}: 'shards' must be a list, 'arrays' a mapping")
+    for i, shard in enumerate(shards):
+        if not isinstance(shard, dict):
+            raise ShardError(f"{manifest}: splits.{split}.shards[{i}] is not a mapping")
+        _plain_name(manifest, f"splits.{split}.shards[{i}].name", shard.get("name"))
+    for name, arr in arrays.items():
+        if not isinstance(arr, dict):
+            raise ShardError(f"{manifest}: splits.{split}.arrays.{name} is not a mapping")
+        _plain_name(manifest, f"splits.{split}.arrays.{name}.file", arr.get("file"))
+    if "wids_index" in entry:
+        _plain_name(manifest, f"splits.{split}.wids_index", entry["wids_index"])
 
 
 def split_manifest(dataset_dir: str | Path, split: str = "train") -> dict:

@@ -26,6 +26,7 @@ import numpy as np
 from synthface.pipeline.atomic import atomic_write, atomic_write_text
 from synthface.pipeline.errors import InputError, ShardError
 from synthface.pipeline.formats.recordio import IndexedRecordIO, RecordIOWriter, pack, unpack
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.pipeline.shards.dataset_writer import DatasetWriter
 from synthface.pipeline.shards.manifest import shard_paths, split_manifest
 from synthface.pipeline.shards.sample import Sample, decode_image, image_format
@@ -167,7 +168,7 @@ def _image_size(data: bytes, where: str) -> tuple[int, int]:
     try:
         with Image.open(io.BytesIO(data)) as pil:
             return pil.height, pil.width
-    except (UnidentifiedImageError, OSError) as exc:
+    except (UnidentifiedImageError, OSError, Image.DecompressionBombError) as exc:
         raise ShardError(f"{where}: unreadable image header ({exc})") from None
 
 
@@ -192,6 +193,7 @@ def to_rec(dataset_dir: str | Path, out: str | Path, *, split: str = "train") ->
             f"below {MAX_REC_CLASSES}"
         )
     out = Path(out)
+    check_output_outside(out, "output", dataset=dataset_dir)
     out.mkdir(parents=True, exist_ok=True)
     starts = np.zeros(classes + 1, dtype=np.int64)
     size: tuple[int, int] | None = None

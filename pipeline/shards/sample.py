@@ -13,9 +13,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
-from PIL import Image, UnidentifiedImageError
+from PIL import Image
 
-from synthface.pipeline.errors import InputError
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.limits import open_image, quote
 
 IMAGE_EXTS = ("jpg", "png")
 MAX_IDENTITY = 99_999_999
@@ -57,6 +58,15 @@ class Sample:
         return make_key(self.identity, self.index)
 
 
+def sniff_image_ext(data: bytes) -> str | None:
+    """``"jpg"`` or ``"png"`` from an encoded image's magic bytes (``None`` for neither)."""
+    if data[:2] == b"\xff\xd8":
+        return "jpg"
+    if data[:8] == b"\x89PNG\r\n\x1a\n":
+        return "png"
+    return None
+
+
 def encode_image(img: np.ndarray, ext: str = "jpg", quality: int = 95) -> bytes:
     """HxWx3 uint8 RGB -> JPEG/PNG bytes with fixed encoder options and no metadata.
 
@@ -89,13 +99,9 @@ def image_format(data: bytes) -> str | None:
 
 
 def decode_image(data: bytes, source: str = "<image>") -> np.ndarray:
-    """Encoded bytes -> HxWx3 uint8 RGB; ``InputError`` naming ``source`` if undecodable."""
-    try:
-        with Image.open(io.BytesIO(data)) as pil:
-            pil.load()
-            return np.asarray(pil.convert("RGB"))
-    except (UnidentifiedImageError, OSError, ValueError, SyntaxError) as exc:
-        raise InputError(f"{source}: cannot decode image ({exc})") from None
+    """Encoded bytes -> HxWx3 uint8 RGB; ``InputError`` naming ``source`` if undecodable
+    or above the pixel limit (``synthface.pipeline.limits``)."""
+    return np.asarray(open_image(data, source))
 
 
 def meta_json(sample: Sample) -> bytes:
@@ -116,6 +122,36 @@ def meta_json(sample: Sample) -> bytes:
     except (TypeError, ValueError) as exc:
         raise InputError(f"sample {sample.key}: meta is not JSON-serialisable ({exc})") from None
     return text.encode("utf-8")
+
+
+def npy_from_bytes(data: bytes, source: str) -> np.ndarray:
+    """A ``.npy`` held in memory, never unpickled; ``ShardError`` naming ``source`` if bad.
+
+    The header is checked against the bytes that follow before anything is allocated, so
+    a corrupt shape cannot make the reader allocate terabytes.
+    """
+    fp = io.BytesIO(data)
+    try:
+        version = np.lib.format.read_magic(fp)
+        read_header = (
+            np.lib.format.read_array_header_1_0
+            if version == (1, 0)
+            else np.lib.format.read_array_header_2_0
+        )
+        shape, fortran, dtype = read_header(fp)
+        if dtype.hasobject:
+            raise ValueError("object arrays are not allowed")
+        count = int(np.prod(shape, dtype=object))
+        if count * dtype.itemsize != len(data) - fp.tell():
+            raise ValueError(
+                f"header declares {shape} {dtype}, the data holds {len(data) - fp.tell()} bytes"
+            )
+        arr = np.frombuffer(data, dtype=dtype, count=count, offset=fp.tell())
+        return arr.reshape(shape, order="F" if fortran else "C").copy()  # writable, own memory
+    except Exception as exc:  # numpy's header parser raises many types on hostile bytes
+        raise ShardError(
+            f"{source}: not a readable .npy array ({type(exc).__name__}: {quote(str(exc), 100)})"
+        ) from None
 
 
 def embedding_npy(sample: Sample) -> bytes | None:

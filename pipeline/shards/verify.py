@@ -8,7 +8,6 @@ Each problem is one line that starts with the file it is about.
 from __future__ import annotations
 
 import hashlib
-import io
 import json
 import tarfile
 from collections import Counter
@@ -21,7 +20,7 @@ from synthface.pipeline.atomic import file_sha256
 from synthface.pipeline.errors import SynthfaceError
 from synthface.pipeline.shards.index_reader import split_member
 from synthface.pipeline.shards.manifest import INFO, load_manifest
-from synthface.pipeline.shards.sample import IMAGE_EXTS, KEY_RE, decode_image
+from synthface.pipeline.shards.sample import IMAGE_EXTS, KEY_RE, decode_image, npy_from_bytes
 from synthface.pipeline.shards.writer import SHARDS_DIR
 
 ALLOWED_EXTS = {"cls", "json", "npy", *IMAGE_EXTS}
@@ -79,10 +78,10 @@ def _check_sample(
             rep.add(where, f"sample {key}: .json does not parse ({exc})")
     if "npy" in members:
         try:
-            arr = np.load(io.BytesIO(members["npy"]), allow_pickle=False)
+            arr = npy_from_bytes(members["npy"], ".npy")
             if arr.ndim != 1:
                 rep.add(where, f"sample {key}: .npy embedding is not 1-D (shape {arr.shape})")
-        except (ValueError, OSError) as exc:
+        except SynthfaceError as exc:
             rep.add(where, f"sample {key}: .npy does not load ({exc})")
     if decode and len(images) == 1:
         try:
@@ -151,8 +150,8 @@ def _check_side_files(rep: _Report, root: Path, split: str, entry: dict) -> np.n
         if hashlib.sha256(data).hexdigest() != arr_entry.get("sha256"):
             rep.add(path, "sha256 differs from the manifest")
         try:
-            arr = np.load(io.BytesIO(data), allow_pickle=False)
-        except (ValueError, OSError) as exc:
+            arr = npy_from_bytes(data, str(path))
+        except SynthfaceError as exc:
             rep.add(path, f"does not load as .npy ({exc})")
             continue
         if arr.ndim == 0 or arr.shape[0] != classes:

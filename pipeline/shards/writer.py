@@ -14,19 +14,12 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import re
 from collections.abc import Iterable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from synthface.pipeline.atomic import (
-    HashingFile,
-    atomic_write_bytes,
-    file_sha256,
-    fsync_dir,
-    tmp_name,
-)
+from synthface.pipeline.atomic import HashingFile, atomic_write, atomic_write_bytes, file_sha256
 from synthface.pipeline.errors import InputError, ShardError
 from synthface.pipeline.shards.sample import (
     IMAGE_EXTS,
@@ -101,13 +94,13 @@ class ShardWriter:
         self._first: int | None = None
         self._keys: set[str] = set()
         self._members: set[str] = set()
-        self._tmp = tmp_name(self.final)
+        self._publish = contextlib.ExitStack()  # close() publishes, abort() discards
         try:
             self.final.parent.mkdir(parents=True, exist_ok=True)
             self.record_file.parent.mkdir(parents=True, exist_ok=True)
             # A stale sidecar must not vouch for the tar we are about to replace.
             self.record_file.unlink(missing_ok=True)
-            self._file = open(self._tmp, "wb")  # noqa: SIM115 - closed in close()/abort()
+            self._file = self._publish.enter_context(atomic_write(self.final))
         except OSError as exc:
             raise ShardError(f"{self.final}: cannot write shard ({exc})") from None
         self._hashing = HashingFile(self._file)
@@ -170,11 +163,7 @@ class ShardWriter:
             raise InputError(f"{self.final}: refusing to write an empty shard (no samples)")
         try:
             self._hashing.write(end_padding(self._hashing.size))
-            self._file.flush()
-            os.fsync(self._file.fileno())
-            self._file.close()
-            os.replace(self._tmp, self.final)
-            fsync_dir(self.final.parent)
+            self._publish.close()  # flush, fsync, rename, fsync the directory
             record = ShardRecord(
                 name=self.final.name,
                 index=self.index,
@@ -202,9 +191,8 @@ class ShardWriter:
             return
         self._closed = True
         with contextlib.suppress(Exception):
-            self._file.close()
-        with contextlib.suppress(OSError):
-            self._tmp.unlink()
+            aborted = ShardError(f"{self.final}: write aborted")
+            self._publish.__exit__(ShardError, aborted, None)  # removes the temporary file
 
     def __enter__(self) -> ShardWriter:
         return self
@@ -229,9 +217,14 @@ def write_shard(
 
 
 def read_record(path: Path) -> ShardRecord | None:
+    """The record in ``path``, or ``None`` if unreadable or if the shard name it gives is not
+    the one its split and index imply (a record never points at another file)."""
     try:
-        return ShardRecord.from_dict(json.loads(path.read_text()))
-    except (OSError, ValueError, TypeError, KeyError):
+        record = ShardRecord.from_dict(json.loads(path.read_text()))
+        if record.name != shard_name(record.split, record.index):
+            return None
+        return record
+    except (OSError, ValueError, TypeError, KeyError, InputError, RecursionError):
         return None
 
 

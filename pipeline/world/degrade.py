@@ -14,6 +14,8 @@ from collections.abc import Mapping
 import numpy as np
 from PIL import Image
 
+from synthface.pipeline.limits import open_image
+
 _RADIUS = 3
 
 
@@ -42,9 +44,7 @@ def _blur(img: np.ndarray, sigma_px: np.ndarray) -> np.ndarray:
 def _jpeg(img: np.ndarray, quality: int) -> np.ndarray:
     buf = io.BytesIO()
     Image.fromarray(img).save(buf, format="JPEG", quality=int(quality), subsampling=2)
-    buf.seek(0)
-    with Image.open(buf) as im:
-        return np.asarray(im.convert("RGB"))
+    return np.asarray(open_image(buf.getvalue(), "world JPEG"))
 
 
 def degrade_batch(

@@ -1,6 +1,6 @@
 """Verification protocols over evaluation identities of the procedural world.
 
-Five analogues of the benchmarks face-recognition papers report:
+Six analogues of the benchmarks face-recognition papers report:
 
 =========  ==========================================================  ================
 protocol   image A / image B of a pair                                  impostor partner
@@ -10,7 +10,12 @@ cfp-fp     frontal (|yaw| < 10) / profile (55 <= |yaw| <= 75)           any iden
 agedb      young (base age - 15) / 30 years older                       any identity
 rof        no occluder / sunglasses or face mask (alternating)          any identity
 bupt       default / default, folds balanced over the 8 groups          same group
+lowres     default / default seen at 1/4 of the side, scaled back up   any identity
 =========  ==========================================================  ================
+
+``lowres`` (TinyFace/SCface-like surveillance resolution) renders image B at the full
+size, then reduces it to ``LOW_RES_FRACTION`` of the side (box filter, like a small
+sensor) and enlarges it back (bilinear), so every image of the protocol has one size.
 
 Each fold holds ``pairs_per_fold`` genuine pairs (the two images of fresh
 identities) followed by as many impostor pairs (image A of one identity with
@@ -44,7 +49,8 @@ from synthface.pipeline.world.dataset import IMAGE_EXTS, WORLD_VERSION, render_i
 from synthface.pipeline.world.groups import GROUP_NAMES, NUM_GROUPS
 from synthface.pipeline.world.render import check_size
 
-PROTOCOLS = ("lfw", "cfp-fp", "agedb", "rof", "bupt")
+PROTOCOLS = ("lfw", "cfp-fp", "agedb", "rof", "bupt", "lowres")
+LOW_RES_FRACTION = 0.25  # lowres: image B's side before it is scaled back up
 IDENTITY_OFFSET = 10_000_000  # eval identities of protocol p start at (p + 1) * IDENTITY_OFFSET
 SPLIT = "eval"
 
@@ -79,6 +85,16 @@ def _conditions(
     return None, None
 
 
+def low_resolution(image: np.ndarray, fraction: float = LOW_RES_FRACTION) -> np.ndarray:
+    """``image`` reduced to ``fraction`` of its side (box filter) and enlarged back (bilinear)."""
+    from PIL import Image
+
+    h, w = image.shape[:2]
+    small = (max(4, round(w * fraction)), max(4, round(h * fraction)))
+    pil = Image.fromarray(image).resize(small, Image.BOX)
+    return np.asarray(pil.resize((w, h), Image.BILINEAR))
+
+
 def _fold_identities(protocol: str, fold: int, pairs_per_fold: int) -> list[int]:
     """Identity indices (eval stream) used by one fold; bupt folds are group-balanced."""
     base = (PROTOCOLS.index(protocol) + 1) * IDENTITY_OFFSET + fold * pairs_per_fold
@@ -109,14 +125,6 @@ def _partners(protocol: str, ids: list[int], rng: np.random.Generator) -> list[i
             partners[start + k] = start + (k + shift) % m
         start = end
     return partners
-
-
-def _write_image(path: Path, data: bytes) -> None:
-    """tmp + rename (never a partial file under the final name); no per-file fsync."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    tmp.write_bytes(data)
-    os.replace(tmp, path)
 
 
 def _relpath(protocol: str, identity: int, slot: int, ext: str) -> str:
@@ -180,10 +188,14 @@ def make_protocol(
         jobs, seed=seed, split=SPLIT, size=size, batch=batch
     ):
         key = (identity, index)
+        if protocol == "lowres" and index == 1:
+            image = low_resolution(image)
+            meta["attributes"]["resolution"] = round(size * LOW_RES_FRACTION)
         rel[key] = _relpath(protocol, identity, index, ext)
         data[key] = encode_image(image, ext)
         metas[key] = meta
-        _write_image(out / "images" / rel[key], data[key])
+        # never a partial file under the final name; one os.sync() below, not one per file
+        atomic_write_bytes(out / "images" / rel[key], data[key], sync=False)
     if hasattr(os, "sync"):
         os.sync()  # one flush for the whole tree instead of thousands of fsyncs
 

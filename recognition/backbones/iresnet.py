@@ -58,7 +58,12 @@ class IResNet(Backbone):
         input_channels: 3 for RGB; 27/162/189/192 for block-DCT inputs.
         embedding_dim: output feature size.
         dropout: dropout probability before the FC (arcface_torch default 0).
-        zero_init_residual: start each block as identity (zero ``bn3`` scale).
+        zero_init_residual: start each block as identity (zero ``bn3`` scale;
+            arcface_torch zeroes ``bn2``, which also makes the block an identity).
+        init: ``"arcface_torch"`` draws convolution weights from N(0, 0.1) as
+            arcface_torch does; ``"kaiming"`` uses Kaiming-normal (fan-out), this
+            project's choice for its CPU recipe. Both set BatchNorm to (1, 0) and leave
+            the FC layer at PyTorch's default.
     """
 
     def __init__(
@@ -71,6 +76,7 @@ class IResNet(Backbone):
         embedding_dim: int = 512,
         dropout: float = 0.0,
         zero_init_residual: bool = False,
+        init: str = "arcface_torch",
     ) -> None:
         hw = as_hw(input_size)
         super().__init__(hw, input_channels, embedding_dim)
@@ -80,6 +86,8 @@ class IResNet(Backbone):
             check_positive(int(w), "iResNet layers/widths entry")
         if not 0.0 <= dropout < 1.0:
             raise ValueError(f"dropout must be in [0, 1), got {dropout}")
+        if init not in ("arcface_torch", "kaiming"):
+            raise ValueError(f"init must be 'arcface_torch' or 'kaiming', got {init!r}")
         self.conv1 = nn.Conv2d(input_channels, widths[0], 3, stride=1, padding=1, bias=False)
         self.bn1 = nn.BatchNorm2d(widths[0], eps=BN_EPS)
         self.prelu = nn.PReLU(widths[0])
@@ -96,12 +104,15 @@ class IResNet(Backbone):
         self.dropout = nn.Dropout(p=dropout)
         self.fc = nn.Linear(widths[-1] * out_h * out_w, embedding_dim)
         self.features = nn.BatchNorm1d(embedding_dim, eps=BN_EPS)
-        self._init_weights(zero_init_residual)
+        self._init_weights(zero_init_residual, init)
 
-    def _init_weights(self, zero_init_residual: bool) -> None:
+    def _init_weights(self, zero_init_residual: bool, init: str) -> None:
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+                if init == "arcface_torch":
+                    nn.init.normal_(m.weight, 0.0, 0.1)
+                else:
+                    nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
             elif isinstance(m, (nn.BatchNorm2d, nn.BatchNorm1d)):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)

@@ -234,7 +234,7 @@ def cmd_ijb(args: argparse.Namespace) -> int:
         batches = ijb.align_faces(
             images, meta.names, meta.landmarks, size=size, batch=args.batch_size
         )
-        raw, flip = raw_features_batches(embedder, batches)
+        raw, flip = raw_features_batches(embedder, batches, total=n)
     feats = ijb.image_features(
         np.asarray(raw),
         None if args.no_flip else flip,

@@ -7,13 +7,14 @@ uses the norm as a quality weight. Embedders expose that as ``embed_raw``.
 
 from __future__ import annotations
 
-import io
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from pathlib import Path
 
 import numpy as np
 
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
+from synthface.pipeline.progress import progress_bar
 from synthface.recognition.evaluation.verification import VerificationResult, evaluate_embeddings
 
 __all__ = ["decode_images", "embed_bin", "evaluate_bin", "raw_features", "raw_features_batches"]
@@ -29,9 +30,16 @@ def _raw_fn(embedder):
 
 
 def raw_features(
-    embedder, images: np.ndarray, *, batch_size: int = 64
+    embedder,
+    images: np.ndarray,
+    *,
+    batch_size: int = 64,
+    progress: Callable[[int], None] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Raw features of ``images`` and of their horizontal mirrors: (N x D, N x D) float32."""
+    """Raw features of ``images`` and of their horizontal mirrors: (N x D, N x D) float32.
+
+    ``progress(n)`` is called after each batch of ``n`` images.
+    """
     fn = _raw_fn(embedder)
     images = np.asarray(images)
     n = images.shape[0]
@@ -45,18 +53,23 @@ def raw_features(
             flip = np.empty((n, a.shape[1]), np.float32)
         orig[lo : lo + len(batch)] = a
         flip[lo : lo + len(batch)] = b
+        if progress is not None:
+            progress(len(batch))
     if orig is None:
         raise InputError("no images to embed")
     return orig, flip
 
 
-def raw_features_batches(embedder, batches: Iterable[np.ndarray]) -> tuple[np.ndarray, np.ndarray]:
+def raw_features_batches(
+    embedder, batches: Iterable[np.ndarray], *, total: int | None = None
+) -> tuple[np.ndarray, np.ndarray]:
     """Like :func:`raw_features` over a stream of image batches (aligned IJB crops)."""
     parts_o, parts_f = [], []
-    for batch in batches:
-        o, f = raw_features(embedder, batch, batch_size=len(batch))
-        parts_o.append(o)
-        parts_f.append(f)
+    with progress_bar(total, desc="embedding faces") as bar:
+        for batch in batches:
+            o, f = raw_features(embedder, batch, batch_size=len(batch), progress=bar.update)
+            parts_o.append(o)
+            parts_f.append(f)
     if not parts_o:
         raise InputError("no images to embed")
     return np.concatenate(parts_o), np.concatenate(parts_f)
@@ -73,14 +86,10 @@ def decode_images(blobs: list[bytes], size: tuple[int, int], *, source: str = ""
     h, w = size
     out = np.empty((len(blobs), h, w, 3), dtype=np.uint8)
     for i, blob in enumerate(blobs):
-        try:
-            with Image.open(io.BytesIO(blob)) as im:
-                im = im.convert("RGB")
-                if im.size != (w, h):
-                    im = im.resize((w, h), Image.BILINEAR)
-                out[i] = np.asarray(im)
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{source}: image {i} is not a decodable image ({exc})") from None
+        im = open_image(blob, f"{source}: image {i}")
+        if im.size != (w, h):
+            im = im.resize((w, h), Image.BILINEAR)
+        out[i] = np.asarray(im)
     return out
 
 
@@ -98,11 +107,12 @@ def embed_bin(
     blobs, issame = read_bin(path)
     size = tuple(embedder.input_size)
     orig_parts, flip_parts = [], []
-    for lo in range(0, len(blobs), chunk_images):
-        imgs = decode_images(blobs[lo : lo + chunk_images], size, source=str(path))
-        o, f = raw_features(embedder, imgs, batch_size=batch_size)
-        orig_parts.append(o)
-        flip_parts.append(f)
+    with progress_bar(len(blobs), desc=f"evaluating {path.name}") as bar:
+        for lo in range(0, len(blobs), chunk_images):
+            imgs = decode_images(blobs[lo : lo + chunk_images], size, source=str(path))
+            o, f = raw_features(embedder, imgs, batch_size=batch_size, progress=bar.update)
+            orig_parts.append(o)
+            flip_parts.append(f)
     orig = np.concatenate(orig_parts)
     flip = np.concatenate(flip_parts)
     # insightface: mean L2 norm over the raw features of both views

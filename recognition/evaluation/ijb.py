@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
 from synthface.recognition.evaluation import roc
 
 __all__ = [
@@ -203,17 +204,12 @@ def align_faces(
     so RGB in gives RGB out.
     """
     from insightface.utils.face_align import norm_crop
-    from PIL import Image
 
     image_dir = Path(image_dir)
     out = []
     for name, lmk in zip(names, landmarks):
         path = image_dir / name
-        try:
-            with Image.open(path) as im:
-                img = np.asarray(im.convert("RGB"))
-        except (OSError, ValueError) as exc:
-            raise InputError(f"{path}: cannot read image ({exc})") from None
+        img = np.asarray(open_image(path))
         with warnings.catch_warnings():  # skimage deprecation inside insightface, not ours
             warnings.simplefilter("ignore", FutureWarning)
             out.append(norm_crop(img, np.asarray(lmk, dtype=np.float32), image_size=size))

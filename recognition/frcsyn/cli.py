@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 from pathlib import Path
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
@@ -35,7 +36,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--calibration", type=Path, required=True, help="training-side calibration tree")
     c.add_argument("--proposed", required=True, help="proposed system: checkpoint dir or .onnx")
     c.add_argument("--baseline", required=True, help="real-data baseline: checkpoint dir or .onnx")
-    c.add_argument("--out", type=Path, required=True, help="run directory to write")
+    c.add_argument(
+        "--out",
+        type=Path,
+        required=True,
+        help="run directory to write: scores/<dataset>/<system>.txt, thresholds.json, run.json "
+        "and, with ground truth, metrics.json, report.md and plots",
+    )
     c.add_argument("--datasets", type=_csv, help="comma list (default: the task's datasets)")
     c.add_argument(
         "--threshold-method", choices=["min_fnmr_fmr", "target_fmr"], default="min_fnmr_fmr"
@@ -44,8 +51,33 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--device", default="cpu")
     c.add_argument("--batch-size", type=int, default=64)
     c.add_argument("--no-plots", action="store_true", help="skip the PNG plots")
+    c.add_argument(
+        "--group-map",
+        type=Path,
+        help="'subject,group' lines giving each BUPT subject's demographic group (Task 1: "
+        "4 ethnicities x 2 genders); default: the first path component (ethnicity only)",
+    )
     add_json_flag(c)
     c.set_defaults(func=cmd_score)
+
+    c = sub.add_parser(
+        "calibration",
+        help="build a calibration comparison tree from your own training shards",
+        description=(
+            "Genuine and impostor pairs (with ground truth) of training identities' images, in "
+            "the tree layout 'frcsyn score --calibration' reads, so that a submission's "
+            "threshold never comes from evaluation data. Each chosen identity gives its last "
+            "two images; keep them out of recognizer training for an unseen-image threshold."
+        ),
+    )
+    c.add_argument("--from-shards", type=Path, required=True, metavar="DATASET")
+    c.add_argument("--out", type=Path, required=True, help="calibration tree to write")
+    c.add_argument("--split", default="train")
+    c.add_argument("--identities", type=int, help="use this many identities (default: all)")
+    c.add_argument("--name", default="calibration", help="comparison-file stem")
+    c.add_argument("--seed", type=int, default=0)
+    add_json_flag(c)
+    c.set_defaults(func=cmd_calibration)
 
     c = sub.add_parser(
         "package", help="write <subtask>/<dataset>/{proposed,baseline}.txt and <subtask>.zip"
@@ -118,6 +150,7 @@ def cmd_score(args: argparse.Namespace) -> int:
         target_fmr=args.target_fmr,
         models=models,
         plots=not args.no_plots,
+        group_map=args.group_map,
     )
     m = run["metrics"]
     if m:
@@ -130,6 +163,27 @@ def cmd_score(args: argparse.Namespace) -> int:
     else:
         text = f"scored {', '.join(run['datasets'])} (no ground truth); run: {args.out}"
     emit(args, run, text)
+    return 0
+
+
+def cmd_calibration(args: argparse.Namespace) -> int:
+    from synthface.recognition.frcsyn.calibration import calibration_from_shards
+
+    info = calibration_from_shards(
+        args.from_shards,
+        args.out,
+        split=args.split,
+        name=args.name,
+        identities=args.identities,
+        seed=args.seed,
+    )
+    emit(
+        args,
+        info,
+        f"{args.out}: {info['num_genuine']} genuine + {info['num_impostor']} impostor "
+        f"comparisons of {info['identities_used']} training identities "
+        f"({info['comparison']})",
+    )
     return 0
 
 
@@ -156,6 +210,8 @@ def cmd_validate(args: argparse.Namespace) -> int:
         run_dir=args.run,
         score_range=None if args.no_range_check else (-1.0, 1.0),
     )
+    for text in report.warnings:
+        print(f"synthface: warning: {text} (--run RUN)", file=sys.stderr)
     if report.ok:
         text = f"{args.zip}: valid {report.edition} {report.subtask} package ({len(report.checked)} files)"
     else:

@@ -32,12 +32,6 @@ class ComparisonSet:
     def __len__(self) -> int:
         return len(self.first)
 
-    @property
-    def groups(self) -> list[str]:
-        """Demographic group of each comparison = first path component of its first image
-        (BUPT layout ``Race/Subject/img``; our trees ``Group/Subject/img``)."""
-        return [p.split("/", 1)[0] for p in self.first]
-
     def images(self) -> list[str]:
         """Unique relative paths, in first-seen order."""
         return list(dict.fromkeys(p for pair in zip(self.first, self.second) for p in pair))

@@ -30,6 +30,11 @@ from synthface.recognition.frcsyn.scoring import parse_submission, read_run
 __all__ = ["ValidationReport", "package_run", "validate_package", "write_deterministic_zip"]
 
 _ZIP_DATE = (1980, 1, 1, 0, 0, 0)
+WITHOUT_RUN = (
+    "no run given: checked the entries, the line count per comparison file and the line "
+    "syntax (and that the decisions fit one threshold) only, not the recorded thresholds "
+    "nor the order of the lines; pass the run directory for those checks"
+)
 _SUBTASK_RE = re.compile(r"^([12]\.[123])$")
 
 
@@ -77,6 +82,7 @@ class ValidationReport:
     edition: str
     checked: dict = field(default_factory=dict)  # file -> number of lines
     problems: list[str] = field(default_factory=list)
+    warnings: list[str] = field(default_factory=list)
 
     @property
     def ok(self) -> bool:
@@ -90,6 +96,7 @@ class ValidationReport:
             "ok": self.ok,
             "checked": self.checked,
             "problems": self.problems,
+            "warnings": self.warnings,
         }
 
 
@@ -129,6 +136,8 @@ def validate_package(
     expected = list(datasets or (run["datasets"] if run else st.datasets))
     report = ValidationReport(zip=str(zip_path), subtask=subtask, edition=edition)
     problems = report.problems
+    if run is None:
+        report.warnings.append(WITHOUT_RUN)
 
     try:
         zf = zipfile.ZipFile(zip_path)

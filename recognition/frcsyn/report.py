@@ -13,25 +13,37 @@ from synthface.recognition.evaluation.report import (
     write_json,
     write_text,
 )
+from synthface.recognition.frcsyn.groups import GroupMap, assign_groups
 from synthface.recognition.frcsyn.metrics import dataset_metrics, gap, system_metrics
-from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
+from synthface.recognition.frcsyn.rules import BUPT_GROUPS, SYSTEMS, SubTask
 
 __all__ = ["compute_run_metrics", "write_run_report"]
 
 
-def compute_run_metrics(subtask: SubTask, results: Mapping, thresholds: Mapping) -> dict:
-    """Metrics of both systems; empty when the evaluation tree has no ground truth."""
+def compute_run_metrics(
+    subtask: SubTask, results: Mapping, thresholds: Mapping, group_map: GroupMap | None = None
+) -> dict:
+    """Metrics of both systems; empty when the evaluation tree has no ground truth.
+
+    BUPT's demographic groups come from ``group_map`` (subject -> group) or, without
+    one, from the first path component; ``group_assignment`` records which and the set.
+    """
     from synthface.recognition.frcsyn.scoring import format_submission
 
     if any(cset.labels is None for cset, _ in results["proposed"].values()):
         return {}
+    bupt_groups, assignment = None, None
+    if "bupt" in results["proposed"]:
+        cset = results["proposed"]["bupt"][0]
+        bupt_groups, assignment = assign_groups(cset.first, group_map, where="bupt")
     systems = {}
     for system in SYSTEMS:
         per = {}
         for d, (cset, scores) in results[system].items():
             _, decisions = format_submission(scores, thresholds[system].value)
-            groups = cset.groups if d == "bupt" else None
-            per[d] = dataset_metrics(scores, decisions, cset.labels, groups)
+            per[d] = dataset_metrics(
+                scores, decisions, cset.labels, bupt_groups if d == "bupt" else None
+            )
         systems[system] = {"datasets": per, **system_metrics(subtask.task, per)}
     real = systems["baseline"]["ranking_value"]
     syn = systems["proposed"]["ranking_value"]
@@ -39,6 +51,7 @@ def compute_run_metrics(subtask: SubTask, results: Mapping, thresholds: Mapping)
         "edition": subtask.edition,
         "subtask": subtask.id,
         "ranking_metric": subtask.ranking_metric,
+        "group_assignment": assignment,
         "systems": systems,
         "GAP": gap(real, syn),
         "GAP_formula": f"(REAL - SYN) / SYN x 100 on {subtask.ranking_metric}; "
@@ -47,10 +60,16 @@ def compute_run_metrics(subtask: SubTask, results: Mapping, thresholds: Mapping)
 
 
 def write_run_report(
-    out_dir, subtask: SubTask, results: Mapping, thresholds: Mapping, *, plots: bool = True
+    out_dir,
+    subtask: SubTask,
+    results: Mapping,
+    thresholds: Mapping,
+    *,
+    plots: bool = True,
+    group_map: GroupMap | None = None,
 ) -> dict:
     out = Path(out_dir)
-    metrics = compute_run_metrics(subtask, results, thresholds)
+    metrics = compute_run_metrics(subtask, results, thresholds, group_map)
     write_json(out / "metrics.json", metrics)
     md = [
         f"# FRCSyn {subtask.edition} sub-task {subtask.id}",
@@ -130,6 +149,25 @@ def write_run_report(
         "formula is unpublished, negative means the proposed system beats the real-data baseline).",
         "",
     ]
+    assignment = metrics.get("group_assignment")
+    if assignment:
+        where = (
+            f"group map `{assignment['path']}` (sha256 {assignment['sha256'][:12]})"
+            if assignment["source"] == "group map"
+            else "the first path component of each comparison's first image (no group map)"
+        )
+        md += [
+            f"BUPT groups ({len(assignment['groups'])}) from {where}: "
+            + ", ".join(assignment["groups"])
+            + ".",
+            "",
+        ]
+        if subtask.task == 1 and len(assignment["groups"]) != len(BUPT_GROUPS):
+            md += [
+                f"**Note:** FRCSyn Task 1 ranks over {len(BUPT_GROUPS)} groups (4 ethnicities x "
+                "2 genders); pass a group map (`--group-map`) to score those.",
+                "",
+            ]
     if subtask.task == 1:
         md += ["SD is the population standard deviation (ddof=0) over the groups.", ""]
 

@@ -27,6 +27,8 @@ import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
+from synthface.pipeline.limits import open_image
+from synthface.pipeline.progress import progress_bar
 from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
 from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
 from synthface.recognition.frcsyn.threshold import choose_threshold
@@ -81,14 +83,10 @@ def parse_submission(text: str, source: str = "") -> tuple[np.ndarray, np.ndarra
 def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
     from PIL import Image
 
-    try:
-        with Image.open(path) as im:
-            im = im.convert("RGB")
-            if im.size != (size[1], size[0]):
-                im = im.resize((size[1], size[0]), Image.BILINEAR)
-            return np.asarray(im)
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{path}: cannot read image ({exc})") from None
+    im = open_image(path)
+    if im.size != (size[1], size[0]):
+        im = im.resize((size[1], size[0]), Image.BILINEAR)
+    return np.asarray(im)
 
 
 def embed_tree_images(
@@ -98,11 +96,13 @@ def embed_tree_images(
     images_dir = Path(images_dir)
     size = tuple(embedder.input_size)
     out = np.empty((len(relpaths), embedder.dim), dtype=np.float32)
-    for lo in range(0, len(relpaths), batch_size):
-        batch = np.stack(
-            [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
-        )
-        out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
+    with progress_bar(len(relpaths), desc=f"scoring {images_dir.parent.name}") as bar:
+        for lo in range(0, len(relpaths), batch_size):
+            batch = np.stack(
+                [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
+            )
+            out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
+            bar.update(len(batch))
     return out
 
 
@@ -160,13 +160,20 @@ def score_run(
     target_fmr: float = 0.01,
     models: Mapping[str, str] | None = None,
     plots: bool = True,
+    group_map=None,
 ) -> dict:
     """Score both systems, choose their thresholds on the calibration tree, write the run.
 
     ``systems`` maps ``proposed``/``baseline`` to ``embed_fn(images_dir, relpaths)``
-    returning normalised embeddings (see :func:`embed_tree_images`).
+    returning normalised embeddings (see :func:`embed_tree_images`). ``group_map``: a
+    group-map file or :class:`~synthface.recognition.frcsyn.groups.GroupMap` giving each
+    BUPT subject's demographic group (default: the first path component).
     """
+    from synthface.recognition.frcsyn.groups import GroupMap
     from synthface.recognition.frcsyn.report import write_run_report
+
+    if group_map is not None and not isinstance(group_map, GroupMap):
+        group_map = GroupMap.load(group_map)
 
     eval_tree, calibration_tree, out = Path(eval_tree), Path(calibration_tree), Path(out_dir)
     missing = [s for s in SYSTEMS if s not in systems]
@@ -216,7 +223,7 @@ def score_run(
             text, _ = format_submission(scores, thresholds[system].value)
             atomic_write_bytes(out / "scores" / d / f"{system}.txt", text.encode())
     _write_json(out / "thresholds.json", {s: r.to_dict() for s, r in thresholds.items()})
-    metrics = write_run_report(out, subtask, results, thresholds, plots=plots)
+    metrics = write_run_report(out, subtask, results, thresholds, plots=plots, group_map=group_map)
     run = {
         "schema": RUN_SCHEMA,
         "edition": subtask.edition,

@@ -51,8 +51,18 @@ class CIFPHead(MarginHead):
         far: float | None = None,
         scale: float = 64.0,
         sample_rate: float = 1.0,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, sample_rate)
+        # num_shards > 1 is refused by MarginHead with a message (supports_sharding)
+        super().__init__(
+            embedding_dim,
+            num_classes,
+            scale,
+            sample_rate,
+            num_shards=num_shards,
+            shard_index=shard_index,
+        )
         if margin < 0:
             raise ConfigError(f"margin must be >= 0, got {margin!r}")
         far = 1.0 / (num_classes - 1) if far is None else float(far)

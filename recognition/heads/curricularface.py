@@ -1,10 +1,14 @@
 """CurricularFace (Huang et al., CVPR 2020): hard negatives weighted by a learned curriculum.
 
-Notation (paper / TFace ``curricularface.py``):
-    c = cos(theta_y); T(c) = cos(theta_y + m) if c > cos(pi - m) else c - m*sin(pi - m)
-    (the ArcFace target with arcface_torch's threshold);
-    N(t, c_j) = c_j if T(c) >= c_j else c_j * (t + c_j)   (hard negative modulation);
+Notation (paper, Eq. 7-9; the authors' code):
+    c = cos(theta_y); the target logit is cos(theta_y + m), replaced by the linear
+    fallback c - m*sin(pi - m) where theta_y + m > pi (the threshold of ArcFace's code);
+    N(t, c_j) = c_j if cos(theta_y + m) >= c_j else c_j * (t + c_j)   (hard negatives);
     t <- alpha * mean_batch(c) + (1 - alpha) * t, t0 = 0, a buffer without gradient.
+
+A negative is hard when it beats the *margin-adjusted* target cos(theta_y + m) (paper
+and released code), not the fallback value: the two differ only for theta_y > pi - m,
+where the fallback lies below cos(theta_y + m) and would mark more negatives hard.
 
 Default ``alpha = 0.01``: the authors' released code (HuangYG123/CurricularFace) and
 most ports use 0.01; TFace uses 0.1. We keep 0.01 because small CPU/single-GPU batches
@@ -43,8 +47,18 @@ class CurricularFaceHead(MarginHead):
         alpha: float = 0.01,
         scale: float = 64.0,
         sample_rate: float = 1.0,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, sample_rate)
+        # num_shards > 1 is refused by MarginHead with a message (supports_sharding)
+        super().__init__(
+            embedding_dim,
+            num_classes,
+            scale,
+            sample_rate,
+            num_shards=num_shards,
+            shard_index=shard_index,
+        )
         if not 0.0 <= margin < math.pi:
             raise ConfigError(f"margin must be in [0, pi), got {margin!r}")
         if not 0.0 < alpha <= 1.0:
@@ -68,10 +82,11 @@ class CurricularFaceHead(MarginHead):
 
     def margin(self, cos: torch.Tensor, targets: torch.Tensor, ctx: dict) -> torch.Tensor:
         c = target_column(cos, targets)
-        target = torch.where(c > self.th, angular_target(c, 1.0, self.m), c - self.mm)
+        with_margin = angular_target(c, 1.0, self.m)
+        target = torch.where(c > self.th, with_margin, c - self.mm)
         if self.training:
             self._update_t(c.detach())
         t = self.t.to(cos.dtype)
-        hard = cos > target.detach()
+        hard = cos > with_margin.detach()
         modulated = torch.where(hard, cos * (t + cos), cos)
         return replace_target(modulated, targets, target)

@@ -3,14 +3,25 @@
 Notation: c = cos(theta_y), the target cosine; s the scale. Only the target logit
 changes; non-target logits stay s*cos(theta_j).
 
-Numerical safety. The angular margin is monotone only while m1*theta + m2 <= pi, i.e.
-c > th = cos(theta_max), theta_max = (pi - m2) / m1. Beyond it arcface_torch switches to
-the linear fallback c - mm with mm = sin(pi - m2) * m2 (for m1 = 1); the general form
-used here, mm = sin(theta_max) * ((m1 - 1) * theta_max + m2), is the angular margin at
-theta_max times the slope there and reduces to arcface_torch's constant for m1 = 1.
-``easy_margin`` instead applies the margin only where c > 0. The square root and acos
-work on clamped values whose clamp passes zero gradient at the poles, so neither branch
-of ``torch.where`` can produce an inf gradient that would turn into NaN (0 * inf).
+**ArcFace has two formulations** (``ArcFaceHead(formulation=...)``):
+
+* ``"arcface_torch"`` (default) — what arcface_torch's ``CombinedMarginLoss`` does today:
+  the target logit is cos(theta + m) for *every* theta, with no threshold, and the
+  gradient passes through as if the logit were c (arcface_torch computes the margin on
+  the logits in place under ``torch.no_grad``, so autograd only sees s*c). Written here
+  as c + (cos(theta + m) - c).detach(): the same forward values and the same gradient.
+* ``"threshold"`` — the original ArcFace code (insightface's MXNet recipe, arcface_torch
+  before its combined-margin rewrite): cos(theta + m) while theta + m <= pi, the linear
+  fallback c - m sin(pi - m) beyond it, differentiated normally; ``easy_margin`` applies
+  the margin only where c > 0 instead.
+
+Numerical safety of the general combined margin (and of ``threshold``). The angular
+margin is monotone only while m1*theta + m2 <= pi, i.e. c > th = cos(theta_max),
+theta_max = (pi - m2) / m1. Beyond it the linear fallback c - mm is used, with
+mm = sin(theta_max) * ((m1 - 1) * theta_max + m2): the angular margin at theta_max times
+the slope there, which is m sin(pi - m) for m1 = 1. The square root and acos work on
+clamped values whose clamp passes zero gradient at the poles, so neither branch of
+``torch.where`` can produce an inf gradient that would turn into NaN (0 * inf).
 """
 
 from __future__ import annotations
@@ -55,8 +66,17 @@ class CombinedMarginHead(MarginHead):
         easy_margin: bool = False,
         scale: float = 64.0,
         sample_rate: float = 1.0,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
-        super().__init__(embedding_dim, num_classes, scale, sample_rate)
+        super().__init__(
+            embedding_dim,
+            num_classes,
+            scale,
+            sample_rate,
+            num_shards=num_shards,
+            shard_index=shard_index,
+        )
         if m1 <= 0 or not 0.0 <= m2 < math.pi or m3 < 0:
             raise ConfigError(f"margins need m1 > 0, 0 <= m2 < pi, m3 >= 0; got ({m1}, {m2}, {m3})")
         self.m1, self.m2, self.m3 = float(m1), float(m2), float(m3)
@@ -71,7 +91,15 @@ class CombinedMarginHead(MarginHead):
     def extra_repr(self) -> str:
         return f"{super().extra_repr()}, m=({self.m1}, {self.m2}, {self.m3}), easy_margin={self.easy_margin}"
 
+    supports_sharding = True  # only the target logit changes
+
     def margin(self, cos: torch.Tensor, targets: torch.Tensor, ctx: dict) -> torch.Tensor:
+        """Target logit changed; rows with target -1 (owned by another shard) untouched."""
+        if self.sharded:
+            own = (targets >= 0).view(-1, 1)
+            safe = targets.clamp(min=0)
+            c = target_column(cos, safe)
+            return replace_target(cos, safe, torch.where(own, self.target_logit(c), c))
         return replace_target(cos, targets, self.target_logit(target_column(cos, targets)))
 
     def target_logit(self, c: torch.Tensor) -> torch.Tensor:
@@ -86,7 +114,14 @@ class CombinedMarginHead(MarginHead):
 
 
 class ArcFaceHead(CombinedMarginHead):
-    """ArcFace (Deng et al. 2019): cos(theta + m), default s = 64, m = 0.5."""
+    """ArcFace (Deng et al. 2019): cos(theta + m), default s = 64, m = 0.5.
+
+    ``formulation``: ``"arcface_torch"`` (no threshold, straight-through gradient, as
+    arcface_torch trains) or ``"threshold"`` (the original code's fallback beyond
+    theta + m > pi, optionally ``easy_margin``); see the module docstring.
+    """
+
+    FORMULATIONS = ("arcface_torch", "threshold")
 
     def __init__(
         self,
@@ -94,9 +129,12 @@ class ArcFaceHead(CombinedMarginHead):
         num_classes: int,
         *,
         margin: float = 0.5,
+        formulation: str = "arcface_torch",
         easy_margin: bool = False,
         scale: float = 64.0,
         sample_rate: float = 1.0,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
         super().__init__(
             embedding_dim,
@@ -107,7 +145,26 @@ class ArcFaceHead(CombinedMarginHead):
             easy_margin=easy_margin,
             scale=scale,
             sample_rate=sample_rate,
+            num_shards=num_shards,
+            shard_index=shard_index,
         )
+        if formulation not in self.FORMULATIONS:
+            raise ConfigError(
+                f"ArcFace formulation must be one of {', '.join(self.FORMULATIONS)}, "
+                f"got {formulation!r}"
+            )
+        if easy_margin and formulation != "threshold":
+            raise ConfigError("easy_margin belongs to formulation 'threshold'")
+        self.formulation = formulation
+
+    def extra_repr(self) -> str:
+        return f"{super().extra_repr()}, formulation={self.formulation}"
+
+    def target_logit(self, c: torch.Tensor) -> torch.Tensor:
+        if self.formulation == "threshold":
+            return super().target_logit(c)
+        theta = torch.acos(c.detach().clamp(-1.0, 1.0))
+        return c + (torch.cos(theta + self.m2) - c.detach())
 
 
 class CosFaceHead(CombinedMarginHead):
@@ -122,6 +179,8 @@ class CosFaceHead(CombinedMarginHead):
         margin: float = 0.35,
         scale: float = 64.0,
         sample_rate: float = 1.0,
+        num_shards: int = 1,
+        shard_index: int = 0,
     ) -> None:
         super().__init__(
             embedding_dim,
@@ -131,4 +190,6 @@ class CosFaceHead(CombinedMarginHead):
             m3=margin,
             scale=scale,
             sample_rate=sample_rate,
+            num_shards=num_shards,
+            shard_index=shard_index,
         )

@@ -70,7 +70,9 @@ def ssim(a: torch.Tensor, b: torch.Tensor, *, window: int = 11, sigma: float = 1
     """
     x, y = _unit(a).double(), _unit(b).double()
     window = min(window, x.shape[-1], x.shape[-2])
-    g = torch.exp(-((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma**2))
+    g = torch.exp(
+        -((torch.arange(window, dtype=torch.float64) - (window - 1) / 2) ** 2) / (2 * sigma**2)
+    )
     g = (g / g.sum()).to(x.device)
     kernel = (g[:, None] * g[None, :]).expand(x.shape[1], 1, window, window).contiguous()
 

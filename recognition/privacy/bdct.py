@@ -186,7 +186,9 @@ def from_bdct(coeff: torch.Tensor, *, output_size: int | None = None) -> torch.T
         return F.conv2d(coeff, weight, bias)
     rgb = _inverse(coeff)
     if output_size is not None and output_size != rgb.shape[-1]:
-        rgb = F.interpolate(rgb, size=(output_size, output_size), mode="bilinear", align_corners=False)
+        rgb = F.interpolate(
+            rgb, size=(output_size, output_size), mode="bilinear", align_corners=False
+        )
     return rgb
 
 

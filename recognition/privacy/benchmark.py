@@ -55,12 +55,13 @@ def _read_json(path: Path) -> dict | None:
 def check_inputs(cfg: PrivacyBenchmarkConfig) -> None:
     """Every input exists and every row builds, before any training starts."""
     from synthface.pipeline.shards import split_manifest
-
     from synthface.recognition.privacy.attacks import dataset_split
 
     for path in (cfg.train_data, cfg.attack.data):
         split_manifest(path, dataset_split(path))  # ShardError naming a folder that is not one
-    for what, path in [("protocols", p) for p in cfg.protocols] + [("attack.targets", cfg.attack.targets)]:
+    for what, path in [("protocols", p) for p in cfg.protocols] + [
+        ("attack.targets", cfg.attack.targets)
+    ]:
         if not Path(path).is_file():
             raise InputError(f"{what}: {path}: no such verification .bin file")
     from synthface.recognition.privacy.methods import PROTECTIONS
@@ -73,9 +74,11 @@ def check_inputs(cfg: PrivacyBenchmarkConfig) -> None:
                 skip = PROTECTIONS.get(prot.name).init_only
                 params = {k: v for k, v in prot.params.items() if k not in skip}
                 stage = stage.model_copy(
-                    update={"model": stage.model.model_copy(
-                        update={"protection": prot.model_copy(update={"params": params})}
-                    )}
+                    update={
+                        "model": stage.model.model_copy(
+                            update={"protection": prot.model_copy(update={"params": params})}
+                        )
+                    }
                 )
             build_model(stage, 2)  # unknown names and arguments fail here, in one line
 
@@ -136,8 +139,13 @@ def stage_configs(
             (
                 "stage1",
                 _with_protection(
-                    base, stage_out, first.protection, first.backbone, first.backbone_params,
-                    {**first.params, **spec.pretrain_params}, base.train.epochs,
+                    base,
+                    stage_out,
+                    first.protection,
+                    first.backbone,
+                    first.backbone_params,
+                    {**first.params, **spec.pretrain_params},
+                    base.train.epochs,
                 ),
             )
         )
@@ -146,16 +154,25 @@ def stage_configs(
         raise ConfigError(f"methods.{spec.name}.pretrain_params: {spec.protection} has one stage")
     name = "stage2" if first is not None else "model"
     stages.append(
-        (name, _with_protection(base, out / name, spec.protection, base.model.backbone,
-                                base.model.params, params, epochs))
+        (
+            name,
+            _with_protection(
+                base,
+                out / name,
+                spec.protection,
+                base.model.backbone,
+                base.model.params,
+                params,
+                epochs,
+            ),
+        )
     )
     return stages
 
 
 def region_of_interest(cfg: PrivacyBenchmarkConfig) -> list | None:
-    from synthface.recognition.privacy.roi import mean_landmarks
-
     from synthface.recognition.privacy.attacks import dataset_split
+    from synthface.recognition.privacy.roi import mean_landmarks
 
     if not cfg.roi_from_data:
         return None
@@ -198,12 +215,16 @@ def train_stage(stage: TrainConfig, log: Log = print) -> dict:
     return summary
 
 
-def train_method(cfg: PrivacyBenchmarkConfig, name: str, roi: list | None, log: Log = print) -> dict:
+def train_method(
+    cfg: PrivacyBenchmarkConfig, name: str, roi: list | None, log: Log = print
+) -> dict:
     """Every stage of one row; the model directory of the last is the method's model."""
     spec = next(m for m in cfg.methods if m.name == name)
     stages = {}
     for stage_name, stage in stage_configs(cfg, spec, roi):
-        log(f"{name}: training {stage_name} ({stage.model.protection.name if stage.model.protection else 'unprotected'})")
+        log(
+            f"{name}: training {stage_name} ({stage.model.protection.name if stage.model.protection else 'unprotected'})"
+        )
         stages[stage_name] = train_stage(stage, log)
     last = list(stages.values())[-1]
     return {
@@ -275,7 +296,9 @@ def protocol_scores(model, bin_path: str, batch_pairs: int = 128) -> tuple[np.nd
     return torch.cat(scores).double().cpu().numpy(), np.asarray(issame, dtype=bool)
 
 
-def evaluate_method(cfg: PrivacyBenchmarkConfig, name: str, model_dir: str, log: Log = print) -> dict:
+def evaluate_method(
+    cfg: PrivacyBenchmarkConfig, name: str, model_dir: str, log: Log = print
+) -> dict:
     """10-fold accuracy (cosine scores, exact threshold sweep) on every protocol."""
     from synthface.recognition.checkpoint import load_recognizer
     from synthface.recognition.evaluation.verification import evaluate_scores
@@ -309,8 +332,11 @@ def attack_method(
     a = cfg.attack
     path = method_dir(cfg, name) / "attack.json"
     key = _key(
-        {"weights": _weights_key(model_dir), "judge": _weights_key(judge_dir),
-         "attack": a.model_dump(mode="json")}
+        {
+            "weights": _weights_key(model_dir),
+            "judge": _weights_key(judge_dir),
+            "attack": a.model_dump(mode="json"),
+        }
     )
     cached = _read_json(path)
     if cached and cached.get("key") == key:
@@ -324,8 +350,11 @@ def attack_method(
     targets_b = attacks.to_input(tb, size).to(device)
     attacker = attacks.to_input(attacks.load_dataset_images(a.data, a.images)[0], size).to(device)
     settings = attacks.InversionSettings(
-        steps=a.inversion.steps, batch_size=a.inversion.batch_size, lr=a.inversion.lr,
-        widths=tuple(a.inversion.widths), seed=a.seed,
+        steps=a.inversion.steps,
+        batch_size=a.inversion.batch_size,
+        lr=a.inversion.lr,
+        widths=tuple(a.inversion.widths),
+        seed=a.seed,
     )
     result: dict[str, Any] = {"visual": attacks.visual_attack(model, targets_b)}
     if getattr(model, "template_view", False):
@@ -385,7 +414,8 @@ def table_rows(cfg: PrivacyBenchmarkConfig, results: dict[str, dict]) -> list[di
 def _markdown(cfg: PrivacyBenchmarkConfig, rows: list[dict], results: dict) -> str:
     protocols = [Path(p).stem for p in cfg.protocols]
     head = (
-        ["method", "steps", "train s"] + [f"{p} %" for p in protocols]
+        ["method", "steps", "train s"]
+        + [f"{p} %" for p in protocols]
         + ["mean %", "Δ acc", "visual PSNR/SSIM", "recon PSNR/SSIM", "recon ID %", "goal"]
     )
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -395,8 +425,14 @@ def _markdown(cfg: PrivacyBenchmarkConfig, rows: list[dict], results: dict) -> s
         cells = (
             [r["method"], str(r["steps"]), str(r["train_s"])]
             + [f"{r['acc_' + p]:.2f}" for p in protocols]
-            + [f"{r['acc_mean']:.2f}", f"{r['delta_acc']:+.2f}", vis,
-               f"{r['recon_psnr']} / {r['recon_ssim']}", f"{r['recon_identification']:.2f}", goal]
+            + [
+                f"{r['acc_mean']:.2f}",
+                f"{r['delta_acc']:+.2f}",
+                vis,
+                f"{r['recon_psnr']} / {r['recon_ssim']}",
+                f"{r['recon_identification']:.2f}",
+                goal,
+            ]
         )
         lines.append("| " + " | ".join(cells) + " |")
     chance = rows[0]["chance"]
@@ -404,7 +440,11 @@ def _markdown(cfg: PrivacyBenchmarkConfig, rows: list[dict], results: dict) -> s
     lines.append("")
     lines.append(
         f"Chance identification {chance:.2f} % ({cfg.attack.target_pairs} targets); "
-        + (f"the judge identifies {100 * judge:.2f} % of the original images. " if judge is not None else "")
+        + (
+            f"the judge identifies {100 * judge:.2f} % of the original images. "
+            if judge is not None
+            else ""
+        )
         + f"Goal: Δ acc >= -1 point and recon ID <= {NEAR_CHANCE:g} x chance."
     )
     for spec in cfg.methods:
@@ -440,8 +480,10 @@ def write_table(cfg: PrivacyBenchmarkConfig, results: dict[str, dict]) -> dict[s
         out / "results.json",
         {"config": cfg.model_dump(mode="json"), "rows": rows, "methods": results},
     )
-    return {k: str(out / f) for k, f in (("markdown", "table.md"), ("csv", "table.csv"),
-                                         ("json", "results.json"))}
+    return {
+        k: str(out / f)
+        for k, f in (("markdown", "table.md"), ("csv", "table.csv"), ("json", "results.json"))
+    }
 
 
 def run_benchmark(cfg: PrivacyBenchmarkConfig, log: Log = print) -> dict:

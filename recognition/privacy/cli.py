@@ -47,7 +47,11 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     b.add_argument("config", metavar="CONFIG")
     b.add_argument(
-        "--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+        "--set",
+        dest="overrides",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
         help="override a config value (repeatable)",
     )
     add_json_flag(b)

@@ -13,6 +13,7 @@ from typing import Any, Literal
 from pydantic import Field, model_validator
 
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.paths import InputPath, OutputPath
 
 
 class MethodSpec(StrictModel):
@@ -50,7 +51,7 @@ class InversionConfig(StrictModel):
 class JudgeConfig(StrictModel):
     """The independent recognizer that identifies reconstructions."""
 
-    model: str | None = Field(
+    model: InputPath | None = Field(
         default=None,
         description="an existing recognizer directory; null = train one with the recipe on "
         "the attacker's data (seed + 1)",
@@ -59,9 +60,9 @@ class JudgeConfig(StrictModel):
 
 
 class AttackConfig(StrictModel):
-    data: str = Field(description="the attacker's own images: a shard dataset (other people)")
+    data: InputPath = Field(description="the attacker's own images: a shard dataset (other people)")
     images: int = Field(default=2000, gt=1, description="attacker images used")
-    targets: str = Field(description="verification .bin whose genuine pairs are the targets")
+    targets: InputPath = Field(description="verification .bin whose genuine pairs are the targets")
     target_pairs: int = Field(default=300, ge=10, description="targets (chance = 1 / this)")
     inversion: InversionConfig = Field(default_factory=InversionConfig)
     judge: JudgeConfig = Field(default_factory=JudgeConfig)
@@ -72,11 +73,13 @@ class PrivacyBenchmarkConfig(StrictModel):
     """``privacy-benchmark``: accuracy vs attack success of protection methods."""
 
     name: str = "privacy"
-    output_dir: str = "out/privacy/run"
-    recipe: str = Field(description="a configs/recognition/*.yaml: the shared training recipe")
+    output_dir: OutputPath = "out/privacy/run"
+    recipe: InputPath = Field(
+        description="a configs/recognition/*.yaml: the shared training recipe"
+    )
     recipe_overrides: list[str] = Field(default_factory=list)
-    train_data: str = Field(description="training shards (real world or generated)")
-    protocols: list[str] = Field(min_length=1, description="verification .bin files")
+    train_data: InputPath = Field(description="training shards (real world or generated)")
+    protocols: list[InputPath] = Field(min_length=1, description="verification .bin files")
     eval_batch_size: int = Field(default=256, gt=0)
     device: Literal["auto", "cpu", "cuda"] = Field(
         default="auto", description="where verification and attacks run"

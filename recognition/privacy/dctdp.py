@@ -83,7 +83,10 @@ class DCTDP(ProtectedRecognizer):
         self.mu = nn.Parameter(torch.zeros(shape))
         self.norm = InputNorm(len(KEPT_CHANNELS))
         self.server = build_server(
-            backbone, dict(backbone_params or {}), channels=len(KEPT_CHANNELS), size=side,
+            backbone,
+            dict(backbone_params or {}),
+            channels=len(KEPT_CHANNELS),
+            size=side,
             embedding_dim=embedding_dim,
         )
 

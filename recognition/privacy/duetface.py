@@ -116,7 +116,9 @@ class Interaction(nn.Module):
         return (m - lo) / (hi - lo).clamp_min(1e-6)
 
     def mask(self, h: torch.Tensor, client: torch.Tensor, roi: torch.Tensor) -> torch.Tensor:
-        e = F.interpolate(self.proj(client), size=h.shape[-2:], mode="bilinear", align_corners=False)
+        e = F.interpolate(
+            self.proj(client), size=h.shape[-2:], mode="bilinear", align_corners=False
+        )
         m = self._minmax(e.mean(1, keepdim=True))
         r = F.interpolate(roi[None, None], size=h.shape[-2:], mode="bilinear", align_corners=False)
         return self._minmax(m * r)
@@ -184,9 +186,7 @@ class DuetFace(ProtectedRecognizer):
         widths = [getattr(self.server, f"layer{i}")[-1].bn3.num_features for i in range(1, 5)]
         taps = [self.client.net.body[i] for i in CLIENT_TAPS]
         client_widths = [_out_channels(t) for t in taps]
-        self.interactions = nn.ModuleList(
-            Interaction(c, s) for c, s in zip(client_widths, widths)
-        )
+        self.interactions = nn.ModuleList(Interaction(c, s) for c, s in zip(client_widths, widths))
         marks = roi_landmarks if roi_landmarks is not None else ARCFACE_LANDMARKS
         self.register_buffer("roi", torch.from_numpy(roi_mask(marks, side, roi_scale)))
 

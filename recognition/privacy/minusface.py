@@ -90,7 +90,10 @@ class MinusFaceResidue(ProtectedRecognizer):
         self.generator_net = Regenerator(generator_widths)
         self.norm = InputNorm(bdct.CHANNELS)
         self.server = build_server(
-            backbone, dict(backbone_params or {}), channels=bdct.CHANNELS, size=side,
+            backbone,
+            dict(backbone_params or {}),
+            channels=bdct.CHANNELS,
+            size=side,
             embedding_dim=embedding_dim,
         )
 
@@ -154,7 +157,10 @@ class MinusFace(ProtectedRecognizer):
         self.freeze(self.generator_net)
         self.norm = InputNorm(3 * n_dup)
         self.server = build_server(
-            backbone, dict(backbone_params or {}), channels=3 * n_dup, size=self.size,
+            backbone,
+            dict(backbone_params or {}),
+            channels=3 * n_dup,
+            size=self.size,
             embedding_dim=embedding_dim,
         )
 
@@ -178,8 +184,7 @@ class MinusFace(ProtectedRecognizer):
         for k in ("recon_weight", "generator_lr_scale"):
             if k in params:
                 raise ConfigError(
-                    f"minusface: {k} belongs to the first stage; give it under "
-                    "pretrain_params"
+                    f"minusface: {k} belongs to the first stage; give it under pretrain_params"
                 )
         return PretrainStage(
             protection="minusface_residue",

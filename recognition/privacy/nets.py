@@ -54,7 +54,8 @@ class UNet(nn.Module):
             self.down.append(_conv_block(cin, w))
             cin = w
         self.up = nn.ModuleList(
-            _conv_block(widths[i + 1] + widths[i], widths[i]) for i in reversed(range(len(widths) - 1))
+            _conv_block(widths[i + 1] + widths[i], widths[i])
+            for i in reversed(range(len(widths) - 1))
         )
         self.out = nn.Conv2d(widths[0], out_channels, 1)
         self.tanh = out_activation == "tanh"

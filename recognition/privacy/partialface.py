@@ -89,7 +89,10 @@ class PartialFace(ProtectedRecognizer):
         self.register_buffer("triples", torch.tensor(TRIPLES), persistent=False)
         self.norm = InputNorm(width)
         self.server = build_server(
-            backbone, dict(backbone_params or {}), channels=width, size=side,
+            backbone,
+            dict(backbone_params or {}),
+            channels=width,
+            size=side,
             embedding_dim=embedding_dim,
         )
 

@@ -174,8 +174,14 @@ class SlerpFace(ProtectedRecognizer):
     ) -> None:
         super().__init__(input_size=input_size, embedding_dim=embedding_dim, eval_seed=eval_seed)
         if not 0.0 < alpha <= 1.0 or not 0.0 <= drop_rate < 1.0:
-            raise ValueError(f"need 0 < alpha <= 1 and 0 <= drop_rate < 1 (got {alpha}, {drop_rate})")
-        self.group_size, self.alpha, self.drop_rate = int(group_size), float(alpha), float(drop_rate)
+            raise ValueError(
+                f"need 0 < alpha <= 1 and 0 <= drop_rate < 1 (got {alpha}, {drop_rate})"
+            )
+        self.group_size, self.alpha, self.drop_rate = (
+            int(group_size),
+            float(alpha),
+            float(drop_rate),
+        )
         self.body = build_server(
             backbone, dict(backbone_params or {}), channels=3, size=self.size, embedding_dim=8
         )
@@ -220,4 +226,3 @@ class SlerpFace(ProtectedRecognizer):
 
     def server_view(self, x, generator=None):
         return self.enrol(x, generator).flat()
-

@@ -18,6 +18,7 @@ import numpy as np
 import torch
 
 from synthface.pipeline.errors import ConfigError, InputError
+from synthface.pipeline.limits import quote
 
 if TYPE_CHECKING:
     from synthface.recognition.training.loop import Run
@@ -30,19 +31,26 @@ class Callback(Protocol):
 
 
 class _CsvLog:
-    """Append rows to a CSV; on resume, drop rows past the resumed step (they were lost)."""
+    """Append rows to a CSV; a restart never rewrites what an earlier attempt logged.
 
-    def __init__(self, path: Path, fields: tuple[str, ...], resume_step: int) -> None:
+    After a resume, steps past the checkpoint that the interrupted attempt had logged are
+    logged again: for a step, the last row is the one of the run that carried on.
+    """
+
+    def __init__(self, path: Path, fields: tuple[str, ...]) -> None:
         self.path, self.fields = path, fields
         path.parent.mkdir(parents=True, exist_ok=True)
-        rows = []
-        if resume_step > 0 and path.is_file():
+        if path.is_file() and path.stat().st_size:
             with open(path, newline="") as fh:
-                rows = [r for r in csv.DictReader(fh) if int(r["step"]) <= resume_step]
-        with open(path, "w", newline="") as fh:
-            writer = csv.DictWriter(fh, fieldnames=fields)
-            writer.writeheader()
-            writer.writerows(rows)
+                header = next(csv.reader(fh), [])
+            if tuple(header) != fields:
+                raise InputError(
+                    f"{path}: columns {quote(','.join(header))} are not this run's "
+                    f"{','.join(fields)}; move the file away to start a new log"
+                )
+            return
+        with open(path, "a", newline="") as fh:
+            csv.DictWriter(fh, fieldnames=fields).writeheader()
 
     def write(self, row: dict) -> None:
         with open(self.path, "a", newline="") as fh:
@@ -53,7 +61,9 @@ class MetricsLogger:
     """Loss, training accuracy, learning rate and images/s every ``logging.every_steps``.
 
     Writes ``metrics.csv`` (and TensorBoard scalars if asked) and drives the progress
-    bar. Reading the loss here is also where a NaN is noticed: the check syncs with the
+    bar. With training objectives on, the loss is also split into its terms
+    (``loss_head`` and one ``loss_<term>`` column per objective term), followed by the
+    objectives' metrics. Reading the loss here is also where a NaN is noticed: the check syncs with the
     device only at these steps, so the loop itself never waits on the GPU.
     """
 
@@ -63,10 +73,12 @@ class MetricsLogger:
         cfg = run.cfg.logging
         self.every = cfg.every_steps
         self.main = run.accelerator.is_main_process
+        terms = [f"loss_{t}" for o in run.objectives() for t in o.terms]
+        metrics = [m for o in run.objectives() for m in o.metrics]
+        self.named = (*(("loss_head", *terms) if terms else ()), *metrics)
+        fields = (*self.FIELDS, *self.named)
         self.csv = (
-            _CsvLog(run.output_dir / "metrics.csv", self.FIELDS, start_step)
-            if (cfg.csv and self.main)
-            else None
+            _CsvLog(run.output_dir / "metrics.csv", fields) if (cfg.csv and self.main) else None
         )
         self.tb = None
         if cfg.tensorboard and self.main:
@@ -95,7 +107,7 @@ class MetricsLogger:
 
     def flush(self, step: int, run: Run) -> None:
         run.monitor.check(step, run)
-        loss, acc = run.monitor.pop_means()
+        loss, acc, terms = run.monitor.pop_means()
         if loss is None:
             return
         now = time.perf_counter()
@@ -110,13 +122,15 @@ class MetricsLogger:
             "lr": f"{run.lr:.6g}",
             "images_per_s": round(ips, 1),
             "elapsed_s": round(now - self.start, 2),
+            **{k: round(terms[k], 6) for k in self.named if k in terms},
         }
         self.last = row
         if self.csv is not None:
             self.csv.write(row)
         if self.tb is not None:
-            for key in ("loss", "accuracy", "images_per_s"):
-                self.tb.add_scalar(f"train/{key}", row[key], step)
+            for key in ("loss", "accuracy", "images_per_s", *self.named):
+                if key in row:
+                    self.tb.add_scalar(f"train/{key}", row[key], step)
             self.tb.add_scalar("train/lr", run.lr, step)
         if self.bar is not None:
             self.bar.set_postfix(loss=f"{loss:.3f}", lr=f"{run.lr:.3g}", img_s=f"{ips:.0f}")
@@ -154,7 +168,7 @@ class Validator:
             images, issame = read_bin(p)
             self.sets.append((p.stem, images, np.asarray(issame, dtype=bool)))
         self.csv = (
-            _CsvLog(run.output_dir / "validation.csv", self.FIELDS, start_step)
+            _CsvLog(run.output_dir / "validation.csv", self.FIELDS)
             if run.accelerator.is_main_process and self.sets
             else None
         )
@@ -245,7 +259,12 @@ class Checkpointer:
 
         run.monitor.check(step, run)  # never publish weights that saw a NaN
         save_checkpoint(
-            run.accelerator, run.output_dir, step, run.trainer_state(step), run.cfg.checkpoint.keep
+            run.accelerator,
+            run.output_dir,
+            step,
+            run.trainer_state(step),
+            run.cfg.checkpoint.keep,
+            head_shard=run.head_shard(),
         )
         self.last_step = step
         run.last_checkpoint = step

@@ -18,7 +18,7 @@ fast-forward a streaming position (which WebDataset cannot restore).
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -29,6 +29,8 @@ import torch.nn.functional as F
 from synthface.pipeline.errors import ConfigError, ShardError
 from synthface.pipeline.shards import make_webdataset, shard_paths, split_manifest
 from synthface.recognition.config import DataConfig
+from synthface.recognition.training.fields import Batch, Collate, SampleField
+from synthface.recognition.training.sampler import BalancedBatches
 
 
 @dataclass(frozen=True)
@@ -82,19 +84,6 @@ def segment_seed(seed: int, rank: int, step: int) -> int:
     return int(np.random.SeedSequence([seed, rank, step]).generate_state(1)[0])
 
 
-def _collate(samples: list[dict]) -> tuple[torch.Tensor, torch.Tensor]:
-    first = samples[0]["image"].shape
-    for s in samples:
-        if s["image"].shape != first:
-            raise ShardError(
-                f"sample {s.get('__key__')}: image shape {s['image'].shape} differs from "
-                f"{first}; training needs one image size per dataset"
-            )
-    images = torch.from_numpy(np.stack([s["image"] for s in samples]))
-    labels = torch.tensor([int(s["label"]) for s in samples], dtype=torch.int64)
-    return images, labels
-
-
 def open_batches(
     info: DatasetInfo,
     cfg: DataConfig,
@@ -102,32 +91,44 @@ def open_batches(
     num_batches: int,
     seed: int,
     pin_memory: bool = False,
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """At least ``num_batches`` (uint8 N x H x W x 3 images, int64 labels) batches.
+    fields: Mapping[str, SampleField] | None = None,
+) -> Iterator[Batch]:
+    """At least ``num_batches`` :class:`Batch` es (uint8 images, labels, ``fields``).
 
-    ``make_webdataset`` spreads its per-process sample budget over the loader workers;
-    it is sized so every worker yields the same whole number of batches, so the
-    round-robin order of worker batches (and thus the stream) is reproducible.
+    Either sampler spreads its per-process sample budget over the loader workers so
+    that every worker yields the same whole number of batches: the round-robin order of
+    worker batches (and thus the stream) is reproducible.
     """
     workers = max(1, cfg.num_workers)
     per_worker = -(-num_batches // workers)
-    dataset = make_webdataset(
-        list(info.shards),
-        shuffle_shards=True,
-        buffer=cfg.shuffle_buffer,
-        decode=True,
-        resampled=True,
-        epoch_samples=per_worker * workers * cfg.batch_size,
-        seed=seed,
-        split_by_node=True,
-    )
+    if cfg.sampler.kind == "balanced":
+        dataset = BalancedBatches(
+            info.path,
+            cfg.split,
+            batch_size=cfg.batch_size,
+            per_identity=cfg.sampler.per_identity,
+            random_fraction=cfg.sampler.random_fraction,
+            seed=seed,
+            batches_per_worker=per_worker,
+        )
+    else:
+        dataset = make_webdataset(
+            list(info.shards),
+            shuffle_shards=True,
+            buffer=cfg.shuffle_buffer,
+            decode=True,
+            resampled=True,
+            epoch_samples=per_worker * workers * cfg.batch_size,
+            seed=seed,
+            split_by_node=True,
+        )
     generator = torch.Generator()
     generator.manual_seed(seed)
     loader = torch.utils.data.DataLoader(
         dataset,
         batch_size=cfg.batch_size,
         num_workers=cfg.num_workers,
-        collate_fn=_collate,
+        collate_fn=Collate(fields),
         pin_memory=pin_memory,
         drop_last=True,
         generator=generator,
@@ -162,22 +163,21 @@ def to_model_input(
     return x
 
 
-def _checked(
-    batches: Iterator[tuple[torch.Tensor, torch.Tensor]], info: DatasetInfo
-) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+def _checked(batches: Iterator[Batch], info: DatasetInfo) -> Iterator[Batch]:
     first = True
     while True:
         try:
-            images, labels = next(batches)
+            batch = next(batches)
         except StopIteration:
             if first:
                 raise ShardError(f"{info.path}: the shards yielded no samples") from None
             return
         first = False
+        labels = batch.labels
         if labels.numel() and (int(labels.min()) < 0 or int(labels.max()) >= info.num_classes):
             bad = int(labels.max()) if int(labels.max()) >= info.num_classes else int(labels.min())
             raise ShardError(
                 f"{info.path}: label {bad} outside 0..{info.num_classes - 1} "
                 "(the shards disagree with dataset.json)"
             )
-        yield images, labels
+        yield batch

@@ -11,8 +11,10 @@ its own resampled shard stream.
 
 from __future__ import annotations
 
+import contextlib
 import math
 import sys
+from collections.abc import Sequence
 from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -24,6 +26,7 @@ from torch import nn
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.config import config_hash
 from synthface.pipeline.errors import ConfigError, InputError, SynthfaceError
+from synthface.pipeline.output_paths import check_output_outside
 from synthface.recognition.augment import Augmenter
 from synthface.recognition.config import TrainConfig
 from synthface.recognition.training import callbacks as cb
@@ -31,6 +34,7 @@ from synthface.recognition.training.checkpoints import (
     checkpoint_root,
     list_checkpoints,
     load_checkpoint,
+    load_head_shard,
     read_state,
     resolve_resume,
 )
@@ -41,6 +45,13 @@ from synthface.recognition.training.data import (
     segment_seed,
     to_model_input,
 )
+from synthface.recognition.training.objectives import (
+    Objective,
+    Step,
+    StepOutput,
+    build_objectives,
+    model_sections,
+)
 from synthface.recognition.training.optim import LRSchedule, build_optimizer, set_lr
 
 
@@ -49,35 +60,51 @@ class TrainingDiverged(SynthfaceError):
 
 
 class TrainModule(nn.Module):
-    """Backbone + margin head as one module, so DDP wraps (and syncs) both.
+    """Backbone + margin head + training objectives as one module, so DDP wraps all three.
 
-    With teacher embeddings, ``distill_weight * mean(1 - cos(student, teacher))`` is added
-    to the head's loss (the teacher itself stays outside: frozen, not checkpointed).
+    The step: objectives' ``transform`` (in order), backbone, head, objectives'
+    ``loss_terms``; the loss is the head's plus every term (``objectives.py``).
 
-    Extension point: a backbone may define ``forward_train(images, labels) -> (embeddings,
-    extra_loss or None)``; the loop then trains with it and adds ``extra_loss`` to the
-    head's loss. Objectives beside the margin loss (MinusFace's regeneration term) and
-    label-dependent input transforms (PartialFace's per-identity channel subsets) plug in
-    there, without another training loop.
+    A backbone may define ``forward_train(images, labels) -> (embeddings, extra_loss or
+    None)`` (a privacy protection, ``model.protection``): the step then uses it, and the
+    extra loss is the ``protection`` term (MinusFace's regeneration loss; PartialFace's
+    per-identity channel subsets depend on the labels).
     """
 
-    def __init__(self, backbone: nn.Module, head: nn.Module, distill_weight: float = 0.0) -> None:
+    def __init__(
+        self, backbone: nn.Module, head: nn.Module, objectives: Sequence[Objective] = ()
+    ) -> None:
         super().__init__()
         self.backbone = backbone
         self.head = head
-        self.distill_weight = distill_weight
+        self.objectives = nn.ModuleList(objectives)
 
     def forward(
-        self, images: torch.Tensor, labels: torch.Tensor, teacher: torch.Tensor | None = None
-    ):
-        step = getattr(self.backbone, "forward_train", None)
-        emb, extra = step(images, labels) if step is not None else (self.backbone(images), None)
-        out = self.head(emb, labels)
-        loss = out.loss if extra is None else out.loss + extra
-        if teacher is not None:
-            cos = nn.functional.cosine_similarity(emb.float(), teacher.float(), dim=1)
-            loss = loss + self.distill_weight * (1 - cos).mean()
-        return loss, out.logits, out.targets
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        fields: dict[str, torch.Tensor] | None = None,
+    ) -> StepOutput:
+        step = Step(images, labels, dict(fields or {}), self)
+        for objective in self.objectives:
+            step = objective.transform(step)
+        train_step = getattr(self.backbone, "forward_train", None)
+        extra = None
+        if train_step is not None and self.training:
+            step.embeddings, extra = train_step(step.x, step.labels)
+        else:
+            step.embeddings = self.backbone(step.x, **step.backbone_kwargs)
+        step.head = out = self.head(step.embeddings, step.labels)
+        terms = {"head": out.loss}
+        if extra is not None:
+            terms["protection"] = extra
+        for objective in self.objectives:
+            terms.update(objective.loss_terms(step))
+        metrics = {}
+        with torch.no_grad():
+            for objective in self.objectives:
+                metrics.update(objective.step_metrics(step))
+        return StepOutput(sum(terms.values()), out.logits, out.targets, terms, metrics)
 
 
 class LossMonitor:
@@ -89,25 +116,36 @@ class LossMonitor:
         self.correct = torch.zeros((), device=device, dtype=torch.float64)
         self.seen = torch.zeros((), device=device, dtype=torch.float64)
         self.first_bad = torch.full((), -1, device=device, dtype=torch.int64)
+        self.terms: dict[str, torch.Tensor] = {}
         self.count = 0
 
     @torch.no_grad()
-    def add(self, step: int, loss: torch.Tensor, logits: torch.Tensor, targets: torch.Tensor):
-        bad = ~torch.isfinite(loss.detach())
+    def add(self, step: int, out: StepOutput):
+        loss = out.loss.detach()
+        bad = ~torch.isfinite(loss)
         self.first_bad = torch.where(bad & (self.first_bad < 0), step, self.first_bad)
-        self.loss += loss.detach().double()
-        self.correct += (logits.argmax(1) == targets).sum().double()
-        self.seen += targets.numel()
+        self.loss += loss.double()
+        named = {f"loss_{k}": v for k, v in out.terms.items()} | out.metrics
+        for name, value in named.items():
+            total = self.terms.setdefault(name, torch.zeros_like(self.loss))
+            total += value.detach().double()
+        self.correct += (out.logits.argmax(1) == out.targets).sum().double()
+        self.seen += out.targets.numel()
         self.count += 1
 
-    def pop_means(self) -> tuple[float | None, float | None]:
+    def pop_means(self) -> tuple[float | None, float | None, dict[str, float]]:
+        """Mean loss, accuracy and the named values (``loss_<term>``, metrics) since the
+        last call (one host sync)."""
         if not self.count:
-            return None, None
+            return None, None, {}
         loss = float(self.loss) / self.count
         acc = float(self.correct / self.seen.clamp(min=1))
+        terms = {name: float(total) / self.count for name, total in self.terms.items()}
         self.loss.zero_(), self.correct.zero_(), self.seen.zero_()
+        for total in self.terms.values():
+            total.zero_()
         self.count = 0
-        return loss, acc
+        return loss, acc, terms
 
     def check(self, step: int, run: Run) -> None:
         bad = int(run.accelerator.reduce(self.first_bad.clone(), reduction="max"))
@@ -145,6 +183,14 @@ class Run:
 
     def backbone(self) -> nn.Module:
         return self.accelerator.unwrap_model(self.model).backbone
+
+    def objectives(self) -> list[Objective]:
+        return list(self.accelerator.unwrap_model(self.model).objectives)
+
+    def head_shard(self) -> tuple[nn.Module, torch.optim.Optimizer] | None:
+        """(head, optimizer) when the class centres are sharded over the processes."""
+        head = self.accelerator.unwrap_model(self.model).head
+        return (head, self.optimizer) if head.sharded else None
 
     def trainer_state(self, step: int) -> dict:
         return {
@@ -198,9 +244,13 @@ def _accelerator(cfg: TrainConfig):
     )
 
 
-def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
+def build_model(
+    cfg: TrainConfig, num_classes: int, rank: int = 0, num_processes: int = 1
+) -> TrainModule:
+    """Backbone (as the objectives wrap it), margin head and the config's objectives; with
+    ``head.shard_classes`` the head holds shard ``rank`` only."""
     from synthface.recognition.backbones import create_backbone
-    from synthface.recognition.heads import create_head
+    from synthface.recognition.heads import HEADS, create_head
 
     if cfg.model.protection is not None:
         from synthface.recognition.privacy import create_protected
@@ -220,39 +270,77 @@ def build_model(cfg: TrainConfig, num_classes: int) -> TrainModule:
             embedding_dim=cfg.model.embedding_dim,
             **cfg.model.params,
         )
+    objectives = build_objectives(cfg, num_classes)
+    for objective in objectives:
+        backbone = objective.wrap_backbone(backbone)
+    shards = {}
+    if cfg.head.shard_classes:
+        if not HEADS.get(cfg.head.name).supports_sharding:
+            raise ConfigError(
+                f"head.shard_classes: head {cfg.head.name!r} needs every class centre on "
+                "every process; use arcface, cosface or combined, or shard_classes: false"
+            )
+        shards = {"num_shards": num_processes, "shard_index": rank}
     head = create_head(
         cfg.head.name,
         embedding_dim=cfg.model.embedding_dim,
         num_classes=num_classes,
         **cfg.head.params,
+        **shards,
     )
-    model = TrainModule(backbone, head, cfg.distill.weight if cfg.distill.teacher else 0.0)
+    model = TrainModule(backbone, head, objectives)
     if cfg.model.channels_last:
         model = model.to(memory_format=torch.channels_last)
     return model
 
 
-def _check_resumable(cfg: TrainConfig, state: dict, path: Path) -> None:
+def _check_head_memory(cfg: TrainConfig, num_classes: int, device: torch.device) -> None:
+    """The class-centre matrix with its gradient and optimizer state must fit the device:
+    refuse a 10-million-identity run before allocating, not by an OOM kill."""
+    from synthface.pipeline.limits import check_memory
+
+    estimate = 16 * num_classes * cfg.model.embedding_dim  # fp32 weight, grad, 2 moments
+    what = f"margin head for {num_classes} identities x {cfg.model.embedding_dim} dims"
+    hint = "weights, gradients and optimizer state; use fewer identities or a smaller embedding"
+    check_memory(estimate, what, hint, device)
+
+
+def _check_resumable(cfg: TrainConfig, state: dict, path: Path, num_processes: int) -> None:
     """The architecture must match the checkpoint; other changes are allowed."""
     saved = state.get("config") or {}
+    with contextlib.suppress(ValueError):  # fields added since then take their defaults
+        saved = TrainConfig.model_validate(saved).model_dump(mode="json")
     now = cfg.model_dump(mode="json")
-    diffs = [
-        f"{section}.{key}"
-        for section in ("model", "head")
-        for key in sorted(set(now[section]) | set(saved.get(section, {})))
-        if now[section].get(key) != saved.get(section, {}).get(key)
-    ]
+    if cfg.head.shard_classes and state.get("num_processes") != num_processes:
+        raise InputError(
+            f"{path}: class centres were sharded over {state.get('num_processes')} processes; "
+            f"resume with that many (not {num_processes})"
+        )
+    diffs = []
+    for section in model_sections():
+        a, b = now.get(section) or {}, saved.get(section) or {}
+        if not a or not b:  # a section switched on or off
+            diffs += [section] if a or b else []
+            continue
+        diffs += [f"{section}.{key}" for key in sorted(set(a) | set(b)) if a.get(key) != b.get(key)]
     if diffs:
         raise InputError(
             f"{path}: checkpoint was trained with different {', '.join(diffs)}; "
-            "resume needs the same model and head"
+            "resume needs the same architecture"
         )
 
 
 def train(
-    cfg: TrainConfig, *, resume: str | None = None, stop_after: int | None = None
+    cfg: TrainConfig,
+    *,
+    resume: str | None = None,
+    stop_after: int | None = None,
+    resume_allow_partial: bool = False,
 ) -> TrainResult:
     """Train a recognizer as ``cfg`` says; ``resume="latest"`` continues the newest checkpoint.
+
+    A damaged newest checkpoint is an error naming the file, unless
+    ``resume_allow_partial`` lets it fall back to the newest intact one (saying so).
 
     ``stop_after`` ends the run after that global step with a checkpoint, leaving the
     schedule as if the run were whole: for jobs with a time limit that resume in chunks.
@@ -260,15 +348,23 @@ def train(
     """
     from accelerate.utils import set_seed
 
+    check_output_outside(cfg.train.output_dir, "train.output_dir", **{"data.train": cfg.data.train})
     info = inspect_dataset(cfg.data)
     out = Path(cfg.train.output_dir)
     accelerator = _accelerator(cfg)
+    classes_here = info.num_classes  # a sharded head holds its share on each rank
+    if cfg.head.shard_classes:
+        classes_here = -(-info.num_classes // accelerator.num_processes)
+    _check_head_memory(cfg, classes_here, accelerator.device)
     rank, seed, accum = accelerator.process_index, cfg.train.seed, cfg.train.grad_accum
-    # before anything is written, and before seeding: a checkpoint teacher is built (random
-    # init, then its weights) and must not shift the student's initialisation
-    teacher = _load_teacher(cfg, accelerator.device)
     set_seed(seed)
-    model = build_model(cfg, info.num_classes)
+    model = build_model(cfg, info.num_classes, rank, accelerator.num_processes)
+    if model.head.sharded:  # each rank trains its own centres: DDP must not average them
+        from torch.nn.parallel import DistributedDataParallel
+
+        DistributedDataParallel._set_params_and_buffers_to_ignore_for_model(
+            model, [f"head.{name}" for name, _ in model.head.named_parameters()]
+        )
     optimizer = build_optimizer(model, cfg.optim)
     model, optimizer = accelerator.prepare(model, optimizer)
 
@@ -290,10 +386,13 @@ def train(
     )
 
     step = 0
-    ckpt = resolve_resume(out, resume)
+    ckpt = resolve_resume(out, resume, allow_partial=resume_allow_partial)
     if ckpt is not None:
-        _check_resumable(cfg, read_state(ckpt), ckpt)  # a clear message before key errors
+        # a clear message before key errors
+        _check_resumable(cfg, read_state(ckpt), ckpt, accelerator.num_processes)
         state = load_checkpoint(accelerator, ckpt)
+        if run.head_shard() is not None:
+            load_head_shard(ckpt, rank, *run.head_shard())
         step = run.last_checkpoint = state["global_step"]
         run.say(f"resumed from {ckpt} at step {step}")
     elif list_checkpoints(out):
@@ -304,6 +403,8 @@ def train(
     if accelerator.is_main_process:
         out.mkdir(parents=True, exist_ok=True)
         atomic_write_bytes(out / "config.json", (cfg.model_dump_json(indent=2) + "\n").encode())
+    for objective in run.objectives():
+        objective.prepare(run)
     callbacks = [cb.MetricsLogger(run, step), cb.Validator(run, step), cb.Checkpointer(run, step)]
 
     augment = Augmenter(cfg.augment)
@@ -319,23 +420,21 @@ def train(
         run.lr = cfg.optim.lr * schedule.factor(step)
         set_lr(optimizer, run.lr)
         for micro in range(accum):
-            images, labels = next(batches)
+            batch = next(batches).to(accelerator.device, non_blocking=True)
             aug_gen.manual_seed(segment_seed(seed + 1, rank, step * accum + micro))
             x = to_model_input(
-                images.to(accelerator.device, non_blocking=True),
+                batch.images,
                 cfg.model.input_size,
                 augment=augment,
                 generator=aug_gen,
                 channels_last=cfg.model.channels_last,
             )
-            labels = labels.to(accelerator.device, non_blocking=True)
-            t_emb = teacher(x) if teacher is not None else None
             with accelerator.no_sync(model) if micro < accum - 1 else nullcontext():
-                loss, logits, targets = model(x, labels, t_emb)
-                accelerator.backward(loss / accum)
-            run.monitor.add(step + 1, loss, logits, targets)
-        if cfg.train.clip_grad_norm:
-            accelerator.clip_grad_norm_(model.parameters(), cfg.train.clip_grad_norm)
+                output = model(x, batch.labels, batch.fields)
+                accelerator.backward(output.loss / accum)
+            run.monitor.add(step + 1, output)
+        if cfg.train.clip_grad_norm:  # the backbone only, as arcface_torch
+            accelerator.clip_grad_norm_(run.backbone().parameters(), cfg.train.clip_grad_norm)
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
         step += 1
@@ -362,40 +461,6 @@ def train(
     )
 
 
-class _Teacher:
-    """The frozen teacher: resizes the student's input to its own size, no gradients."""
-
-    def __init__(self, model: nn.Module) -> None:
-        self.model = model
-        self.hw = tuple(model.input_size)
-
-    @torch.no_grad()
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float().contiguous()
-        if tuple(x.shape[-2:]) != self.hw:
-            x = nn.functional.interpolate(x, size=self.hw, mode="bilinear", antialias=True)
-        return self.model(x).float()
-
-
-def _load_teacher(cfg: TrainConfig, device: torch.device) -> _Teacher | None:
-    if not cfg.distill.teacher:
-        return None
-    from synthface.recognition.onnx_torch import load_recognizer_module
-
-    model = load_recognizer_module(cfg.distill.teacher, device)
-    if int(model.embedding_dim) != cfg.model.embedding_dim:
-        raise ConfigError(
-            f"distill.teacher {cfg.distill.teacher}: {model.embedding_dim}-d embeddings, but "
-            f"model.embedding_dim is {cfg.model.embedding_dim}; they must be equal"
-        )
-    if getattr(model, "input_channels", 3) != 3 or cfg.model.params.get("input_channels", 3) != 3:
-        raise ConfigError(
-            f"distill.teacher {cfg.distill.teacher}: teacher and student must both take RGB "
-            "images (block-DCT students cannot share the teacher's input)"
-        )
-    return _Teacher(model)
-
-
 def _segment_batches(run: Run, step: int, every: int):
     """The batch stream of the checkpoint segment holding ``step``, positioned at ``step``.
 
@@ -413,6 +478,7 @@ def _segment_batches(run: Run, step: int, every: int):
         num_batches=(end - start) * accum,
         seed=segment_seed(cfg.train.seed, run.accelerator.process_index, start),
         pin_memory=run.accelerator.device.type == "cuda",
+        fields={k: f for o in run.objectives() for k, f in o.sample_fields().items()},
     )
     if step > start:
         run.say(f"fast-forwarding {(step - start) * accum} batches to step {step}")

@@ -1,8 +1,10 @@
-"""Optimizer with arcface_torch's weight-decay rule, and the learning-rate schedule.
+"""Optimizer with an explicit weight-decay rule, and the learning-rate schedule.
 
-Weight decay on BatchNorm/PReLU weights and on biases only shrinks scales that the next
-normalisation undoes, and it measurably hurts margin-loss training; parameters with
-fewer than two dimensions are therefore excluded unless the config asks otherwise.
+arcface_torch puts backbone and class centres into one SGD group with weight decay on
+every parameter, BatchNorm and PReLU weights and biases included; that is the default
+(``optim.decay_norm_and_bias: true``). ``false`` exempts tensors with fewer than two
+dimensions, a common variant (timm's ``no_weight_decay``), which this project's CPU
+recipe ``world_tiny.yaml`` uses.
 
 The schedule is a pure function of the optimizer step rather than a stateful
 ``LRScheduler``: a resumed run only needs ``global_step`` to be back on the same curve,
@@ -36,7 +38,7 @@ def lr_scales(model: nn.Module) -> dict[str, float]:
 
 
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """Weights of convolutions and linear layers decay, 0-/1-d tensors don't; parameters
+    """Every parameter decays (``decay_all``), or only >= 2-d tensors; parameters
     under a prefix of :func:`lr_scales` form their own groups with ``lr_scale``."""
     scales = lr_scales(model)
     groups: dict[tuple[bool, float], list] = {}
@@ -51,7 +53,9 @@ def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list
         groups.setdefault((decay, scale), []).append(p)
     out = [
         {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
-        for (decay, scale), params in sorted(groups.items(), key=lambda kv: (not kv[0][0], kv[0][1]))
+        for (decay, scale), params in sorted(
+            groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])
+        )
     ]
     return out or [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
 
