@@ -322,3 +322,37 @@ def test_protection_errors_are_one_line():
         create_protected("dctdp", backbone="tiny", input_size=32, budget=2)
     with pytest.raises(ConfigError, match="not an iResNet"):
         create_protected("duetface", backbone="mobilefacenet", input_size=32)
+
+
+def test_dctdp_noise_parameters_are_not_decayed_and_learn_at_their_own_rate():
+    from synthface.recognition.training.optim import param_groups
+
+    model = create_protected(
+        "dctdp", backbone="tiny", input_size=16, embedding_dim=8, noise_lr_scale=10.0
+    )
+    groups = param_groups(model, weight_decay=5e-4, decay_all=True)
+    noise = {id(model.rho), id(model.mu)}
+    (group,) = [g for g in groups if {id(p) for p in g["params"]} & noise]
+    assert {id(p) for p in group["params"]} == noise
+    assert group["weight_decay"] == 0.0 and group["lr_scale"] == 10.0
+    decayed = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(id(p) not in noise for p in decayed)
+
+
+def test_a_second_stage_is_retrained_when_its_first_stage_changes(tmp_path):
+    """The second stage names its first by path: its key must follow the first's key."""
+    import json
+
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.privacy import benchmark
+
+    stage = TrainConfig.model_validate(
+        {"data": {"train": str(tmp_path)}, "train": {"output_dir": str(tmp_path / "s2")}}
+    )
+    out = tmp_path / "s2"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text('{"format": "test"}')
+    key = benchmark._stage_key(stage, "first-a")
+    (out / "train.json").write_text(json.dumps({"key": key, "steps": 1}))
+    assert benchmark._finished(stage, "first-a") is not None
+    assert benchmark._finished(stage, "first-b") is None

@@ -423,7 +423,7 @@ def _verify(genuine: torch.Tensor, impostor: torch.Tensor, name: str):
     from synthface.recognition.evaluation.verification import evaluate_scores
 
     # interleaved, so every contiguous fold holds both kinds
-    scores = torch.stack([genuine, impostor], 1).flatten().double().numpy()
+    scores = torch.stack([genuine, impostor], 1).flatten().double().cpu().numpy()
     labels = np.tile([True, False], len(genuine))
     return evaluate_scores(scores, labels, metric="cosine", name=name, nfolds=10)
 

@@ -102,6 +102,11 @@ class DCTDP(ProtectedRecognizer):
     def lr_scales(self) -> dict[str, float]:
         return {"rho": self.noise_lr_scale, "mu": self.noise_lr_scale}
 
+    def no_weight_decay(self) -> set[str]:
+        """The budget logits and the noise location are not weights: decaying them would
+        pull the budgets toward uniform and the location toward 0 by themselves."""
+        return {"rho", "mu"}
+
     def server_view(self, x, generator=None):
         if generator is None:
             generator = self.generator(x.device)

@@ -37,15 +37,28 @@ def lr_scales(model: nn.Module) -> dict[str, float]:
     return found
 
 
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of parameters exempt from weight decay, from modules that declare them
+    with ``no_weight_decay() -> {relative name}`` (timm's idiom)."""
+    found: set[str] = set()
+    for name, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            found |= {f"{name}.{rel}" if name else rel for rel in fn()}
+    return found
+
+
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """Every parameter decays (``decay_all``), or only >= 2-d tensors; parameters
-    under a prefix of :func:`lr_scales` form their own groups with ``lr_scale``."""
+    """Every parameter decays (``decay_all``), or only >= 2-d tensors, except those a module
+    exempts (:func:`no_weight_decay`); parameters under a prefix of :func:`lr_scales` form
+    their own groups with ``lr_scale``."""
     scales = lr_scales(model)
+    exempt = no_weight_decay(model)
     groups: dict[tuple[bool, float], list] = {}
     for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        decay = decay_all or p.ndim >= 2
+        decay = (decay_all or p.ndim >= 2) and name not in exempt
         scale = next(
             (f for prefix, f in scales.items() if name == prefix or name.startswith(prefix + ".")),
             1.0,
