@@ -48,6 +48,20 @@ def cmd_run_generate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_privacy(args: argparse.Namespace) -> int:
+    from synthface.flows.defaults import prepare_prefect_env
+    from synthface.pipeline.config import load_config
+    from synthface.recognition.privacy.config import PrivacyBenchmarkConfig
+
+    cfg = load_config(args.config, PrivacyBenchmarkConfig, args.set)
+    prepare_prefect_env()
+    from synthface.flows.privacy import privacy_benchmark
+
+    summary = privacy_benchmark(config=cfg)
+    emit(args, summary, f"table: {summary['tables']['markdown']}")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from synthface.flows.defaults import prepare_prefect_env
     from synthface.flows.deployments import build_table
@@ -145,6 +159,16 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     add_json_flag(gen)
     gen.set_defaults(func=cmd_run_generate)
+    priv = run_sub.add_parser(
+        "privacy-benchmark",
+        help="privacy-benchmark: train, verify and attack protection methods (one table)",
+    )
+    priv.add_argument("config", metavar="CONFIG", help="a configs/privacy/*.yaml file")
+    priv.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    add_json_flag(priv)
+    priv.set_defaults(func=cmd_run_privacy)
 
     serve = sub.add_parser(
         "serve",

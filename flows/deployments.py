@@ -84,6 +84,13 @@ FLOWS: tuple[FlowEntry, ...] = (
         ("benchmark",),
     ),
     FlowEntry(
+        "privacy-benchmark",
+        "synthface.flows.privacy.privacy_benchmark",
+        "privacy",
+        "Train, verify and attack privacy protections against the unprotected baseline.",
+        ("benchmark", "privacy"),
+    ),
+    FlowEntry(
         "frcsyn-benchmark",
         "synthface.flows.training.frcsyn_benchmark",
         None,

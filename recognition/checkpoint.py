@@ -215,7 +215,12 @@ def load_recognizer(path: str | os.PathLike, device: str | torch.device = "cpu")
             f"{weights}: sha256 differs from {p / CONFIG_NAME} (incomplete or altered)"
         )
     spec = dict(meta["backbone"])
-    name = spec.pop("name")
-    model = create_backbone(name, **spec)
+    if "protection" in spec:  # a protected recognizer (synthface.recognition.privacy)
+        from synthface.recognition.privacy import rebuild_protected
+
+        model = rebuild_protected(spec)
+    else:
+        name = spec.pop("name")
+        model = create_backbone(name, **spec)
     load_weights(model, weights)
     return model.to(device).eval()

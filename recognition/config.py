@@ -62,6 +62,15 @@ class DataConfig(StrictModel):
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
 
 
+class ProtectionConfig(StrictModel):
+    """A privacy protection around the backbone (``synthface.recognition.privacy``)."""
+
+    name: str = Field(description="registered protection, e.g. duetface, partialface, dctdp")
+    params: dict[str, Any] = Field(
+        default_factory=dict, description="protection arguments, checked when the run is built"
+    )
+
+
 class ModelConfig(StrictModel):
     backbone: str = "ir50"
     input_size: int = Field(default=112, ge=16)
@@ -69,6 +78,11 @@ class ModelConfig(StrictModel):
     params: dict[str, Any] = Field(default_factory=dict, description="extra backbone arguments")
     channels_last: bool = False
     compile: bool = Field(default=False, description="torch.compile through accelerate (inductor)")
+    protection: ProtectionConfig | None = Field(
+        default=None,
+        description="train a protected recognizer: the backbone becomes the protection's "
+        "server network, its input what the protection lets through",
+    )
 
 
 class HeadConfig(StrictModel):

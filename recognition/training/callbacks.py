@@ -74,6 +74,8 @@ class MetricsLogger:
         self.every = cfg.every_steps
         self.main = run.accelerator.is_main_process
         terms = [f"loss_{t}" for o in run.objectives() for t in o.terms]
+        if hasattr(run.backbone(), "forward_train"):  # a protection's own term (MinusFace)
+            terms.append("loss_protection")
         metrics = [m for o in run.objectives() for m in o.metrics]
         self.named = (*(("loss_head", *terms) if terms else ()), *metrics)
         fields = (*self.FIELDS, *self.named)

@@ -64,6 +64,11 @@ class TrainModule(nn.Module):
 
     The step: objectives' ``transform`` (in order), backbone, head, objectives'
     ``loss_terms``; the loss is the head's plus every term (``objectives.py``).
+
+    A backbone may define ``forward_train(images, labels) -> (embeddings, extra_loss or
+    None)`` (a privacy protection, ``model.protection``): the step then uses it, and the
+    extra loss is the ``protection`` term (MinusFace's regeneration loss; PartialFace's
+    per-identity channel subsets depend on the labels).
     """
 
     def __init__(
@@ -83,9 +88,16 @@ class TrainModule(nn.Module):
         step = Step(images, labels, dict(fields or {}), self)
         for objective in self.objectives:
             step = objective.transform(step)
-        step.embeddings = self.backbone(step.x, **step.backbone_kwargs)
+        train_step = getattr(self.backbone, "forward_train", None)
+        extra = None
+        if train_step is not None and self.training:
+            step.embeddings, extra = train_step(step.x, step.labels)
+        else:
+            step.embeddings = self.backbone(step.x, **step.backbone_kwargs)
         step.head = out = self.head(step.embeddings, step.labels)
         terms = {"head": out.loss}
+        if extra is not None:
+            terms["protection"] = extra
         for objective in self.objectives:
             terms.update(objective.loss_terms(step))
         metrics = {}
@@ -240,12 +252,24 @@ def build_model(
     from synthface.recognition.backbones import create_backbone
     from synthface.recognition.heads import HEADS, create_head
 
-    backbone = create_backbone(
-        cfg.model.backbone,
-        input_size=cfg.model.input_size,
-        embedding_dim=cfg.model.embedding_dim,
-        **cfg.model.params,
-    )
+    if cfg.model.protection is not None:
+        from synthface.recognition.privacy import create_protected
+
+        backbone = create_protected(
+            cfg.model.protection.name,
+            backbone=cfg.model.backbone,
+            backbone_params=cfg.model.params,
+            input_size=cfg.model.input_size,
+            embedding_dim=cfg.model.embedding_dim,
+            **cfg.model.protection.params,
+        )
+    else:
+        backbone = create_backbone(
+            cfg.model.backbone,
+            input_size=cfg.model.input_size,
+            embedding_dim=cfg.model.embedding_dim,
+            **cfg.model.params,
+        )
     objectives = build_objectives(cfg, num_classes)
     for objective in objectives:
         backbone = objective.wrap_backbone(backbone)

@@ -22,17 +22,55 @@ from torch import nn
 from synthface.recognition.config import OptimConfig, ScheduleConfig
 
 
+def lr_scales(model: nn.Module) -> dict[str, float]:
+    """Full parameter-name prefixes -> learning-rate factors, from modules that declare them.
+
+    Extension point: a module may define ``lr_scales() -> {prefix: factor}`` (prefixes
+    relative to itself), e.g. a protection whose noise parameters learn at another rate.
+    """
+    found: dict[str, float] = {}
+    for name, module in model.named_modules():
+        fn = getattr(module, "lr_scales", None)
+        if callable(fn):
+            for prefix, factor in fn().items():
+                found[f"{name}.{prefix}" if name else prefix] = float(factor)
+    return found
+
+
+def no_weight_decay(model: nn.Module) -> set[str]:
+    """Full names of parameters exempt from weight decay, from modules that declare them
+    with ``no_weight_decay() -> {relative name}`` (timm's idiom)."""
+    found: set[str] = set()
+    for name, module in model.named_modules():
+        fn = getattr(module, "no_weight_decay", None)
+        if callable(fn):
+            found |= {f"{name}.{rel}" if name else rel for rel in fn()}
+    return found
+
+
 def param_groups(model: nn.Module, weight_decay: float, decay_all: bool) -> list[dict]:
-    """One group decaying everything, or two: >= 2-d tensors decay, 0-/1-d tensors don't."""
-    decay, no_decay = [], []
-    for _, p in model.named_parameters():
+    """Every parameter decays (``decay_all``), or only >= 2-d tensors, except those a module
+    exempts (:func:`no_weight_decay`); parameters under a prefix of :func:`lr_scales` form
+    their own groups with ``lr_scale``."""
+    scales = lr_scales(model)
+    exempt = no_weight_decay(model)
+    groups: dict[tuple[bool, float], list] = {}
+    for name, p in model.named_parameters():
         if not p.requires_grad:
             continue
-        (decay if decay_all or p.ndim >= 2 else no_decay).append(p)
-    groups = [{"params": decay, "weight_decay": weight_decay}]
-    if no_decay:
-        groups.append({"params": no_decay, "weight_decay": 0.0})
-    return groups
+        decay = (decay_all or p.ndim >= 2) and name not in exempt
+        scale = next(
+            (f for prefix, f in scales.items() if name == prefix or name.startswith(prefix + ".")),
+            1.0,
+        )
+        groups.setdefault((decay, scale), []).append(p)
+    out = [
+        {"params": params, "weight_decay": weight_decay if decay else 0.0, "lr_scale": scale}
+        for (decay, scale), params in sorted(
+            groups.items(), key=lambda kv: (not kv[0][0], kv[0][1])
+        )
+    ]
+    return out or [{"params": [], "weight_decay": weight_decay, "lr_scale": 1.0}]
 
 
 def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
@@ -74,4 +112,4 @@ class LRSchedule:
 
 def set_lr(optimizer: torch.optim.Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
-        group["lr"] = lr
+        group["lr"] = lr * group.get("lr_scale", 1.0)

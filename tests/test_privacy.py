@@ -1,0 +1,358 @@
+"""Privacy protections: the block-DCT front end, channel splits, DCTDP's noise, SlerpFace's
+templates, the attacks, and every method training a few steps on shards (CPU, tiny)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from synthface.pipeline.config import validate_config
+from synthface.pipeline.errors import ConfigError
+from synthface.recognition.privacy import bdct
+from synthface.recognition.privacy.methods import create_protected
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+# ------------------------------------------------------------------ block DCT
+
+
+def test_bdct_round_trip_is_exact_and_channels_are_row_major():
+    gen = torch.Generator().manual_seed(0)
+    x = torch.rand(2, 3, 16, 16, generator=gen, dtype=torch.float64) * 2 - 1
+    coeff = bdct.to_bdct(x)  # x8 up-sampling: 128 px, 16 x 16 maps
+    assert coeff.shape == (2, 192, 16, 16)
+    up = F.interpolate(x * 0.5 + 0.5, scale_factor=8, mode="bilinear", align_corners=False)
+    back = bdct.from_bdct(coeff)
+    assert torch.allclose(back, up * 2 - 1, atol=1e-12)
+    # the folded 3x3 convolution is the explicit chain (up-sample, YCbCr, block DCT)
+    assert torch.allclose(coeff, bdct.to_bdct_explicit(x), atol=1e-9)
+    f32 = bdct.to_bdct(x.float())
+    assert (f32 - coeff).abs().max() < 2e-3  # float32 rounding only (values up to 1024)
+    # down to the input size: block centres, as interpolate() samples them
+    small = bdct.from_bdct(coeff, output_size=16)
+    want = F.interpolate(up, size=(16, 16), mode="bilinear", align_corners=False) * 2 - 1
+    assert torch.allclose(small, want, atol=1e-12)
+    assert (bdct.from_bdct(bdct.to_bdct(x.float(), upsample=1)) - x.float()).abs().max() < 1e-4
+
+    # a grey image plus one DCT basis function of Y lands in channel 8u + v of Y only
+    d = bdct.dct_matrix()
+    for u, v in ((0, 0), (1, 2), (7, 3)):
+        block = 40.0 * torch.outer(d[u], d[v])  # Y - 128 for R = G = B
+        img = ((128.0 + block) / 255.0 * 2 - 1).expand(1, 3, 8, 8)
+        c = bdct.to_bdct(img, upsample=1)[0, :, 0, 0]
+        assert torch.allclose(c[bdct.channel(0, u, v)], torch.tensor(40.0, dtype=c.dtype))
+        others = torch.ones(192, dtype=torch.bool)
+        others[bdct.channel(0, u, v)] = False
+        assert c[others].abs().max() < 1e-9
+
+
+def test_channel_splits_and_subsets_are_the_documented_ones():
+    from synthface.recognition.privacy import dctdp, duetface, partialface
+
+    def per_colour(freqs):
+        return {c * 64 + f for c in range(3) for f in freqs}
+
+    client = {0, 1, 2, 3, 4, 5, 8, 9, 16, 24}
+    assert (
+        set(duetface.CLIENT_CHANNELS) == per_colour(client) and len(duetface.CLIENT_CHANNELS) == 30
+    )
+    assert set(duetface.SERVER_CHANNELS) == set(range(192)) - per_colour(client)
+    assert len(duetface.SERVER_CHANNELS) == 162
+
+    pruned = {8 * u + v for u in range(8) for v in range(8) if u + v <= 3}
+    assert set(partialface.PRUNED_FREQS) == pruned == {0, 1, 2, 3, 8, 9, 10, 16, 17, 24}
+    subsets = [set(s) for s in partialface.SUBSETS]
+    assert len(subsets) == 6 and all(len(s) == 9 for s in subsets)
+    assert set().union(*subsets) == set(range(64)) - pruned  # a partition of the 54
+    assert sum(len(s) for s in subsets) == 54
+    assert len(set(partialface.TRIPLES)) == 20 and all(len(t) == 3 for t in partialface.TRIPLES)
+    assert all(sorted(p) == list(range(9)) for p in partialface.PERMUTATIONS)
+    chans = partialface.subset_channels(4, 2)
+    assert len(chans) == 27 and {c % 64 for c in chans} == subsets[4]
+
+    # per sample: an identity only ever draws subsets of its own triple
+    model = create_protected("partialface", backbone="tiny", input_size=16, embedding_dim=8)
+    labels = torch.arange(40).repeat(25)
+    torch.manual_seed(0)
+    subset, perm = model.draw(len(labels), labels, None, "cpu")
+    for y in range(40):
+        drawn = set(subset[labels == y].tolist())
+        assert drawn == set(partialface.TRIPLES[y % 20])
+    assert set(perm.tolist()) == {0, 1, 2}
+
+    assert set(dctdp.KEPT_CHANNELS) == set(range(192)) - {0, 64, 128}
+    assert len(dctdp.KEPT_CHANNELS) == 189
+
+
+def test_dctdp_noise_scale_follows_the_budget():
+    x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
+    means = {}
+    for budget in (4.0, 0.5):
+        model = create_protected(
+            "dctdp", backbone="tiny", input_size=16, embedding_dim=8, budget_mean=budget
+        ).eval()
+        n = model.rho.numel()
+        assert torch.allclose(model.budgets().sum(), torch.tensor(budget * n), rtol=1e-4)
+        assert torch.allclose(model.noise_scale(), torch.full_like(model.rho, 1.0 / budget))
+        clean = bdct.to_bdct(x)[:, model.channels]
+        noise = model.server_view(x) - clean - model.mu
+        means[budget] = float(noise.detach().abs().mean())  # E|Laplace(0, b)| = b
+        assert means[budget] == pytest.approx(1.0 / budget, rel=0.02)
+    assert means[0.5] / means[4.0] == pytest.approx(8.0, rel=0.03)
+
+    # budgets are learnable: a step on rho moves budget between elements, the total stays
+    model.train()
+    loss = model.server_view(x).pow(2).mean()
+    loss.backward()
+    assert model.rho.grad is not None and model.rho.grad.abs().sum() > 0
+    with torch.no_grad():
+        model.rho -= 1e3 * model.rho.grad
+    eps = model.budgets()
+    assert float(eps.std()) > 0 and torch.allclose(eps.sum(), torch.tensor(0.5 * n), rtol=1e-4)
+
+
+# ------------------------------------------------------------------ SlerpFace
+
+
+def _noisy_templates(identities: int, groups: int, dim: int, noise: float, seed: int):
+    from synthface.recognition.privacy.slerpface import Templates
+
+    gen = torch.Generator().manual_seed(seed)
+    base = torch.randn(identities, groups, dim, generator=gen)
+    weights = torch.softmax(torch.randn(identities, groups, generator=gen), 1)
+
+    def sample():
+        return Templates(base + noise * torch.randn(base.shape, generator=gen), weights)
+
+    return sample(), sample()
+
+
+def test_slerpface_matching_after_protection_and_cross_key_separation():
+    from synthface.recognition.evaluation import roc
+    from synthface.recognition.privacy import slerpface as sf
+
+    a, b = _noisy_templates(200, 49, 16, 0.4, seed=0)
+    gen = torch.Generator().manual_seed(3)
+    gallery = sf.enrol(
+        a, sf.draw_keys(a.groups.shape, gen), alpha=0.9, drop_rate=0.5, generator=gen
+    )
+    assert (gallery.template == 0).float().mean() > 0.2  # group dropout happened
+    shift = torch.roll(torch.arange(200), 1)
+    genuine = sf.match(b, gallery)
+    impostor = sf.match(sf.Templates(b.groups[shift], b.weights[shift]), gallery)
+    assert genuine.mean() > impostor.mean()
+    labels = np.r_[np.ones(200, bool), np.zeros(200, bool)]
+    assert roc.auc(labels, torch.cat([genuine, impostor]).numpy()) > 0.99
+
+    # the same person enrolled with another key is not accepted at the matching threshold
+    other = sf.enrol(b, sf.draw_keys(b.groups.shape, gen), alpha=0.9, drop_rate=0.5, generator=gen)
+    cross = sf.cross_key_scores(other, gallery)
+    threshold = float((genuine.min() + impostor.max()) / 2)
+    assert float((cross > threshold).float().mean()) == 0.0
+    assert float(cross.max()) < float(impostor.mean())
+
+    # the protected template differs from the unprotected one in every group
+    unit = F.normalize(a.groups, dim=-1)
+    cos = (F.normalize(gallery.template, dim=-1) * unit).sum(-1)
+    assert float(cos.mean()) < 0.6
+
+
+def test_slerpface_model_templates_and_embedding_dim():
+    with pytest.raises(ConfigError, match="embedding_dim must be L x G"):
+        create_protected("slerpface", backbone="tiny", input_size=32, embedding_dim=128)
+    model = create_protected(
+        "slerpface", backbone="tiny", input_size=32, embedding_dim=64, group_size=16
+    ).eval()
+    x = torch.rand(3, 3, 32, 32) * 2 - 1
+    t = model.templates(x)
+    assert t.groups.shape == (3, 4, 16) and torch.allclose(t.weights.sum(1), torch.ones(3))
+    e = model(x)
+    assert e.shape == (3, 64) and torch.allclose(e.norm(dim=1), torch.ones(3), atol=1e-5)
+    assert model.server_view(x).shape == (3, 128)  # template + key
+
+
+# ------------------------------------------------------------------ attacks
+
+
+def _world_images(tmp_path, identities, per_identity, split="train"):
+    from synthface.pipeline.world import make_world_dataset
+    from synthface.recognition.privacy.attacks import load_dataset_images
+
+    make_world_dataset(
+        tmp_path, identities=identities, per_identity=per_identity, size=32, split=split
+    )
+    return load_dataset_images(tmp_path, identities * per_identity)
+
+
+def test_attack_learns_on_unprotected_input_and_less_on_protected(tmp_path):
+    from synthface.recognition.backbones import create_backbone
+    from synthface.recognition.privacy import attacks
+
+    images, _ = _world_images(tmp_path / "att", 20, 4, split="eval")
+    x = attacks.to_input(images, 32)
+    attacker, targets_a, targets_b = x[:48], x[48:64], x[64:80]
+    judge = create_backbone("tiny", input_size=32, embedding_dim=16).eval()
+    settings = attacks.InversionSettings(steps=60, batch_size=16, lr=3e-3, widths=(8, 16))
+    plain = torch.nn.Identity()
+    open_ = attacks.reconstruction_attack(plain, attacker, targets_a, targets_b, judge, settings)
+    assert open_["loss_history"][-1] < 0.5 * open_["loss_history"][0]  # it learns
+    noisy = create_protected(
+        "dctdp", backbone="tiny", input_size=32, embedding_dim=8, budget_mean=0.002
+    )
+    shut = attacks.reconstruction_attack(noisy, attacker, targets_a, targets_b, judge, settings)
+    assert open_["psnr"] > 20 and open_["psnr"] > shut["psnr"] + 5
+    assert open_["ssim"] > shut["ssim"] + 0.2
+    assert 0 <= shut["identification"] <= 1 and shut["chance"] == pytest.approx(1 / 16)
+
+    vis = attacks.visual_attack(plain, targets_b)
+    assert vis["psnr"] == pytest.approx(100.0) and vis["ssim"] == pytest.approx(1.0, abs=1e-6)
+    duet = create_protected(
+        "duetface", backbone="tiny", input_size=32, embedding_dim=8, client_params={"scale": 1}
+    )
+    seen = attacks.visual_attack(duet, targets_b)  # high frequencies only: edges, no tones
+    assert seen["psnr"] < 15 and seen["ssim"] < 0.9
+
+
+# ------------------------------------------------------------------ training on shards
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    from synthface.pipeline.world import make_world_dataset
+
+    root = tmp_path_factory.mktemp("privacy")
+    make_world_dataset(root / "train", identities=6, per_identity=6, size=32)
+    return root
+
+
+def _train(shards, out, protection: str, kwargs: dict, **model):
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.training import train
+
+    cfg = validate_config(
+        {
+            "data": {
+                "train": str(shards / "train"),
+                "batch_size": 8,
+                "num_workers": 0,
+                "shuffle_buffer": 64,
+            },
+            "model": {
+                "backbone": model.get("backbone", "tiny"),
+                "input_size": 32,
+                "embedding_dim": model.get("dim", 32),
+                "params": model.get("params", {}),
+                "protection": {"name": protection, "params": kwargs},
+            },
+            "head": {"name": "arcface", "params": {"scale": 16, "margin": 0.2}},
+            "optim": {"lr": 0.05},
+            "train": {"output_dir": str(out), "max_steps": 3, "device": "cpu"},
+            "checkpoint": {"every_steps": 0},
+            "logging": {"every_steps": 1, "progress": False},
+        },
+        TrainConfig,
+    )
+    result = train(cfg)
+    assert result.completed and result.model_dir is not None
+    assert np.isfinite(float(result.metrics["loss"]))
+    return result.model_dir
+
+
+def test_every_method_trains_a_few_steps_on_shards(shards, tmp_path):
+    from synthface.recognition.checkpoint import load_recognizer
+
+    client = {"scale": 1, "blocks": [1, 1, 1, 1]}
+    runs = {
+        "duetface_client": ({}, {"backbone": "mobilefacenet", "params": client}),
+        "partialface": ({"repeats": 1}, {}),
+        "dctdp": ({"budget_mean": 1.0, "noise_lr_scale": 10.0}, {}),
+        "minusface_residue": ({"generator_widths": [8, 16]}, {}),
+        "slerpface": ({"group_size": 8}, {"dim": 32}),
+    }
+    dirs = {name: _train(shards, tmp_path / name, name, p, **m) for name, (p, m) in runs.items()}
+    dirs["duetface"] = _train(
+        shards,
+        tmp_path / "duetface",
+        "duetface",
+        {"client_params": client, "client_checkpoint": str(dirs["duetface_client"])},
+    )
+    dirs["minusface"] = _train(
+        shards,
+        tmp_path / "minusface",
+        "minusface",
+        {"generator_widths": [8, 16], "residue_checkpoint": str(dirs["minusface_residue"])},
+    )
+    x = torch.rand(2, 3, 32, 32, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    for name, path in dirs.items():
+        model = load_recognizer(path)  # rebuilt from the spec, without the earlier stage
+        assert model.spec["protection"] == name
+        emb = model(x)
+        assert emb.shape[0] == 2 and torch.isfinite(emb).all()
+        assert torch.equal(emb, model(x))  # eval randomness is seeded
+
+    # the frozen halves did not move in their second stage
+    client_model = load_recognizer(dirs["duetface_client"])
+    duet = load_recognizer(dirs["duetface"])
+    for k, v in client_model.state_dict().items():
+        assert torch.equal(v, duet.client.state_dict()[k]), k
+    residue = load_recognizer(dirs["minusface_residue"])
+    minus = load_recognizer(dirs["minusface"])
+    for k, v in residue.generator_net.state_dict().items():
+        assert torch.equal(v, minus.generator_net.state_dict()[k]), k
+    # DCTDP's noise parameters trained in their own group
+    dctdp = load_recognizer(dirs["dctdp"])
+    assert float(dctdp.rho.detach().abs().max()) > 0 and float(dctdp.mu.detach().abs().max()) > 0
+
+
+def test_protection_errors_are_one_line():
+    with pytest.raises(ConfigError, match="unknown protection 'duetfac'"):
+        create_protected("duetfac", backbone="tiny", input_size=32)
+    with pytest.raises(ConfigError, match="budget_mean must be > 0"):
+        create_protected("dctdp", backbone="tiny", input_size=32, budget_mean=0)
+    with pytest.raises(ConfigError, match="unexpected keyword argument 'budget'"):
+        create_protected("dctdp", backbone="tiny", input_size=32, budget=2)
+    with pytest.raises(ConfigError, match="not an iResNet"):
+        create_protected("duetface", backbone="mobilefacenet", input_size=32)
+
+
+def test_dctdp_noise_parameters_are_not_decayed_and_learn_at_their_own_rate():
+    from synthface.recognition.training.optim import param_groups
+
+    model = create_protected(
+        "dctdp", backbone="tiny", input_size=16, embedding_dim=8, noise_lr_scale=10.0
+    )
+    groups = param_groups(model, weight_decay=5e-4, decay_all=True)
+    noise = {id(model.rho), id(model.mu)}
+    (group,) = [g for g in groups if {id(p) for p in g["params"]} & noise]
+    assert {id(p) for p in group["params"]} == noise
+    assert group["weight_decay"] == 0.0 and group["lr_scale"] == 10.0
+    decayed = [p for g in groups if g["weight_decay"] > 0 for p in g["params"]]
+    assert decayed and all(id(p) not in noise for p in decayed)
+
+
+def test_a_second_stage_is_retrained_when_its_first_stage_changes(tmp_path):
+    """The second stage names its first by path: its key must follow the first's key."""
+    import json
+
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.privacy import benchmark
+
+    stage = TrainConfig.model_validate(
+        {"data": {"train": str(tmp_path)}, "train": {"output_dir": str(tmp_path / "s2")}}
+    )
+    out = tmp_path / "s2"
+    (out / "model").mkdir(parents=True)
+    (out / "model" / "config.json").write_text('{"format": "test"}')
+    key = benchmark._stage_key(stage, "first-a")
+    (out / "train.json").write_text(json.dumps({"key": key, "steps": 1}))
+    assert benchmark._finished(stage, "first-a") is not None
+    assert benchmark._finished(stage, "first-b") is None
