@@ -90,6 +90,41 @@ def test_every_config_kind_follows_the_path_rule(tmp_path, monkeypatch):
     assert cfg.train.output_dir == str(tmp_path / "g")
 
 
+def test_benchmark_and_privacy_configs_follow_the_path_rule(tmp_path, monkeypatch):
+    """Path fields inside lists of sections (a benchmark's generators) resolve too; a
+    shipped config reference stays a reference."""
+    monkeypatch.delenv("SYNTHFACE_HOME", raising=False)
+    monkeypatch.chdir(tmp_path)
+    bench = _write(
+        tmp_path / "c" / "bench.yaml",
+        {
+            "kind": "benchmark",
+            "output_dir": "runs/bench",
+            "generators": [{"name": "id3", "config": "../gens/id3.yaml"}],
+            "recognition": {"recipe": "synthface:recognition/world_tiny.yaml"},
+        },
+    )
+    cfg = load_any_config(bench)
+    assert cfg.generators[0].config == str(tmp_path / "gens" / "id3.yaml")
+    assert cfg.recognition.recipe == "synthface:recognition/world_tiny.yaml"
+    assert cfg.output_dir == str(tmp_path / "runs" / "bench")
+    priv = _write(
+        tmp_path / "d" / "priv.yaml",
+        {
+            "kind": "privacy",
+            "recipe": "rec.yaml",
+            "train_data": "shards",
+            "protocols": ["lfw.bin"],
+            "methods": [{"name": "unprotected"}],
+            "attack": {"data": "attacker", "targets": "lfw.bin"},
+        },
+    )
+    cfg = load_any_config(priv)
+    assert cfg.train_data == str(tmp_path / "d" / "shards")
+    assert cfg.protocols == [str(tmp_path / "d" / "lfw.bin")]
+    assert cfg.attack.data == str(tmp_path / "d" / "attacker")
+
+
 def test_required_and_empty_paths_are_clear_errors(tmp_path):
     path = _write(tmp_path / "g.yaml", {"kind": "generate", "identities": {"count": 2}})
     with pytest.raises(ConfigError, match=r"g\.yaml: generator: required key is missing"):
