@@ -223,9 +223,9 @@ def main() -> None:
 
     train_dir = world(work, args.identities, args.per_identity, args.world_size, "train")
     eval_dir = world(work, args.eval_identities, args.eval_per_identity, args.world_size, "eval")
-    base = GeneratorConfig.model_validate(
-        __import__("yaml").safe_load(Path(args.config).read_text())
-    )
+    from synthface.pipeline.config import load_config
+
+    base = load_config(args.config, GeneratorConfig)
     rec = args.recognizer or str(
         train_recognizer(
             work, train_dir, args.world_size, args.recognizer_steps, base.conditioning.identity_dim
