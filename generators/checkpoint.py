@@ -5,7 +5,8 @@ A generator directory (``save_pretrained``) holds ``config.json`` (format tag + 
 optional ``attribute_prior.json`` and optional ``autoencoder/`` (diffusers format).
 Loading compares every tensor name and shape before touching the model, so a checkpoint
 from another architecture fails with one line naming the first differences instead of
-the silent ``strict=False`` load that UIFace's sampler does.
+the silent ``strict=False`` load that UIFace's released reference sampler does (nothing
+here loads with ``strict=False``; torch files are read with ``weights_only=True``).
 """
 
 from __future__ import annotations
