@@ -27,7 +27,8 @@ polynomial decay, identity-balanced batches of 64 (16 identities x 4), flip.
   on the world's lfw.
 * ``afa``: standard training, plain PGD adversarial training and AFA (examples of
   random strength 0..8/255, PGD-2 while training by default); clean and robust 10-fold accuracy
-  under PGD-5 at 2, 4, 8 /255 on lfw pairs, and AFA's mean fusing weight per strength.
+  under PGD-5 at 2, 4, 8 /255 on lfw pairs, and AFA's mean fusing weight per strength;
+  then whether the strength is readable from the features at all (``afa_witness``).
 
 Numbers depend on the machine's load (the runs are long); docs/benchmarks.md records
 the machine state of each run.
@@ -409,7 +410,92 @@ def cmd_afa(args) -> dict:
             out[label]["mean_fusing_weight"] = w
         log(f"{label}: {out[label]}")
     return {"pairs": len(issame), "epochs": args.afa_epochs, "attack": "PGD-5, L-inf",
-            "results": out}  # fmt: skip
+            "results": out, "witness_r2": afa_witness(load_recognizer(models["AFA"]), data)}  # fmt: skip
+
+
+def afa_witness(model, data: Path, images: int = 2400) -> dict:
+    """Is the attack's strength readable from the features at all? R^2 on held-out rows
+    of predicting ``epsilon / epsilon_max`` (clean rows 0, PGD-3 of strength U(0, 8)
+    against the clean branch) by (a) the per-layer ridge regression on pooled statistics
+    (channel mean, log mean square, log fine-grained energy; best layer), (b) a small conv
+    detector trained by Adam on the image and on the inputs of three layers. Near 0: no
+    witness, and no estimator of any kind can adapt the fusing weight."""
+    import torch
+    from torch import nn
+
+    from synthface.pipeline.shards import iter_samples
+    from synthface.recognition.attacks import pgd_attack
+    from synthface.recognition.training.data import to_model_input
+
+    torch.manual_seed(0)
+    model.eval()
+    picks = [0, len(model.duals) // 3, 2 * len(model.duals) // 3]
+    grabbed: dict = {}
+    hooks = [d.register_forward_hook(lambda m, i, o, k=k: grabbed.__setitem__(k, i[0]))
+             for k, d in enumerate(model.duals)]  # fmt: skip
+    raw = [s["image"] for _, s in zip(range(images // 2), iter_samples(data))]
+    x_all = to_model_input(torch.from_numpy(np.stack(raw)), model.input_size[0])
+    feats: dict = {}
+    targets = []
+    for b in range(0, len(x_all), 100):
+        x = x_all[b : b + 100]
+        eps, zero = torch.rand(len(x)) * 8, torch.zeros(len(x))
+        with torch.no_grad():
+            ref = model(x, fuse=zero)
+        xa = pgd_attack(lambda z: model(z, fuse=zero), x, ref, eps, steps=3)  # noqa: B023
+        both = torch.cat([x, xa])
+        with torch.no_grad():
+            model(both, fuse=torch.zeros(len(both)))
+        feats.setdefault("image", []).append(both)
+        for k, t in grabbed.items():
+            feats.setdefault(k, []).append(t.detach())
+        targets.append(torch.cat([zero, eps / 8]))
+    for h in hooks:
+        h.remove()
+    w = torch.cat(targets)
+    order = torch.randperm(len(w))
+    w, n_fit = w[order], int(0.75 * len(w))
+
+    def r2(pred: torch.Tensor) -> float:
+        err = (pred.clamp(0, 1) - w[n_fit:]).square().mean()
+        return round(1 - float(err / w[n_fit:].var()), 3)
+
+    def pooled(t: torch.Tensor) -> torch.Tensor:
+        if t.dim() == 2:
+            return torch.cat([t, torch.log(t.square() + 1e-6)], 1)
+        fine = (t[:, :, 1:] - t[:, :, :-1]).square().mean((2, 3))
+        fine = fine + (t[:, :, :, 1:] - t[:, :, :, :-1]).square().mean((2, 3))
+        return torch.cat([t.mean((2, 3)), torch.log(t.square().mean((2, 3)) + 1e-6),
+                          torch.log(fine + 1e-6)], 1)  # fmt: skip
+
+    ridge = {}
+    for k in range(len(model.duals)):
+        z = pooled(torch.cat(feats[k])[order]).double()
+        z = (z - z[:n_fit].mean(0)) / (z[:n_fit].std(0) + 1e-6)
+        z = torch.cat([z, torch.ones(len(z), 1, dtype=z.dtype)], 1)
+        a = z[:n_fit]
+        coef = torch.linalg.solve(a.T @ a + 0.01 * n_fit * torch.eye(a.shape[1], dtype=a.dtype),
+                                  a.T @ w[:n_fit].double())  # fmt: skip
+        ridge[k] = r2((z[n_fit:] @ coef).float())
+    out = {"ridge_best_layer": max(ridge.values()), "ridge_per_layer": list(ridge.values())}
+    for key in ["image", *picks]:
+        f = torch.cat(feats[key])[order]
+        net = nn.Sequential(nn.Conv2d(f.shape[1], 32, 3, padding=1), nn.ReLU(),
+                            nn.Conv2d(32, 32, 3, padding=1), nn.ReLU(),
+                            nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(32, 1))  # fmt: skip
+        opt = torch.optim.Adam(net.parameters(), 1e-3)
+        for _ in range(15):
+            for rows in torch.randperm(n_fit).split(64):
+                loss = (net(f[rows]).squeeze(1) - w[rows]).square().mean()
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+        with torch.no_grad():
+            out[f"conv_detector_{key if key == 'image' else f'layer{key}'}"] = r2(
+                net(f[n_fit:]).squeeze(1)
+            )
+    log(f"witness R^2: {out}")
+    return out
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -21,11 +21,11 @@ import numpy as np
 import pytest
 
 from synthface.generators.benchmark import evaluate as E
-from synthface.generators.benchmark.config import BenchmarkConfig
+from synthface.generators.benchmark.config import BenchmarkConfig, load_benchmark_config
 from synthface.generators.benchmark.run import run_benchmark
 from synthface.pipeline.cli import main
 from synthface.pipeline.config import validate_config
-from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.errors import ConfigError, InputError
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -114,8 +114,11 @@ def runs(tmp_path_factory):
     first = sorted(p.parent.relative_to(out / "stages").as_posix() for p in out.rglob("stage.json"))
     second = run_benchmark(tiny_config(out))
     third = run_benchmark(tiny_config(out, generators=("plain", "id3")))
+    relabelled = tiny_config(out, generators=("plain", "id3")).model_dump(mode="json")
+    relabelled["generators"].append({**relabelled["generators"][0], "label": "plain-again"})
+    fourth = run_benchmark(validate_config(relabelled, BenchmarkConfig, "tiny"))
     torch.set_num_threads(threads)
-    return {"out": out, "first": first, "second": second, "third": third}
+    return {"out": out, "first": first, "second": second, "third": third, "fourth": fourth}
 
 
 def _labels(stage_dirs: list[str]) -> set[str]:
@@ -158,6 +161,37 @@ def test_adding_a_generator_runs_only_its_stages(runs):
     assert set(runs["second"]["stages"]["executed"]) | set(runs["second"]["stages"]["skipped"]) <= (
         set(third["skipped"])
     )
+
+
+def test_a_relabelled_entry_shares_the_trained_generator(runs):
+    """Entries that differ only in label (and sampler options) train one generator."""
+    executed = set(runs["fourth"]["stages"]["executed"])
+    assert "synthetic/plain-again" in executed
+    assert not any(s.startswith("generator/") for s in executed), executed
+
+
+def test_sampler_options_are_checked_and_reach_the_generate_config(tmp_path):
+    from synthface.generators.benchmark.generation import generation_config
+    from synthface.generators.benchmark.models import check_sampler_options, generator_config
+
+    cfg = load_benchmark_config(ROOT / "configs/benchmark/cpu.yaml")
+    entries = {e.id: e for e in cfg.generators}
+    one_stage = entries["uiface-one-stage"]
+    assert one_stage.sampler_options == {"two_stage": False, "injection": False}
+    gcfg = generator_config(one_stage, image_size=32, encoder="e", data="d", dim=128)
+    check_sampler_options(one_stage, gcfg)
+    gen = generation_config(tmp_path, name="uiface", checkpoint="c", judge="j", gallery=None,
+                            cfg=cfg, sampler_options=one_stage.sampler_options)  # fmt: skip
+    assert gen.generator.sampler_options == {"two_stage": False, "injection": False}
+    typo = one_stage.model_copy(update={"sampler_options": {"two_stages": True}})
+    with pytest.raises(
+        InputError, match=r"generators\[uiface-one-stage\]\.sampler_options: .*'two_stages'"
+    ):
+        check_sampler_options(typo, gcfg)
+    plain = entries["plain"].model_copy(update={"sampler_options": {"two_stage": True}})
+    with pytest.raises(InputError, match=r"generators\[plain\]\.sampler_options: .*takes no"):
+        check_sampler_options(plain, generator_config(plain, image_size=32, encoder="e",
+                                                      data="d", dim=128))  # fmt: skip
 
 
 def test_report_has_every_set_protocol_frcsyn_row_and_plot(runs):
@@ -252,8 +286,11 @@ def test_unknown_generator_is_refused_naming_the_registry(tmp_path):
     "path", ["configs/benchmark/cpu.yaml", "bench/gpu/benchmark_synthetic.yaml"]
 )
 def test_shipped_benchmark_configs_point_at_real_files(path):
-    from synthface.generators.benchmark.config import load_benchmark_config
-    from synthface.generators.benchmark.models import check_registered, generator_config
+    from synthface.generators.benchmark.models import (
+        check_registered,
+        check_sampler_options,
+        generator_config,
+    )
 
     cfg = load_benchmark_config(ROOT / path)
     assert Path(cfg.recognition.recipe).is_file()
@@ -261,3 +298,4 @@ def test_shipped_benchmark_configs_point_at_real_files(path):
         check_registered(entry.name)
         gcfg = generator_config(entry, image_size=cfg.image_size, encoder="e", data="d", dim=128)
         assert gcfg.generator == entry.name and gcfg.image_size == cfg.image_size
+        check_sampler_options(entry, gcfg)

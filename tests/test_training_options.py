@@ -262,6 +262,32 @@ def test_afa_fusing_weight_moves_with_attack_strength(world):
     assert w[0] < w[1] < w[2], w
 
 
+def test_afa_estimators_cannot_read_which_branch_earlier_layers_took():
+    """Fitted on the training forward (mixing by the given weights), a layer's estimator
+    learns which BatchNorm its predecessors used, a shortcut absent at test time. Fitted on
+    the test-time path, identical inputs get identical estimates whatever their targets,
+    and the training forward itself fits nothing."""
+    from synthface.recognition.backbones import create_backbone
+    from synthface.recognition.backbones.afa import afa_backbone
+
+    torch.manual_seed(0)
+    model = afa_backbone(create_backbone("tiny", input_size=SIZE, embedding_dim=32))
+    with torch.no_grad():
+        for m in model.duals:  # an adversarial branch unlike the clean one, as after training
+            m.adv.weight.mul_(3.0)
+            m.adv.bias.add_(0.5)
+    x = torch.randn(8, 3, SIZE, SIZE).repeat(2, 1, 1, 1)  # the same images twice
+    target = torch.cat([torch.zeros(8), torch.ones(8)])
+    model.train()
+    model(x, fuse=target, clean_rows=8)  # a training forward
+    assert not any(bool(m.fitted) for m in model.duals)
+    for _ in range(3):
+        model.fit_estimators(x, target)
+    w = model.fusing_weight(x)
+    torch.testing.assert_close(w[:8], w[8:])
+    torch.testing.assert_close(w, torch.full_like(w, 0.5), atol=1e-4, rtol=0)
+
+
 @pytest.mark.parametrize(("method", "steps"), [("afa", 12), ("pgd", 3)])
 def test_adversarial_training_lowers_its_adversarial_loss_and_exports(
     world, tmp_path, method, steps

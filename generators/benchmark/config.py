@@ -103,6 +103,9 @@ class GeneratorEntry(StrictModel):
     Trained here, the benchmark sets its data (the real training shards), its
     conditioning encoder, identity_dim, image size and output directory; ``overrides``
     (``key=value``, as ``synthface generator train --set``) change the rest.
+    ``sampler_options`` are the generator's own sampling switches (UIFace's
+    ``two_stage``, ``injection``, ...): entries that differ only in them and their
+    ``label`` share one trained generator, so a sampling ablation trains once.
     """
 
     name: str
@@ -110,6 +113,7 @@ class GeneratorEntry(StrictModel):
     config: InputPath | None = None
     checkpoint: InputPath | None = None
     overrides: list[str] = Field(default_factory=list)
+    sampler_options: dict[str, bool | int | float] = Field(default_factory=dict)
 
     @model_validator(mode="after")
     def _one(self) -> GeneratorEntry:

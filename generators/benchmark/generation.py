@@ -73,6 +73,7 @@ def generation_config(
     judge: str,
     gallery: str | None,
     cfg,
+    sampler_options: dict | None = None,
 ) -> GenerateConfig:
     """The ``generate`` config for one generator's synthetic set under the benchmark."""
     gen = cfg.generation
@@ -88,6 +89,8 @@ def generation_config(
     for key in ("sampler", "steps", "guidance_scale", "id_guidance_scale"):
         if getattr(gen, key) is not None:
             generator[key] = getattr(gen, key)
+    if sampler_options:
+        generator["sampler_options"] = dict(sampler_options)
     return GenerateConfig.model_validate(
         {
             "name": f"{cfg.name}-{name}",

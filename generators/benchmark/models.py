@@ -79,6 +79,25 @@ def check_registered(name: str) -> None:
     GENERATORS.get(name)  # unknown name -> ConfigError naming the known ones
 
 
+def check_sampler_options(entry, config) -> None:
+    """Refuse unknown or invalid ``sampler_options`` before anything trains.
+
+    ``config`` is the generator config to be trained, or None for a given checkpoint
+    (read from it)."""
+    from synthface.generators.base import GENERATORS, _register_builtin
+    from synthface.generators.checkpoint import read_generator_config
+
+    if not entry.sampler_options:
+        return
+    _register_builtin()
+    if config is None:
+        config = read_generator_config(Path(entry.checkpoint))
+    try:
+        GENERATORS.get(entry.name).validate_sampler_options(config, dict(entry.sampler_options))
+    except InputError as exc:
+        raise InputError(f"generators[{entry.id}].sampler_options: {exc}") from None
+
+
 def generator_config(entry, *, image_size: int, encoder: str, data: str, dim: int):
     """The entry's generator config with the benchmark's data, encoder and sizes."""
     from synthface.generators.config import GeneratorConfig

@@ -171,9 +171,10 @@ def run_benchmark(
                 data=real["path"],
                 dim=M.embedding_dim(encoder["model"]),
             )
+            M.check_sampler_options(entry, gcfg)
             gen = store.run(
                 "generator",
-                entry.id,
+                entry.name,  # not the label: a sampling ablation's entries share it
                 {
                     "config": M.generator_key(gcfg),
                     "real": real["key"],
@@ -184,6 +185,7 @@ def run_benchmark(
         else:
             loaded = M.load_generator_stage(entry)
             gen = {**loaded, "key": loaded["sha256"]}
+            M.check_sampler_options(entry, None)
         generators[entry.id] = gen
         synthetic[entry.id] = store.run(
             "synthetic",
@@ -191,6 +193,7 @@ def run_benchmark(
             {
                 "generator": gen["key"],
                 "name": entry.name,
+                **({"sampler_options": entry.sampler_options} if entry.sampler_options else {}),
                 "generation": cfg.generation.model_dump(mode="json"),
                 "budget": cfg.budget.model_dump(mode="json"),
                 "judge": judge["key"],
@@ -206,6 +209,7 @@ def run_benchmark(
                     judge=judge["model"],
                     gallery=gallery["gallery"],
                     cfg=cfg,
+                    sampler_options=entry.sampler_options,
                 ),
                 generate,
             ),

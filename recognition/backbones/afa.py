@@ -17,7 +17,9 @@ moving averages kept as buffers, like BatchNorm's statistics):
 ``w^ = E[w] + (z - E[z]) . (Cov(z) + lambda I)^-1 Cov(z, w)``, clipped to [0, 1]. A
 clean image gets a low ``w^`` and (nearly) the clean network, a strongly attacked one a
 high ``w^``. A layer mixes with the mean of its own and all earlier layers' estimates,
-which is steadier than any single layer. (A regression fitted from moments rather than a read-out trained by SGD: it is usable
+which is steadier than any single layer. The moments are gathered on the test-time path
+(:meth:`AFABackbone.fit_estimators`), never on the training forward, where the given
+weights would let a layer read which branch its predecessors took. (A regression fitted from moments rather than a read-out trained by SGD: it is usable
 after a few batches, needs no learning rate, and no gradient of it competes with the
 recognizer's under gradient clipping. Memory: a C x C moment matrix per BatchNorm. The input image alone is a
 poor witness here: the world's sensor noise and JPEG artefacts are as strong as an
@@ -51,11 +53,11 @@ from synthface.recognition.backbones._base import Backbone
 class DualBatchNorm(nn.Module):
     """A clean and an adversarial BatchNorm (1-d or 2-d) mixed per sample by a fusing weight.
 
-    ``fuse`` (N given weights), ``clean_rows`` and ``trail`` (the estimates of the layers
-    before it) are set by :class:`AFABackbone` for one forward pass; without ``fuse`` the
-    layer mixes with the mean of ``trail`` and its own estimate. Every call appends its
-    estimate (N) to ``trail``; training calls with ``fuse`` also update the regression's
-    moments (``momentum``, as BatchNorm's).
+    ``fuse`` (N given weights), ``clean_rows``, ``trail`` (the estimates of the layers
+    before it) and ``fit_target`` are set by :class:`AFABackbone` for one forward pass;
+    without ``fuse`` the layer mixes with the mean of ``trail`` and its own estimate. Every
+    call appends its estimate (N) to ``trail``; calls with ``fit_target`` also update the
+    regression's moments toward it (``momentum``, as BatchNorm's).
     """
 
     def __init__(
@@ -76,6 +78,7 @@ class DualBatchNorm(nn.Module):
         self.register_buffer("m_wz", torch.zeros(c))
         self.register_buffer("fitted", torch.zeros((), dtype=torch.bool))
         self.fuse: torch.Tensor | None = None
+        self.fit_target: torch.Tensor | None = None
         self.clean_rows: int | None = None
         self.trail: list[torch.Tensor] = []
         self._coef: torch.Tensor | None = None  # cached regression weights (evaluation)
@@ -137,10 +140,11 @@ class DualBatchNorm(nn.Module):
         return y * self.clean.weight.view(shape) + self.clean.bias.view(shape)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        z = self.statistics(x if not self.training else x.detach())
+        fitting = self.fit_target is not None
+        z = self.statistics(x.detach() if self.training or fitting else x)
         self.trail.append(self.estimate_fuse(z))
-        if self.fuse is not None and self.training:
-            self._fit(z, self.fuse)
+        if fitting:
+            self._fit(z, self.fit_target)
         w = torch.stack(self.trail).mean(0) if self.fuse is None else self.fuse
         w = w.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
         if not self.training:
@@ -189,16 +193,38 @@ class AFABackbone(Backbone):
     def forward(
         self, x: torch.Tensor, fuse: torch.Tensor | None = None, clean_rows: int | None = None
     ) -> torch.Tensor:
+        return self._run(x, fuse, clean_rows, None)
+
+    def _run(self, x, fuse, clean_rows, fit_target) -> torch.Tensor:
         trail: list[torch.Tensor] = []  # each layer appends its estimate, in forward order
         for m in self.duals:
-            m.fuse, m.clean_rows, m.trail = fuse, clean_rows, trail
+            m.fuse, m.clean_rows, m.trail, m.fit_target = fuse, clean_rows, trail, fit_target
         try:
             out = self.base(x)
         finally:
             for m in self.duals:
-                m.fuse, m.clean_rows, m.trail = None, None, []
+                m.fuse, m.clean_rows, m.trail, m.fit_target = None, None, [], None
         self.estimates = torch.stack(trail)
         return out
+
+    @torch.no_grad()
+    def fit_estimators(self, x: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+        """Update every layer's estimator toward ``target`` (N) on the test-time path.
+
+        Evaluation mode, estimated mixing: each layer sees the features its predecessors
+        produce when *they* mix by their own estimates, as at test time. Fitted on the
+        training forward instead (mixing by the given weights), a layer learns to read
+        which branch its predecessors took, a shortcut that vanishes at test time: every
+        input then gets the training batches' mean weight. Returns the estimates (layers x N)
+        made before this update.
+        """
+        was = self.training
+        self.eval()
+        try:
+            self._run(x, None, None, target)
+        finally:
+            self.train(was)
+        return self.estimates
 
     @torch.no_grad()
     def fusing_weight(self, x: torch.Tensor) -> torch.Tensor:

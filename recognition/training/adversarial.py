@@ -9,8 +9,10 @@ covers both with the same labels, and every per-sample field is duplicated with 
 ``method: afa`` wraps the backbone (``synthface.recognition.backbones.afa``): the
 adversarial rows are normalised with the fusing weight ``w = epsilon / epsilon_max``
 (clean rows 0), and every layer fits its estimator of ``w`` to those targets (running
-moments; the mean squared error of the estimates is logged as ``fuse_error``). At
-test time the estimates alone set ``w``: one model for every strength. ``method: pgd`` is the plain baseline on the
+moments; the mean squared error of the estimates is logged as ``fuse_error``) in an
+extra no-grad pass that mixes by the estimates, as at test time
+(:meth:`AFABackbone.fit_estimators` says why). At test time the estimates alone set
+``w``: one model for every strength. ``method: pgd`` is the plain baseline on the
 same examples (one set of BatchNorms).
 
 Examples are crafted with the backbone in evaluation mode (running statistics, nothing
@@ -44,6 +46,7 @@ class AdversarialObjective(Objective):
         self.cfg = cfg
         self.afa = cfg.method == "afa"
         self.metrics = ("adv_head", "fuse_error") if self.afa else ("adv_head",)
+        self._estimates: torch.Tensor | None = None  # the last fit pass's (metrics)
 
     @classmethod
     def from_config(cls, cfg: TrainConfig, num_classes: int) -> AdversarialObjective:
@@ -84,6 +87,7 @@ class AdversarialObjective(Objective):
         step.fields = {k: torch.cat([v, v]) for k, v in step.fields.items()}
         if self.afa:
             target = torch.cat([torch.zeros_like(fuse), fuse])
+            self._estimates = backbone.fit_estimators(step.x, target)
             step.fields[FUSE_TARGET] = target
             step.backbone_kwargs = {**step.backbone_kwargs, "fuse": target, "clean_rows": n}
         return step
@@ -95,7 +99,7 @@ class AdversarialObjective(Objective):
         logits, targets = step.head.logits[n:].float(), step.head.targets[n:]
         out = {"adv_head": F.cross_entropy(logits, targets)}
         if self.afa:
-            estimates = step.model.backbone.estimates  # layers x 2N, from this step
+            estimates = self._estimates  # layers x 2N, test-time path, before this fit
             target = step.fields[FUSE_TARGET].to(estimates.dtype).expand_as(estimates)
             out["fuse_error"] = F.mse_loss(estimates, target)
         return out
