@@ -49,7 +49,7 @@ from synthface.generators.config import GeneratorConfig
 from synthface.generators.encoder import load_identity_encoder
 from synthface.generators.id3.anchors import anchors_within
 from synthface.generators.morphface.identities import novel_identities
-from synthface.generators.training import latest_checkpoint, train_generator
+from synthface.generators.training import train_generator
 from synthface.pipeline.atomic import atomic_write_json
 from synthface.pipeline.config import load_config
 
@@ -305,7 +305,10 @@ def main() -> None:
         trained = json.loads((run / "bench_train.json").read_text())
         # A run cut short by --steps ends at a checkpoint (a complete generator directory)
         # instead of final/; say which weights were measured.
-        weights = run / "final" if (run / "final").is_dir() else latest_checkpoint(run)
+        if (run / "final").is_dir():
+            weights = run / "final"
+        else:
+            weights = sorted((run / "checkpoints").glob("step-*"))[-1]
         trained["weights"] = str(weights.relative_to(run))
         gen = load_generator(weights, encoder=encoder)
         variants = [(name, {})]

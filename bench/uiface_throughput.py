@@ -66,6 +66,12 @@ def main() -> None:
         default=[20],
         help="DPM-Solver++ step counts to measure (comma-separated)",
     )
+    ap.add_argument(
+        "--our-samplers",
+        type=lambda t: t.split(","),
+        default=["dpmpp_2m"],
+        help="solvers for ours (comma-separated; ddim isolates the solver from the batching)",
+    )
     ap.add_argument("--bf16", action="store_true", help="bf16 autocast for ours (GPU)")
     ap.add_argument("--compile", action="store_true", help="torch.compile the UNet (ours)")
     ap.add_argument("--threads", type=int, default=1)
@@ -137,12 +143,14 @@ def main() -> None:
     if args.compile:
         gen.denoiser.unet = torch.compile(gen.denoiser.unet, dynamic=True)
     precision = "bf16" if args.bf16 else "fp32"
-    for steps in args.our_steps:
-        our_kw = dict(sampler="dpmpp_2m", steps=steps, batched_cfg=True, precision=precision)
+    names = {"dpmpp_2m": ("dpmpp", "DPM-Solver++(2M)"), "ddim": ("ddim", "DDIM")}
+    for solver, steps in ((s, n_) for s in args.our_samplers for n_ in args.our_steps):
+        our_kw = dict(sampler=solver, steps=steps, batched_cfg=True, precision=precision)
         run(gen, ident[b], None, seeds[b], decode=decode, **common, **{**our_kw, "steps": 3})
         our_s, our_out = run(gen, ident, None, seeds, decode=decode, **common, **our_kw)
-        result[f"ours_dpmpp_{steps}"] = {
-            "procedure": f"{precision} DPM-Solver++(2M)-{steps}, passes batched in one call"
+        short, label = names[solver]
+        result[f"ours_{short}_{steps}"] = {
+            "procedure": f"{precision} {label}-{steps}, passes batched in one call"
             + (", compiled" if args.compile else ""),
             "images_per_s": round(n / our_s, 3),
             "speedup": round(ref_s / our_s, 2),

@@ -114,6 +114,7 @@ def runs(tmp_path_factory):
     first = sorted(p.parent.relative_to(out / "stages").as_posix() for p in out.rglob("stage.json"))
     second = run_benchmark(tiny_config(out))
     third = run_benchmark(tiny_config(out, generators=("plain", "id3")))
+    third["report_on_disk"] = json.loads(Path(third["report"]["json"]).read_text())
     relabelled = tiny_config(out, generators=("plain", "id3")).model_dump(mode="json")
     relabelled["generators"].append({**relabelled["generators"][0], "label": "plain-again"})
     fourth = run_benchmark(validate_config(relabelled, BenchmarkConfig, "tiny"))
@@ -194,6 +195,14 @@ def test_sampler_options_are_checked_and_reach_the_generate_config(tmp_path):
                                                       data="d", dim=128))  # fmt: skip
 
 
+def test_bad_sampler_options_fail_before_any_stage_runs(tmp_path):
+    data = tiny_config(tmp_path / "run", generators=("plain", "id3")).model_dump(mode="json")
+    data["generators"][1]["sampler_options"] = {"two_stage": True}
+    with pytest.raises(InputError, match=r"generators\[id3\]\.sampler_options: .*takes no"):
+        run_benchmark(validate_config(data, BenchmarkConfig, "tiny"))
+    assert not (tmp_path / "run" / "stages").exists()
+
+
 def test_report_has_every_set_protocol_frcsyn_row_and_plot(runs):
     s = runs["third"]
     report = Path(s["report"]["markdown"]).read_text()
@@ -209,7 +218,7 @@ def test_report_has_every_set_protocol_frcsyn_row_and_plot(runs):
     assert f["task1"]["subtask"] == "1.1" and s["frcsyn"]["real+id3"]["task1"]["subtask"] == "1.3"
     assert {"AVG", "SD", "TO"} <= set(f["task1"]["proposed"]) and "AVG" in f["task2"]["proposed"]
     assert Path(s["report"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    on_disk = json.loads(Path(s["report"]["json"]).read_text())
+    on_disk = s["report_on_disk"]  # read before the fourth run rewrote the report
     assert on_disk["gap_to_real"] == s["gap_to_real"]
     v = s["variation"]
     assert set(v["sets"]) == {"real", "plain", "id3"}

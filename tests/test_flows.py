@@ -504,3 +504,57 @@ def test_benchmark_flow_through_the_cli_runs_generation_as_a_subflow(server, tmp
     (row,) = build_table([config], flows=["benchmark-synthetic"], base=tmp_path)
     assert row.full_name == "benchmark-synthetic/tiny"
     assert row.parameters == {"config_file": "configs/benchmark/tiny.yaml"}
+
+
+def test_privacy_benchmark_flow_then_the_cli_reuses_every_step(server, tmp_path):
+    """`synthface flows run privacy-benchmark` trains, verifies and attacks each row (a
+    reconstruction attack for the baseline, template attacks for SlerpFace) and writes the
+    table; `synthface privacy benchmark` (no Prefect) on the same config then skips every
+    step and writes the same table. Tiny world, a few optimiser steps: plumbing only."""
+    import json
+
+    from synthface.pipeline.world import make_protocol, make_world_dataset
+
+    make_world_dataset(tmp_path / "train", identities=6, per_identity=4, size=32)
+    make_world_dataset(tmp_path / "attacker", identities=6, per_identity=4, size=32,
+                       split="eval")  # fmt: skip
+    make_protocol(tmp_path / "pairs", "lfw", folds=2, pairs_per_fold=8, size=32)
+    tiny = ["model.input_size=32", "model.embedding_dim=32",
+            "model.params={widths: [8, 8, 16, 16]}", "train.max_steps=2", "data.batch_size=8",
+            "data.num_workers=0", "data.shuffle_buffer=32", "checkpoint.every_steps=0",
+            "logging.progress=false"]  # fmt: skip
+    config = tmp_path / "privacy.yaml"
+    config.write_text(yaml.safe_dump({
+        "kind": "privacy", "name": "tiny", "output_dir": str(tmp_path / "run"),
+        "recipe": str(Path(__file__).resolve().parents[1] / "configs/recognition/world_tiny.yaml"),
+        "recipe_overrides": tiny, "train_data": "train", "protocols": ["pairs/lfw.bin"],
+        "methods": [{"name": "unprotected"},
+                    {"name": "slerpface", "protection": "slerpface", "params": {"group_size": 8}}],
+        "attack": {"data": "attacker", "images": 16, "targets": "pairs/lfw.bin",
+                   "target_pairs": 10, "inversion": {"steps": 2, "batch_size": 8, "widths": [8]}},
+    }))  # fmt: skip
+    env = {**server["env"], "OMP_NUM_THREADS": "1"}
+    flow = subprocess.run(
+        [BIN / "synthface", "flows", "run", "privacy-benchmark", str(config), "--json"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert flow.returncode == 0, flow.stderr[-3000:]
+    table = (tmp_path / "run" / "table.md").read_bytes()
+    rows = {
+        r["method"]: r for r in json.loads((tmp_path / "run" / "results.json").read_text())["rows"]
+    }
+    assert set(rows) == {"unprotected", "slerpface"}
+    assert rows["unprotected"]["goal_met"] is False and rows["slerpface"]["steps"] == 2
+    assert b"Templates (slerpface)" in table and b"cross-key" in table
+    assert rows["unprotected"]["chance"] == 10.0  # 1 / target_pairs
+    cli = subprocess.run(
+        [BIN / "synthface", "privacy", "benchmark", str(config), "--json"],
+        env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path,
+    )  # fmt: skip
+    assert cli.returncode == 0, cli.stderr[-3000:]
+    assert cli.stderr.count("skipped") == 3  # the judge and both rows' training
+    # verification and attacks come from their records
+    assert "reconstruction attack" not in cli.stderr and "template attacks" not in cli.stderr
+    assert "cosine: accuracy" not in cli.stderr
+    assert (tmp_path / "run" / "table.md").read_bytes() == table
+    assert json.loads(cli.stdout)["rows"] == list(rows.values())

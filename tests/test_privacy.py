@@ -3,6 +3,8 @@ templates, the attacks, and every method training a few steps on shards (CPU, ti
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,8 @@ from synthface.pipeline.config import validate_config
 from synthface.pipeline.errors import ConfigError
 from synthface.recognition.privacy import bdct
 from synthface.recognition.privacy.methods import create_protected
+
+ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(autouse=True)
@@ -356,3 +360,117 @@ def test_a_second_stage_is_retrained_when_its_first_stage_changes(tmp_path):
     (out / "train.json").write_text(json.dumps({"key": key, "steps": 1}))
     assert benchmark._finished(stage, "first-a") is not None
     assert benchmark._finished(stage, "first-b") is None
+
+
+# ------------------------------------------------------------------ benchmark plans and table
+
+
+def _privacy_config(root, methods, out=None, **extra):
+    from synthface.recognition.privacy.config import PrivacyBenchmarkConfig
+
+    data = {
+        "output_dir": str((out or root) / "run"),
+        "recipe": str(ROOT / "configs" / "recognition" / "world_tiny.yaml"),
+        "recipe_overrides": ["model.input_size=32", "train.epochs=2"],
+        "train_data": str(root / "train"),
+        "protocols": [str(root / "pairs" / "lfw.bin")],
+        "methods": methods,
+        "attack": {"data": str(root / "train"), "targets": str(root / "pairs" / "lfw.bin")},
+        **extra,
+    }
+    return validate_config(data, PrivacyBenchmarkConfig, "privacy.yaml")
+
+
+def test_stage_plans_are_the_documented_ones(shards, tmp_path):
+    from synthface.recognition.privacy.benchmark import stage_configs
+
+    cfg = _privacy_config(
+        shards,
+        [
+            {"name": "unprotected"},
+            {
+                "name": "duetface",
+                "protection": "duetface",
+                "params": {"client_params": {"scale": 1}},
+            },
+            {"name": "minusface", "protection": "minusface"},
+            {"name": "partialface", "protection": "partialface", "params": {"repeats": 3}},
+            {"name": "slerpface", "protection": "slerpface"},
+        ],
+        out=tmp_path,
+    )
+    plans = {m.name: stage_configs(cfg, m, roi=None) for m in cfg.methods}
+    names = {k: [n for n, _ in v] for k, v in plans.items()}
+    assert names == {"unprotected": ["model"], "duetface": ["stage1", "stage2"],
+                     "minusface": ["stage1", "stage2"], "partialface": ["model"],
+                     "slerpface": ["model"]}  # fmt: skip
+    ((_, plain),) = plans["unprotected"]
+    assert plain.model.protection is None and plain.train.output_dir.endswith("unprotected/model")
+    client, server = (s for _, s in plans["duetface"])
+    assert client.model.protection.name == "duetface_client"
+    assert client.model.backbone == "mobilefacenet"
+    assert server.model.protection.params["client_checkpoint"] == str(
+        tmp_path / "run" / "methods" / "duetface" / "stage1" / "model"
+    )
+    residue, minus = (s for _, s in plans["minusface"])
+    assert residue.model.protection.name == "minusface_residue"
+    assert minus.model.protection.params["residue_checkpoint"].endswith("stage1/model")
+    ((_, partial),) = plans["partialface"]
+    assert partial.train.epochs == 3 * plain.train.epochs  # repeats per epoch
+    # every stage shares the recipe's data and head
+    for plan in plans.values():
+        for _, stage in plan:
+            assert stage.data.train == str(shards / "train") and stage.head == plain.head
+    bad = _privacy_config(shards, [{"name": "unprotected"}, {"name": "slerpface",
+                          "protection": "slerpface", "pretrain_params": {"x": 1}}],
+                          out=tmp_path)  # fmt: skip
+    with pytest.raises(ConfigError, match=r"methods.slerpface.pretrain_params: .*one stage"):
+        stage_configs(bad, bad.methods[1], roi=None)
+
+
+def test_table_rows_are_measured_against_the_baseline_of_the_same_run(tmp_path):
+    from synthface.recognition.privacy.benchmark import NEAR_CHANCE, table_rows
+
+    cfg = _privacy_config(
+        tmp_path,
+        [{"name": "unprotected"}, {"name": "close", "protection": "dctdp"},
+         {"name": "far", "protection": "dctdp"}, {"name": "leaky", "protection": "dctdp"}],
+    )  # fmt: skip
+
+    def result(acc: float, ident: float) -> dict:
+        rec = {"psnr": 11.0, "ssim": 0.2, "identification": ident, "chance": 0.01}
+        return {"train": {"steps": 5, "seconds": 1.0}, "eval": {"lfw": {"accuracy": acc}},
+                "attack": {"visual": None, "reconstruction": rec}}  # fmt: skip
+
+    rows = table_rows(cfg, {
+        "unprotected": result(0.90, 0.50),
+        "close": result(0.895, NEAR_CHANCE * 0.01),   # -0.5 point, at the near-chance bound
+        "far": result(0.85, 0.01),                    # -5 points
+        "leaky": result(0.90, 0.30),                  # accurate but identifiable
+    })  # fmt: skip
+    by = {r["method"]: r for r in rows}
+    assert [r["method"] for r in rows] == ["unprotected", "close", "far", "leaky"]
+    assert by["unprotected"]["delta_acc"] == 0 and not by["unprotected"]["goal_met"]
+    assert by["close"]["delta_acc"] == pytest.approx(-0.5) and by["close"]["goal_met"]
+    assert by["far"]["delta_acc"] == pytest.approx(-5.0) and not by["far"]["goal_met"]
+    assert not by["leaky"]["goal_met"] and by["leaky"]["recon_identification"] == 30.0
+    assert by["close"]["acc_lfw"] == 89.5 and by["close"]["chance"] == 1.0
+
+
+def test_the_gpu_config_validates_and_every_row_builds_at_112():
+    """bench/gpu/privacy_112.yaml cannot run here; its rows must at least build."""
+    from synthface.pipeline.config import apply_overrides, load_config
+    from synthface.recognition.privacy.config import PrivacyBenchmarkConfig
+
+    cfg = load_config(ROOT / "bench/gpu/privacy_112.yaml", PrivacyBenchmarkConfig)
+    assert Path(cfg.recipe).is_file() and cfg.device == "cuda"
+    model = apply_overrides(
+        {"model": {}}, [o for o in cfg.recipe_overrides if o.startswith("model.")]
+    )
+    for spec in cfg.methods:
+        if spec.protection is None:
+            continue
+        local = apply_overrides(model, list(spec.overrides))["model"]
+        net = create_protected(spec.protection, backbone=local["backbone"], input_size=112,
+                               embedding_dim=local["embedding_dim"], **spec.params)  # fmt: skip
+        assert net.embedding_dim == local["embedding_dim"], spec.name

@@ -98,6 +98,21 @@ def check_sampler_options(entry, config) -> None:
         raise InputError(f"generators[{entry.id}].sampler_options: {exc}") from None
 
 
+def check_entries(cfg) -> None:
+    """Every generator entry names a registered generator and valid sampler options,
+    checked before the first stage runs (the encoder's path and width are placeholders:
+    the options depend on the generator's own section only)."""
+    for entry in cfg.generators:
+        check_registered(entry.name)
+        if entry.config is not None:
+            config = generator_config(
+                entry, image_size=cfg.image_size, encoder="unset", data="unset", dim=1
+            )
+            check_sampler_options(entry, config)
+        else:
+            check_sampler_options(entry, None)
+
+
 def generator_config(entry, *, image_size: int, encoder: str, data: str, dim: int):
     """The entry's generator config with the benchmark's data, encoder and sizes."""
     from synthface.generators.config import GeneratorConfig

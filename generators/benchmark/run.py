@@ -50,6 +50,7 @@ def run_benchmark(
     from synthface.generators.produce import generate_dataset
 
     t0 = time.perf_counter()
+    M.check_entries(cfg)
     torch.set_num_threads(cfg.threads)
     generate = generate or generate_dataset
     root = Path(cfg.output_dir)
@@ -162,7 +163,6 @@ def run_benchmark(
     generators: dict[str, dict] = {}
     synthetic: dict[str, dict] = {}
     for entry in cfg.generators:
-        M.check_registered(entry.name)
         if entry.config is not None:
             gcfg = M.generator_config(
                 entry,
@@ -171,7 +171,6 @@ def run_benchmark(
                 data=real["path"],
                 dim=M.embedding_dim(encoder["model"]),
             )
-            M.check_sampler_options(entry, gcfg)
             gen = store.run(
                 "generator",
                 entry.name,  # not the label: a sampling ablation's entries share it
@@ -185,7 +184,6 @@ def run_benchmark(
         else:
             loaded = M.load_generator_stage(entry)
             gen = {**loaded, "key": loaded["sha256"]}
-            M.check_sampler_options(entry, None)
         generators[entry.id] = gen
         synthetic[entry.id] = store.run(
             "synthetic",
