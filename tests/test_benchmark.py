@@ -295,16 +295,11 @@ def test_unknown_generator_is_refused_naming_the_registry(tmp_path):
     "path", ["configs/benchmark/cpu.yaml", "bench/gpu/benchmark_synthetic.yaml"]
 )
 def test_shipped_benchmark_configs_point_at_real_files(path):
-    from synthface.generators.benchmark.models import (
-        check_registered,
-        check_sampler_options,
-        generator_config,
-    )
+    from synthface.generators.benchmark.models import check_entries, generator_config
 
     cfg = load_benchmark_config(ROOT / path)
     assert Path(cfg.recognition.recipe).is_file()
+    check_entries(cfg)  # registered names, valid sampler options
     for entry in cfg.generators:
-        check_registered(entry.name)
         gcfg = generator_config(entry, image_size=cfg.image_size, encoder="e", data="d", dim=128)
         assert gcfg.generator == entry.name and gcfg.image_size == cfg.image_size
-        check_sampler_options(entry, gcfg)

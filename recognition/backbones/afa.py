@@ -57,9 +57,10 @@ class DualBatchNorm(nn.Module):
 
     ``fuse`` (N given weights), ``clean_rows``, ``trail`` (the estimates of the layers
     before it) and ``fit_target`` are set by :class:`AFABackbone` for one forward pass;
-    without ``fuse`` the layer mixes with the mean of ``trail`` and its own estimate. Every
-    call appends its estimate (N) to ``trail``; calls with ``fit_target`` also update the
-    regression's moments toward it (``momentum``, as BatchNorm's).
+    without ``fuse`` the layer mixes with the mean of ``trail`` and its own estimate. A call
+    that estimates (no ``fuse``) appends its estimate (N) to ``trail``; calls with
+    ``fit_target`` also update the regression's moments toward it (``momentum``, as
+    BatchNorm's).
     """
 
     def __init__(
@@ -143,10 +144,11 @@ class DualBatchNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         fitting = self.fit_target is not None
-        z = self.statistics(x.detach() if self.training or fitting else x)
-        self.trail.append(self.estimate_fuse(z))
-        if fitting:
-            self._fit(z, self.fit_target)
+        if self.fuse is None or fitting:  # given weights need no estimate (training, crafting)
+            z = self.statistics(x.detach() if self.training or fitting else x)
+            self.trail.append(self.estimate_fuse(z))
+            if fitting:
+                self._fit(z, self.fit_target)
         w = torch.stack(self.trail).mean(0) if self.fuse is None else self.fuse
         w = w.to(x.dtype).view((-1,) + (1,) * (x.dim() - 1))
         if not self.training:
@@ -181,7 +183,8 @@ class AFABackbone(Backbone):
 
     ``forward(x)`` lets every layer estimate its fusing weight; training passes the
     weights (``fuse``) and the clean/adversarial split of the batch (``clean_rows``).
-    After each call ``estimates`` holds the layers' fusing-weight estimates (layers x N).
+    After each call ``estimates`` holds the layers' fusing-weight estimates (layers x N;
+    None when the weights were given).
     """
 
     def __init__(self, base: Backbone, momentum: float = 0.05) -> None:
@@ -206,7 +209,7 @@ class AFABackbone(Backbone):
         finally:
             for m in self.duals:
                 m.fuse, m.clean_rows, m.trail, m.fit_target = None, None, [], None
-        self.estimates = torch.stack(trail)
+        self.estimates = torch.stack(trail) if trail else None  # None: weights were given
         return out
 
     @torch.no_grad()
