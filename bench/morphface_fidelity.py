@@ -232,6 +232,11 @@ def main() -> None:
         action="store_true",
         help="train the --models and stop (e.g. one process per model; evaluate later)",
     )
+    ap.add_argument(
+        "--results",
+        default="results.json",
+        help="file name under --workdir (one per process when models are evaluated in parallel)",
+    )
     ap.add_argument("--threads", type=int, default=1)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -336,7 +341,7 @@ def main() -> None:
             row["encoder"] = metrics(encoder, images, labels, anchors)
             results[key] = row
             np.save(work / f"samples_{key}.npy", images[: 8 * args.eval_per_identity])
-            atomic_write_json(work / "results.json", results)  # partial results survive a crash
+            atomic_write_json(work / args.results, results)  # partial results survive a crash
             print(key, json.dumps(row), flush=True)
 
         if args.no_new_identities or name not in ("morphface", "id3"):
@@ -370,7 +375,7 @@ def main() -> None:
         np.save(work / f"samples_{key}.npy", images[: 8 * args.eval_per_identity])
         print(key, json.dumps(row), flush=True)
     results["total_seconds"] = round(time.perf_counter() - t_all, 1)
-    atomic_write_json(work / "results.json", results)
+    atomic_write_json(work / args.results, results)
     print(json.dumps(results, indent=2))
 
 
