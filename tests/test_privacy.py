@@ -97,6 +97,26 @@ def test_channel_splits_and_subsets_are_the_documented_ones():
     assert len(dctdp.KEPT_CHANNELS) == 189
 
 
+def test_minusface_shuffles_each_sample_by_its_own_permutation():
+    """The property bench/minusface_learnability.py measures the cost of."""
+    model = create_protected(
+        "minusface",
+        backbone="tiny",
+        input_size=16,
+        embedding_dim=8,
+        generator_widths=[8, 16],
+        n_dup=2,
+    )
+    x = torch.rand(1, 3, 16, 16, generator=torch.Generator().manual_seed(0)) * 2 - 1
+    x = x.repeat(3, 1, 1, 1)
+    view = model.server_view(x, torch.Generator().manual_seed(1))
+    assert view.shape == (3, 6, 16, 16)
+    # one image three times: three different recodings, and two within each sample
+    assert not torch.allclose(view[0], view[1]) and not torch.allclose(view[1], view[2])
+    assert not torch.allclose(view[0, :3], view[0, 3:])
+    assert torch.equal(view, model.server_view(x, torch.Generator().manual_seed(1)))
+
+
 def test_dctdp_noise_scale_follows_the_budget():
     x = torch.rand(4, 3, 16, 16, generator=torch.Generator().manual_seed(1)) * 2 - 1
     means = {}
