@@ -447,6 +447,33 @@ def test_stage_plans_are_the_documented_ones(shards, tmp_path):
     with pytest.raises(ConfigError, match=r"methods.slerpface.pretrain_params: .*one stage"):
         stage_configs(bad, bad.methods[1], roi=None)
 
+    # a longer second stage without touching the first: pretrain_overrides come last
+    longer = {"name": "minusface", "protection": "minusface"}
+    longer_cfg = _privacy_config(
+        shards,
+        [
+            {"name": "unprotected"},
+            longer | {"overrides": ["train.epochs=40"], "pretrain_overrides": ["train.epochs=2"]},
+        ],
+        out=tmp_path,
+    )
+    first, second = (s for _, s in stage_configs(longer_cfg, longer_cfg.methods[1], roi=None))
+    assert (first.train.epochs, second.train.epochs) == (2, 40)
+    assert first == residue.model_copy(update={"train": first.train})  # nothing else moved
+    assert first.train == residue.train.model_copy(update={"epochs": 2})
+    bad = _privacy_config(
+        shards, [{"name": "unprotected", "pretrain_overrides": ["train.epochs=2"]}], out=tmp_path
+    )
+    with pytest.raises(ConfigError, match=r"unprotected.pretrain_overrides: .*one stage"):
+        stage_configs(bad, bad.methods[0], roi=None)
+    bad = _privacy_config(
+        shards,
+        [{"name": "unprotected"}, longer | {"pretrain_overrides": ["train.epochz=2"]}],
+        out=tmp_path,
+    )
+    with pytest.raises(ConfigError, match=r"minusface\.pretrain_overrides.*epochz"):
+        stage_configs(bad, bad.methods[1], roi=None)
+
 
 def test_table_rows_are_measured_against_the_baseline_of_the_same_run(tmp_path):
     from synthface.recognition.privacy.benchmark import NEAR_CHANCE, table_rows

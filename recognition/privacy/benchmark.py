@@ -112,6 +112,12 @@ def _with_protection(
     return validate_config(data, TrainConfig, f"privacy stage {out}")
 
 
+def _one_stage(spec: MethodSpec, what: str) -> None:
+    for key in ("pretrain_params", "pretrain_overrides"):
+        if getattr(spec, key):
+            raise ConfigError(f"methods.{spec.name}.{key}: {what} has one stage")
+
+
 def stage_configs(
     cfg: PrivacyBenchmarkConfig, spec: MethodSpec, roi: list | None
 ) -> list[tuple[str, TrainConfig]]:
@@ -123,6 +129,7 @@ def stage_configs(
     base = validate_config(data, TrainConfig, f"methods.{spec.name}.overrides")
     out = method_dir(cfg, spec.name)
     if spec.protection is None:
+        _one_stage(spec, "the unprotected baseline")
         data = base.model_dump(mode="json")
         data["train"]["output_dir"] = str(out / "model")
         return [("model", validate_config(data, TrainConfig, spec.name))]
@@ -135,23 +142,25 @@ def stage_configs(
     first = cls.pretrain_stage(base.model.backbone, base.model.params, params)
     if first is not None:
         stage_out = out / "stage1"
+        data = apply_overrides(base.model_dump(mode="json"), spec.pretrain_overrides)
+        pre = validate_config(data, TrainConfig, f"methods.{spec.name}.pretrain_overrides")
         stages.append(
             (
                 "stage1",
                 _with_protection(
-                    base,
+                    pre,
                     stage_out,
                     first.protection,
                     first.backbone,
                     first.backbone_params,
                     {**first.params, **spec.pretrain_params},
-                    base.train.epochs,
+                    pre.train.epochs,
                 ),
             )
         )
         params[first.argument] = str(stage_out / "model")
-    elif spec.pretrain_params:
-        raise ConfigError(f"methods.{spec.name}.pretrain_params: {spec.protection} has one stage")
+    else:
+        _one_stage(spec, spec.protection)
     name = "stage2" if first is not None else "model"
     stages.append(
         (

@@ -31,6 +31,11 @@ class MethodSpec(StrictModel):
     overrides: list[str] = Field(
         default_factory=list, description="KEY=VALUE overrides of the recipe for this row"
     )
+    pretrain_overrides: list[str] = Field(
+        default_factory=list,
+        description="KEY=VALUE overrides of the first stage's recipe only, after overrides "
+        "(so a second stage can train longer without retraining the first)",
+    )
 
     @model_validator(mode="after")
     def _name_is_a_folder(self) -> MethodSpec:
