@@ -382,6 +382,42 @@ def test_a_second_stage_is_retrained_when_its_first_stage_changes(tmp_path):
     assert benchmark._finished(stage, "first-b") is None
 
 
+def test_a_changed_stage_starts_over_instead_of_resuming_the_old_run(shards, tmp_path):
+    """The trainer resumes any checkpoint of the same architecture; the benchmark must not."""
+    from safetensors.torch import load_file
+
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.privacy import benchmark
+
+    def stage(lr: float) -> TrainConfig:
+        return validate_config(
+            {
+                "data": {"train": str(shards / "train"), "batch_size": 8, "num_workers": 0},
+                "model": {"backbone": "tiny", "input_size": 32, "embedding_dim": 16},
+                "optim": {"lr": lr},
+                "train": {"output_dir": str(tmp_path / "s"), "max_steps": 3, "device": "cpu"},
+                "checkpoint": {"every_steps": 1},
+                "logging": {"every_steps": 1, "progress": False},
+            },
+            TrainConfig,
+            "stage",
+        )
+
+    logs: list[str] = []
+    weights = tmp_path / "s" / "model" / "model.safetensors"
+    first = benchmark.train_stage(stage(0.05), log=logs.append)
+    old = load_file(weights)
+    # another schedule: its run must not continue the finished checkpoint at step 3
+    second = benchmark.train_stage(stage(0.01), log=logs.append)
+    new = load_file(weights)
+    assert second["key"] != first["key"] and second["steps"] == 3
+    assert any("starting over" in line for line in logs)
+    assert any(not torch.equal(old[k], new[k]) for k in old)
+    logs.clear()
+    assert benchmark.train_stage(stage(0.01), log=logs.append)["key"] == second["key"]
+    assert logs and "skipped" in logs[0]
+
+
 # ------------------------------------------------------------------ benchmark plans and table
 
 

@@ -4,8 +4,8 @@ For every method row: train its stages with the shared recipe (the project's tra
 ``model.protection``), verify on the world protocols, attack; then one table with the
 unprotected baseline of the same run. Each step keeps its result next to its outputs
 (``OUT/methods/<name>/{stage}/train.json``, ``eval.json``, ``attack.json``) keyed by what it
-depends on, so a rerun skips finished work and an interrupted training resumes from its
-checkpoint.
+depends on, so a rerun skips finished work, an interrupted training resumes from its
+checkpoint, and a stage whose configuration changed starts over.
 
 Goal columns: ``Δ acc`` is the method's mean protocol accuracy minus the baseline's, in
 points (goal: >= -1); the reconstruction attack is "near chance" when the judge identifies
@@ -20,6 +20,7 @@ import hashlib
 import inspect
 import io
 import json
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -197,6 +198,9 @@ def _stage_key(stage: TrainConfig, upstream: str | None) -> str:
     return _key({"config": stage.model_dump(mode="json"), "upstream": upstream})
 
 
+STARTED = "stage_key.json"  # written before a stage trains: which run its checkpoints belong to
+
+
 def _finished(stage: TrainConfig, upstream: str | None = None) -> dict | None:
     out = Path(stage.train.output_dir)
     done = _read_json(out / "train.json")
@@ -217,13 +221,23 @@ def train_stage(stage: TrainConfig, log: Log = print, upstream: str | None = Non
     if done is not None:
         log(f"{stage.train.output_dir}: already trained ({done['steps']} steps), skipped")
         return done
+    out = Path(stage.train.output_dir)
+    key = _stage_key(stage, upstream)
+    # Resume only a run of this very stage. The trainer resumes any checkpoint of the same
+    # architecture, so a changed schedule would continue the old run's weights, and a
+    # changed first stage would find the old second stage finished and keep it.
+    started = _read_json(out / STARTED)
+    if out.is_dir() and any(out.iterdir()) and (started or {}).get("key") != key:
+        log(f"{out}: holds a run of another configuration; starting over")
+        shutil.rmtree(out)
+    out.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(out / STARTED, {"key": key})
     t0 = time.perf_counter()
     result = train(stage, resume="latest")
     if not result.completed:
         raise RuntimeError(f"{stage.train.output_dir}: training stopped before the end")
-    out = Path(stage.train.output_dir)
     summary = {
-        "key": _stage_key(stage, upstream),
+        "key": key,
         "steps": result.global_step,
         "seconds": round(time.perf_counter() - t0, 1),
         "model_dir": str(out / "model"),
