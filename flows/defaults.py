@@ -69,6 +69,16 @@ def prepare_prefect_env(env: dict | None = None) -> str | None:
         check_prefect_api(url)
         return url
     env.setdefault("PREFECT_HOME", str(home(env) / ".prefect"))
+    # Prefect creates neither PREFECT_HOME nor its parents before opening the SQLite file in it:
+    # a $SYNTHFACE_HOME that does not exist yet would end in minutes of server tracebacks.
+    prefect_home = Path(env["PREFECT_HOME"]).expanduser()
+    try:
+        prefect_home.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise InputError(
+            f"PREFECT_HOME={prefect_home}: cannot create Prefect's state folder ({exc.strerror or exc}); "
+            "set SYNTHFACE_HOME or PREFECT_HOME to a writable folder"
+        ) from None
     env.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")
     env.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", EPHEMERAL_STARTUP_TIMEOUT)
     return None

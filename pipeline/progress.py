@@ -20,12 +20,23 @@ def enabled() -> bool:
     return bool(isatty and isatty())
 
 
-def progress_bar(total: int | None = None, *, desc: str, unit: str = "img", leave: bool = True):
-    """A tqdm bar (a context manager with ``update(n)``), disabled as the module says."""
+def progress_bar(
+    total: int | None = None,
+    *,
+    desc: str,
+    unit: str = "img",
+    leave: bool = True,
+    initial: int = 0,
+):
+    """A tqdm bar (a context manager with ``update(n)``), disabled as the module says.
+
+    Every bar of the project comes from here: a tqdm made elsewhere would ignore ``--quiet``.
+    """
     from tqdm import tqdm
 
     return tqdm(
         total=total,
+        initial=initial,
         desc=desc,
         unit=unit,
         file=sys.stderr,

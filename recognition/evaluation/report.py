@@ -75,17 +75,48 @@ def _save(fig, path) -> None:
     atomic_write_bytes(path, buf.getvalue())
 
 
-def plot_roc_det(path_roc, path_det, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
-    """ROC (TAR vs log FAR) and DET (FNMR vs FMR, log-log) for ``{label: (issame, similarity)}``."""
-    fig_r, fig_d = _figure(), _figure()
-    ax_r, ax_d = fig_r.add_subplot(), fig_d.add_subplot()
+def _draw_roc_det(ax_r, ax_d, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """Draw the ROC and DET lines and fix the log axes' limits when a curve has no point.
+
+    Zero rates cannot sit on a log axis. Scores that separate perfectly leave the DET with no
+    point at all (FNMR is 0 wherever FMR > 0), and matplotlib then fails at save time, after
+    the metrics were computed: such a curve is said in words and the axes span the rates
+    that the pair counts can resolve.
+    """
+    floor_d = 1.0
+    empty: list[str] = []
     for label, (issame, sim) in curves.items():
         c = roc.roc_curve(issame, sim, drop_intermediate=True)
+        labels = np.asarray(issame, bool).ravel()
+        n_gen, n_imp = int(labels.sum()), int((~labels).sum())
+        floor_d = min(floor_d, 1.0 / n_imp, 1.0 / n_gen)
         keep = c.fpr > 0
         ax_r.plot(c.fpr[keep], c.tpr[keep], label=label)
         fnmr = 1.0 - c.tpr
         keep = (c.fpr > 0) & (fnmr > 0)
-        ax_d.plot(c.fpr[keep], fnmr[keep], label=label)
+        if keep.any():
+            ax_d.plot(c.fpr[keep], fnmr[keep], label=label)
+        else:
+            empty.append(label)
+    if empty:
+        ax_d.set_xlim(floor_d / 2, 1.0)
+        ax_d.set_ylim(floor_d / 2, 1.0)
+        ax_d.text(
+            0.5,
+            0.5,
+            "FNMR = 0 at every FMR > 0 (perfect separation):\n" + ", ".join(empty),
+            transform=ax_d.transAxes,
+            ha="center",
+            va="center",
+            fontsize="small",
+        )
+
+
+def plot_roc_det(path_roc, path_det, curves: Mapping[str, tuple[np.ndarray, np.ndarray]]) -> None:
+    """ROC (TAR vs log FAR) and DET (FNMR vs FMR, log-log) for ``{label: (issame, similarity)}``."""
+    fig_r, fig_d = _figure(), _figure()
+    ax_r, ax_d = fig_r.add_subplot(), fig_d.add_subplot()
+    _draw_roc_det(ax_r, ax_d, curves)
     ax_r.set_xscale("log")
     ax_r.set_xlabel("FAR (false accept rate)")
     ax_r.set_ylabel("TAR (true accept rate)")
@@ -98,7 +129,7 @@ def plot_roc_det(path_roc, path_det, curves: Mapping[str, tuple[np.ndarray, np.n
     ax_d.set_title("DET")
     ax_d.grid(True, which="both", alpha=0.3)
     for ax in (ax_r, ax_d):
-        if curves:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     _save(fig_r, path_roc)
     _save(fig_d, path_det)
@@ -110,18 +141,12 @@ def plot_curves(
     """ROC (left) and DET (right) in one PNG for ``{label: (issame, similarity)}``."""
     fig = _figure(10.0, 4.0)
     ax_r, ax_d = fig.subplots(1, 2)
-    for label, (issame, sim) in curves.items():
-        c = roc.roc_curve(issame, sim, drop_intermediate=True)
-        keep = c.fpr > 0
-        ax_r.plot(c.fpr[keep], c.tpr[keep], label=label)
-        fnmr = 1.0 - c.tpr
-        keep = (c.fpr > 0) & (fnmr > 0)
-        ax_d.plot(c.fpr[keep], fnmr[keep], label=label)
+    _draw_roc_det(ax_r, ax_d, curves)
     ax_r.set(xscale="log", xlabel="FAR", ylabel="TAR", title=f"ROC {title}".strip())
     ax_d.set(xscale="log", yscale="log", xlabel="FMR", ylabel="FNMR", title=f"DET {title}".strip())
     for ax in (ax_r, ax_d):
         ax.grid(True, which="both", alpha=0.3)
-        if curves:
+        if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize="small")
     fig.tight_layout()
     _save(fig, path)
