@@ -252,11 +252,11 @@ class DiffusionGenerator:
         return z, [{} for _ in seeds]
 
     # ----------------------------------------------------------------- persistence
-    def save_pretrained(self, path: str | Path) -> Path:
+    def save_pretrained(self, path: str | Path, provenance: dict | None = None) -> Path:
         """Write the generator directory atomically (replacing an existing one)."""
         final = Path(path)
         with atomic_dir(final) as tmp:
-            atomic_write_json(tmp / "config.json", generator_config_json(self.config))
+            atomic_write_json(tmp / "config.json", generator_config_json(self.config, provenance))
             save_tensors(
                 tmp / "model.safetensors",
                 self.denoiser.state_dict(),

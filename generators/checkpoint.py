@@ -108,8 +108,24 @@ def read_generator_config(path: str | Path) -> GeneratorConfig:
     return validate_config(data.get("config"), GeneratorConfig, str(file))
 
 
-def generator_config_json(cfg: GeneratorConfig) -> dict:
-    return {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.model_dump(mode="json")}
+def generator_config_json(cfg: GeneratorConfig, provenance: dict | None = None) -> dict:
+    """``config.json``; ``provenance`` (imported weights: which files, which layout) is kept
+    beside the config, not in it: it says where the weights came from, not how to build them.
+    """
+    doc = {"format": FORMAT, "version": FORMAT_VERSION, "config": cfg.model_dump(mode="json")}
+    if provenance is not None:
+        doc["provenance"] = provenance
+    return doc
+
+
+def read_generator_provenance(path: str | Path) -> dict | None:
+    """The ``provenance`` of a checkpoint's ``config.json`` (``None``: trained here)."""
+    try:
+        data = json.loads((Path(path) / "config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    prov = data.get("provenance") if isinstance(data, dict) else None
+    return prov if isinstance(prov, dict) else None
 
 
 # Everything a resumed training run loads from a checkpoint directory.

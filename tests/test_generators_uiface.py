@@ -606,3 +606,311 @@ def test_dataset_samples_record_their_switch_and_bad_options_fail_first(tmp_path
     assert len(metas) == 4
     assert all(m["uiface"] == {"switch_timestep": 625, "adaptive": True} for m in metas)
     assert all(m["generator"] == "uiface" and m["condition_cos"] == 1.0 for m in metas)
+
+
+# --------------------------------------------------------------------------- released weights to a dataset
+# The documented path end to end: the import exactly as docs/generators.md prints it
+# (the shipped full-width default config, shrunk only in width so that tiny files in the
+# released layout fit it), then a dataset from the user's contexts without any encoder.
+RELEASED_NAMES = {
+    "unet": "ema_averaged_model_250000.ckpt",
+    "enc": "first_stage_encoder_state_dict.pt",
+    "dec": "first_stage_decoder_state_dict.pt",
+}
+DOCS = Path(__file__).resolve().parents[1] / "docs" / "generators.md"
+
+
+def _documented_commands(heading: str, first_word: str) -> list[list[str]]:
+    """Command lines of the ```sh blocks under ``heading`` (``[...]`` optional parts dropped)."""
+    import re
+    import shlex
+
+    text = DOCS.read_text().split(heading, 1)[1].split("\n#", 1)[0]
+    out = []
+    for block in re.findall(r"```sh\n(.*?)```", text, re.S):
+        for line in block.replace("\\\n", " ").splitlines():
+            line = re.sub(r"\[[^\]]*\]", "", line).split("#", 1)[0].strip()
+            if line.startswith("synthface " + first_word):
+                out.append(shlex.split(line)[1:])
+    return out
+
+
+def _shrunk_default(monkeypatch):
+    """The shipped uiface_128.yaml read by the real loader, with test widths."""
+    from synthface.generators.config import UIFaceUNetConfig
+    from synthface.generators.uiface import convert
+
+    real = convert.default_import_config
+
+    def shrunk():
+        cfg = real()
+        assert cfg.image_size == 128 and cfg.conditioning.identity_dim == 512
+        cfg.uiface.unet = UIFaceUNetConfig(**TINY_UNET)
+        cfg.autoencoder.block_out_channels = [TINY_VQ, 2 * TINY_VQ, 4 * TINY_VQ]
+        return cfg
+
+    monkeypatch.setattr(convert, "default_import_config", shrunk)
+
+
+def _write_released(folder: Path) -> dict[str, Path]:
+    folder.mkdir(parents=True, exist_ok=True)
+    enc_shapes, dec_shapes = reference_vq_shapes(TINY_VQ)
+    states = {
+        "unet": _ema_file(reference_unet_shapes(TINY_UNET, id_dim=512)),
+        "enc": _tensors(enc_shapes, 1),
+        "dec": _tensors(dec_shapes, 2),
+    }
+    paths = {}
+    for key, state in states.items():
+        paths[key] = folder / RELEASED_NAMES[key]
+        torch.save(state, paths[key])
+    return paths
+
+
+def _recognizer(path: Path, dim: int, seed: int = 0) -> Path:
+    from synthface.recognition import create_backbone, save_recognizer
+
+    torch.manual_seed(seed)
+    return save_recognizer(create_backbone("tiny", input_size=16, embedding_dim=dim), path, {})
+
+
+def _contexts(path: Path, rows: int = 3, space: str | None = "elasticface") -> Path:
+    from synthface.pipeline.embedding_space import write_anchor_space
+
+    np.save(path, np.random.default_rng(5).standard_normal((rows, 512)).astype(np.float32))
+    if space is not None:
+        write_anchor_space(path, space)
+    return path
+
+
+@pytest.fixture(scope="module")
+def imported(tmp_path_factory):
+    """A tiny model imported by the documented command (default config, default space)."""
+    from synthface.pipeline.cli import main
+
+    root = tmp_path_factory.mktemp("released")
+    files = _write_released(root)
+    with pytest.MonkeyPatch.context() as mp:
+        _shrunk_default(mp)
+        mp.chdir(root)
+        [argv] = _documented_commands("### Importing the released weights", "generator")
+        assert argv[:1] == ["generator"] and "--config" not in argv  # the default config
+        assert main(argv) == 0
+        out = root / argv[argv.index("--out") + 1]
+    return {"root": root, "files": files, "model": out}
+
+
+def _generate_config(ckpt: Path, out: Path, **sections):
+    from synthface.pipeline.generate_plan import GenerateConfig
+
+    data = {
+        "generator": {"checkpoint": str(ckpt), "steps": 2, "sampler": "ddim", "batch_size": 4},
+        "identities": {"count": 2, "samples_per_identity": 2, "anchor_iterations": 2},
+        "output": {"dir": str(out), "image_format": "jpg"},
+        "report": {"enabled": False},
+    }
+    for key, value in sections.items():
+        data[key] = {**data.get(key, {}), **value}
+    return GenerateConfig.model_validate(data)
+
+
+def test_documented_import_then_dataset_from_contexts_without_an_encoder(imported, monkeypatch):
+    from synthface.generators import encoder as encoder_module
+    from synthface.generators.produce import generate_dataset
+    from synthface.pipeline.atomic import file_sha256
+    from synthface.pipeline.embedding_space import read_anchor_space
+    from synthface.pipeline.shards import iter_samples
+    from synthface.pipeline.shards.verify import verify_dataset
+
+    root, model = imported["root"], imported["model"]
+    doc = json.loads((model / "config.json").read_text())
+    assert doc["config"]["encoder"] == {"path": None, "space": "elasticface"}
+    assert doc["config"]["data"]["path"] is None and doc["config"]["image_size"] == 128
+    unet = doc["provenance"]["files"]["unet"]
+    assert unet["name"] == RELEASED_NAMES["unet"]
+    assert unet["sha256"] == file_sha256(imported["files"]["unet"])[0]
+
+    def no_encoder(*args, **kwargs):
+        raise AssertionError("UIFace sampling must not load an identity encoder")
+
+    monkeypatch.setattr(encoder_module, "load_identity_encoder", no_encoder)
+    contexts = _contexts(root / "contexts.npy")
+    qc = _recognizer(root / "qc-8d", 8)
+    out = root / "ds"
+    cfg = _generate_config(
+        model,
+        out,
+        identities={"anchors": str(contexts)},
+        output={"image_size": 112},
+        qc={"recognizer": str(qc)},
+        report={"enabled": True, "contact_identities": 2, "contact_samples": 2},
+    )
+    summary = generate_dataset(cfg)
+    assert verify_dataset(out)["ok"]
+    samples = list(iter_samples(out))
+    assert len(samples) == 4
+    assert all(s["image"].shape == (112, 112, 3) for s in samples)
+    assert all("anchor_cos" not in s["meta"]["qc"] for s in samples)  # an independent judge
+    manifest = json.loads((out / "dataset.json").read_text())
+    space = manifest["splits"]["train"]["extra"]["embedding_space"]
+    assert space == summary["embedding_space"]
+    assert space["conditioning"] == space["anchors"] == "elasticface"
+    assert space["anchors_from"] == "sidecar contexts.npy.json" and not space["anchor_cos"]
+    assert space["qc_recognizer"] == "sha256:" + file_sha256(qc / "model.safetensors")[0]
+    assert read_anchor_space(out / "plan" / "anchors.npy") == "elasticface"
+    np.testing.assert_allclose(
+        np.load(out / "plan" / "anchors.npy")[0],
+        np.load(contexts)[0] / np.linalg.norm(np.load(contexts)[0]),
+        rtol=1e-6,
+    )
+
+
+def test_resize_is_antialiased_and_happens_before_encoding():
+    from synthface.generators.produce import _resize
+
+    stripes = np.zeros((1, 128, 128, 3), np.uint8)
+    stripes[:, :, ::2] = 255  # one-pixel stripes: point sampling would keep them
+    small = _resize(stripes, (112, 112))
+    assert small.shape == (1, 112, 112, 3)
+    assert 100 < small.mean() < 155 and small.std() < 60  # averaged, not aliased
+
+
+def _refused(cfg, match: str):
+    from synthface.generators.produce import generate_dataset
+
+    with pytest.raises((ConfigError, InputError), match=match) as err:
+        generate_dataset(cfg)
+    assert "\n" not in str(err.value)
+    assert not Path(cfg.output.dir).exists()  # refused at plan time: no shard was started
+    return str(err.value)
+
+
+def test_imported_model_without_region_needs_anchors_or_whole_sphere(imported):
+    from synthface.generators.produce import prepare_generation
+
+    root, model = imported["root"], imported["model"]
+    qc = {"recognizer": str(_recognizer(root / "qc-8d-b", 8))}
+    _refused(_generate_config(model, root / "r1", qc=qc), r"--anchor-region sphere")
+    prepared = prepare_generation(
+        _generate_config(model, root / "r2", qc=qc, identities={"anchor_region": "sphere"})
+    )
+    assert prepared.dataset_config["identities"]["count"] == 2
+    assert np.load(root / "r2" / "plan" / "anchors.npy").shape == (2, 512)
+
+
+def test_mismatched_spaces_are_refused_before_sampling(imported):
+    root, model = imported["root"], imported["model"]
+    contexts = {"anchors": str(_contexts(root / "ctx.npy"))}
+    # the encoder doubling as QC recognizer: another dimension, then the same one
+    enc128 = _recognizer(root / "enc-128d", 128)
+    cfg = _generate_config(
+        model, root / "m1", generator={"encoder": str(enc128)}, identities=contexts
+    )
+    _refused(cfg, r"gives 128-d embeddings, the generator's contexts and anchors are 512-d")
+    enc512 = _recognizer(root / "enc-512d", 512)
+    cfg = _generate_config(
+        model, root / "m2", generator={"encoder": str(enc512)}, identities=contexts
+    )
+    msg = _refused(cfg, r"is not in the anchors' embedding space 'elasticface'")
+    assert "--encoder PATH" in msg
+    # contexts declared in another space, or of another dimension
+    other = {"anchors": str(_contexts(root / "ctx-arcface.npy", space="arcface-r50"))}
+    qc = {"recognizer": str(_recognizer(root / "qc-8d-c", 8))}
+    cfg = _generate_config(model, root / "m3", identities=other, qc=qc)
+    _refused(cfg, r"declares embedding space 'arcface-r50', the generator is conditioned in")
+    np.save(root / "ctx-128.npy", np.ones((3, 128), np.float32))
+    short = {"anchors": str(root / "ctx-128.npy")}
+    cfg = _generate_config(model, root / "m4", identities=short, qc=qc)
+    _refused(cfg, r"must be a numeric \(N, 512\) array")
+    # a leakage gallery of another dimension, or declared in another space, than QC's
+    from synthface.pipeline.embedding_space import write_anchor_space
+
+    np.save(root / "gallery-16.npy", np.ones((4, 16), np.float32))
+    cfg = _generate_config(
+        model, root / "m5", identities=contexts, qc={**qc, "gallery": str(root / "gallery-16.npy")}
+    )
+    _refused(cfg, r"gallery embeddings have 16 dims but the QC recognizer gives 8")
+    np.save(root / "gallery-8.npy", np.ones((4, 8), np.float32))
+    write_anchor_space(root / "gallery-8.npy", "arcface-r50")
+    cfg = _generate_config(
+        model, root / "m6", identities=contexts, qc={**qc, "gallery": str(root / "gallery-8.npy")}
+    )
+    _refused(cfg, r"qc.gallery: .*declares embedding space 'arcface-r50', the QC recognizer")
+
+
+def test_import_with_encoder_records_its_fingerprint_and_qc_must_match(imported, tmp_path):
+    from synthface.generators.produce import prepare_generation
+    from synthface.generators.uiface import convert
+    from synthface.pipeline.embedding_space import recognizer_fingerprint
+
+    files = imported["files"]
+    elastic = _recognizer(tmp_path / "elasticface", 512, seed=1)
+    config = convert.default_import_config()  # the shipped file, read as documented
+    config.uiface.unet = type(config.uiface.unet)(**TINY_UNET)
+    config.autoencoder.block_out_channels = [TINY_VQ, 2 * TINY_VQ, 4 * TINY_VQ]
+    info = convert.import_uiface(
+        files["unet"], files["enc"], files["dec"], tmp_path / "gen", config, encoder=elastic
+    )
+    assert info["embedding_space"] == recognizer_fingerprint(elastic)
+    assert (
+        info["embedding_space"]
+        == "sha256:"
+        + __import__("hashlib").sha256((elastic / "model.safetensors").read_bytes()).hexdigest()
+    )
+    contexts = {"anchors": str(_contexts(tmp_path / "ctx.npy", space=None))}  # undeclared
+    same_dim_other = _recognizer(tmp_path / "other-512d", 512, seed=2)
+    cfg = _generate_config(
+        tmp_path / "gen",
+        tmp_path / "a",
+        generator={"encoder": str(same_dim_other)},
+        identities=contexts,
+    )
+    _refused(cfg, r"is not in the anchors' embedding space sha256:")
+    # the recorded encoder (the checkpoint's encoder.path) scores images against the anchors
+    prepare_generation(_generate_config(tmp_path / "gen", tmp_path / "b", identities=contexts))
+    record = json.loads((tmp_path / "b" / "plan" / "embedding_space.json").read_text())
+    assert record["anchor_cos"] and record["anchors"] == info["embedding_space"]
+    assert record["anchors_from"].startswith("undeclared")
+
+
+def test_embedding_space_names_and_sidecars_are_checked(tmp_path):
+    from synthface.pipeline.embedding_space import check_space, read_anchor_space, sidecar_path
+
+    assert check_space("elasticface", "x") == "elasticface"
+    for bad in ("", "two words", "sha256:abc", "../x"):
+        with pytest.raises(ConfigError, match=r"not an embedding space|are fingerprints"):
+            check_space(bad, "--embedding-space")
+    anchors = tmp_path / "a.npy"
+    sidecar_path(anchors).write_text('{"space": "elasticface", "colour": "red"}')
+    with pytest.raises(ConfigError, match=r"a\.npy\.json: colour: unknown key"):
+        read_anchor_space(anchors)
+    assert read_anchor_space(tmp_path / "none.npy") is None
+
+
+def test_documented_sample_command_parses_to_the_walkthrough_settings(imported, monkeypatch):
+    from synthface.generators.cli import sample_config
+    from synthface.pipeline.cli import build_parser
+
+    monkeypatch.chdir(imported["root"])
+    commands = _documented_commands("### From imported weights to a dataset", "generator")
+    [sample] = [c for c in commands if c[1] == "sample"]
+    args = build_parser().parse_args(sample)
+    cfg = sample_config(args)
+    assert cfg.output.image_size == 112 and cfg.identities.anchors.endswith("contexts.npy")
+    assert cfg.generator.encoder is None and cfg.qc.recognizer is not None
+
+
+def test_anchors_within_declared_embeddings_inherit_their_space(tmp_path, capsys):
+    from synthface.pipeline.cli import main
+    from synthface.pipeline.embedding_space import read_anchor_space, write_anchor_space
+
+    emb = tmp_path / "emb.npy"
+    np.save(emb, np.random.default_rng(0).standard_normal((12, ID_DIM)).astype(np.float32))
+    write_anchor_space(emb, "elasticface")
+    out = tmp_path / "anchors.npy"
+    argv = ["generator", "anchors", "--n", "4", "--dim", str(ID_DIM), "--out", str(out)]
+    assert main([*argv, "--iterations", "2", "--within", str(emb), "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["embedding_space"] == "elasticface"
+    assert read_anchor_space(out) == "elasticface"
+    assert main([*argv, "--iterations", "2", "--json"]) == 0  # plain Tammes: no space
+    assert read_anchor_space(out) is None

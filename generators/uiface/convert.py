@@ -36,6 +36,8 @@ from pathlib import Path
 import torch
 
 from synthface.generators.checkpoint import state_mismatches
+from synthface.pipeline.atomic import file_sha256
+from synthface.pipeline.embedding_space import check_space, recognizer_fingerprint
 from synthface.pipeline.errors import InputError
 
 SCHEDULE_BUFFERS = (
@@ -48,6 +50,11 @@ SCHEDULE_BUFFERS = (
     "sqrt_one_minus_alpha_bars",
     "one_minus_alphas_over_sqrt_one_minus_alpha_bars",
 )
+DEFAULT_CONFIG = "synthface:generators/uiface_128.yaml"
+# The space of the released model's contexts when the user names none: ElasticFace
+# embeddings (UIFace trained on ``elastic_embed.npy``). Which ElasticFace weights is not
+# published, so this is a name, not a fingerprint.
+RELEASED_SPACE = "elasticface"
 UNET_MARKER = "eps_model."
 ANCHOR = "image_proj.weight"  # a tensor every reference UNet has
 
@@ -336,12 +343,22 @@ def import_uiface(
     vq_decoder_path: str | Path,
     out: str | Path,
     config=None,
+    *,
+    embedding_space: str | None = None,
+    encoder: str | Path | None = None,
 ) -> dict:
     """Convert the three released files into a ``uiface`` generator directory at ``out``.
 
     ``config``: the generator config to build (default: the shipped
     ``configs/generators/uiface_128.yaml``, which describes the released model). Writes
     nothing unless every file converts; the directory is written atomically.
+
+    The checkpoint records the space its contexts live in (``encoder.space``): the
+    fingerprint of ``encoder`` (the user's copy of the conditioning recognizer, which is
+    then also the checkpoint's ``encoder.path``), else ``embedding_space``, else the
+    config's, else :data:`RELEASED_SPACE`. Without ``encoder`` the checkpoint names no
+    encoder: sampling UIFace never runs one. The config's training paths (data, encoder)
+    describe someone else's machine and are dropped.
     """
     from diffusers import VQModel
 
@@ -356,6 +373,20 @@ def import_uiface(
     cfg = cfg.model_copy(deep=True)
     cfg.generator = "uiface"
     cfg.autoencoder.path = None  # the autoencoder travels inside the generator directory
+    cfg.data.path = None
+    space = embedding_space or cfg.encoder.space or RELEASED_SPACE
+    check_space(space, "--embedding-space")
+    cfg.encoder.path = None
+    if encoder is not None:
+        if not Path(encoder).exists():
+            raise InputError(f"--encoder: {encoder}: no such recognizer")
+        cfg.encoder.path = str(Path(encoder).absolute())
+        space = recognizer_fingerprint(encoder)
+    cfg.encoder.space = space
+    sources = {"unet": unet_path, "vq_encoder": vq_encoder_path, "vq_decoder": vq_decoder_path}
+    for flag, path in sources.items():
+        if not Path(path).is_file():
+            raise InputError(f"--{flag.replace('_', '-')}: {path}: no such file")
     unet_file = load_flat_state(unet_path, "--unet")
     unet_state, buffers, prefix = split_unet_file(unet_file, str(unet_path))
     check_schedule(buffers, cfg.diffusion, str(unet_path))
@@ -373,24 +404,32 @@ def import_uiface(
     generator = UIFaceGenerator(
         cfg, denoiser=denoiser, autoencoder=Autoencoder(cfg.autoencoder, vq)
     )
-    generator.save_pretrained(out)
+    layout = "ema" if prefix == "module.eps_model." else f"non-ema ({prefix})"
+    provenance = {
+        "imported": "uiface",
+        "layout": layout,
+        "files": {key: _source_record(path) for key, path in sources.items()},
+    }
+    generator.save_pretrained(out, provenance=provenance)
     return {
         "out": str(out),
-        "layout": "ema" if prefix == "module.eps_model." else f"non-ema ({prefix})",
+        "layout": layout,
+        "embedding_space": space,
         "unet_parameters": sum(p.numel() for p in denoiser.unet.parameters()),
         "autoencoder_parameters": sum(p.numel() for p in vq.parameters()),
         "schedule_checked": "betas" in buffers,
     }
 
 
+def _source_record(path: str | Path) -> dict:
+    """Which released file a checkpoint came from (its name, size and sha256)."""
+    digest, size = file_sha256(path)
+    return {"name": Path(path).name, "bytes": size, "sha256": digest}
+
+
 def default_import_config():
-    """The shipped ``uiface_128.yaml`` (package data), validated."""
-    from importlib.resources import files
-
-    import yaml
-
+    """The shipped ``uiface_128.yaml``, read as every config file is (its ``kind:`` key too)."""
     from synthface.generators.config import GeneratorConfig
-    from synthface.pipeline.config import validate_config
+    from synthface.pipeline.config import load_config
 
-    text = files("synthface.configs").joinpath("generators", "uiface_128.yaml").read_text()
-    return validate_config(yaml.safe_load(text), GeneratorConfig, "uiface_128.yaml")
+    return load_config(DEFAULT_CONFIG, GeneratorConfig)
