@@ -3,7 +3,11 @@
 Command groups are found through the ``synthface.cli`` entry-point group: each
 entry is a ``register(subparsers)`` function in the package that owns the work,
 so this module never imports the heavy stages (torch, diffusers) until a command
-of theirs runs. Exit codes: 0 ok, 1 failure, 2 usage (argparse's own).
+of theirs runs. A package may also add a command to a group that another package owns
+through ``synthface.cli.commands`` (entry name ``GROUP.COMMAND``, e.g. recognition's
+``shards.annotate``): the group's owner never imports the package that adds it, which
+keeps the layering (``pipeline`` imports nothing above it). Exit codes: 0 ok, 1 failure,
+2 usage (argparse's own).
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ from synthface.pipeline.limits import (
 )
 
 ENTRY_POINT_GROUP = "synthface.cli"
+COMMAND_ENTRY_POINT_GROUP = "synthface.cli.commands"
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -46,7 +51,21 @@ def build_parser() -> argparse.ArgumentParser:
     groups = parser.add_subparsers(dest="group", metavar="GROUP", required=True)
     for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
         ep.load()(groups)
+    for ep in sorted(entry_points(group=COMMAND_ENTRY_POINT_GROUP), key=lambda e: e.name):
+        group, _, command = ep.name.partition(".")
+        ep.load()(group_commands(groups, group, ep.name), command)
     return parser
+
+
+def group_commands(
+    groups: argparse._SubParsersAction, group: str, where: str = "?"
+) -> argparse._SubParsersAction:
+    """The sub-command parsers of the existing group ``synthface GROUP``."""
+    parser = groups.choices.get(group)
+    for action in [] if parser is None else parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            return action
+    raise RuntimeError(f"{COMMAND_ENTRY_POINT_GROUP} entry {where!r}: no command group {group!r}")
 
 
 def emit(args: argparse.Namespace, data: Any, text: str | None = None) -> None:

@@ -184,4 +184,26 @@ def resolve_paths(cfg: BaseModel, base: str | os.PathLike, *, from_cwd: Iterable
                     walk(subs[0], item, location + ".")
 
     walk(type(cfg), data, "")
-    return type(cfg).model_validate(data) if changed else cfg
+    if not changed:
+        return cfg
+    out = type(cfg).model_validate(data)
+    _keep_fields_set(out, cfg)
+    return out
+
+
+def _keep_fields_set(new: BaseModel, old: BaseModel) -> None:
+    """Give ``new`` (rebuilt from a full dump) the set fields of ``old``, recursively.
+
+    Without it every default would count as stated by the file, and a check that takes a
+    value from elsewhere unless the config states it (a loaded autoencoder's geometry)
+    would refuse configs that never mentioned it.
+    """
+    object.__setattr__(new, "__pydantic_fields_set__", set(old.model_fields_set))
+    for name in type(old).model_fields:
+        a, b = getattr(old, name, None), getattr(new, name, None)
+        if isinstance(a, BaseModel) and isinstance(b, BaseModel):
+            _keep_fields_set(b, a)
+        elif isinstance(a, list) and isinstance(b, list) and len(a) == len(b):
+            for x, y in zip(a, b, strict=True):
+                if isinstance(x, BaseModel) and isinstance(y, BaseModel):
+                    _keep_fields_set(y, x)
