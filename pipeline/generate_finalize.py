@@ -1,4 +1,4 @@
-"""Finish a generation run: QC audit, manifest, filtered view, report.
+"""Finish a generation run: QC audit, manifest, filtered view, dataset card, report.
 
 Runs after every planned shard exists. It reads only the per-shard QC sidecars
 (identity-level), so its memory grows with the number of identities, not samples.
@@ -12,6 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.pipeline.dataset_card import write_dataset_card
+from synthface.pipeline.embedding_space import read_space_record
 from synthface.pipeline.errors import ShardError
 from synthface.pipeline.generate_plan import GenerateConfig, ShardWork, anchors_path, novelty_path
 from synthface.pipeline.qc import QCConfig, audit, gather_identity_table, load_gallery, write_view
@@ -33,7 +35,8 @@ def read_novelty(dataset_dir: Path) -> dict | None:
 
 
 def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[ShardWork]) -> dict:
-    """Audit, publish ``dataset.json``, write ``views/<qc.view>.json`` and the report.
+    """Audit, publish ``dataset.json``, write ``views/<qc.view>.json``, ``README.md`` (the
+    dataset card) and the report.
 
     Returns a small summary: paths, totals and the QC summary.
     """
@@ -57,6 +60,9 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
     novelty = read_novelty(dataset_dir)
     if novelty is not None:
         extra["anchors"] = novelty
+    spaces = read_space_record(dataset_dir)
+    if spaces is not None:
+        extra["embedding_space"] = spaces
     manifest = finalize_dataset(
         dataset_dir,
         config=dataset_cfg,
@@ -79,9 +85,11 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
             "drop_samples": sorted(cfg.qc.drop_samples),
         },
     )
+    card = write_dataset_card(dataset_dir, split=split, checkpoint=str(cfg.generator.checkpoint))
     out = {
         "dataset_dir": str(dataset_dir),
         "manifest": str(dataset_dir / "dataset.json"),
+        "card": str(card),
         "shards_dir": str(dataset_dir / "shards"),
         "num_identities": manifest["splits"][split]["num_identities"],
         "num_samples": manifest["splits"][split]["num_samples"],
@@ -93,6 +101,8 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
     }
     if novelty is not None:
         out["anchors"] = novelty
+    if spaces is not None:
+        out["embedding_space"] = spaces
     if cfg.report.enabled:
         from synthface.pipeline.report import write_report
 

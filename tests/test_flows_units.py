@@ -27,10 +27,11 @@ def models(tmp_path_factory) -> Path:
 
 
 def tree_hashes(root: Path) -> dict[str, str]:
+    """Every dataset file's hash, except the provenance log (who ran each shard, when)."""
     return {
         str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
         for p in sorted(root.rglob("*"))
-        if p.is_file()
+        if p.is_file() and p.relative_to(root).parts[0] != "provenance"
     }
 
 
@@ -161,6 +162,33 @@ def test_leaked_identity_is_dropped_from_the_view(models, tmp_path):
     view = json.loads((out / "views" / "qc.json").read_text())
     assert view["excluded_identities"]["2"] == ["leak"]
     assert 2 not in view["identities"] and summary["qc"]["flagged_identities"]["leak"] >= 1
+    _check_dataset_card(out, summary, view)
+
+
+def _check_dataset_card(out: Path, summary: dict, view: dict) -> None:
+    """The dataset card: front matter, counts, provenance, the audit and the view;
+    rewritten byte for byte by a second finalize; `shards verify` takes the dataset."""
+    import yaml
+
+    from synthface.pipeline.cli import main
+    from synthface.pipeline.dataset_card import card_text
+
+    card = (out / "README.md").read_text()
+    assert summary["card"] == str(out / "README.md")
+    _, front, body = card.split("---\n", 2)
+    meta = yaml.safe_load(front)
+    assert meta["license"] == "other" and meta["size_categories"] == ["n<1K"]
+    assert "synthetic" in meta["tags"] and meta["task_categories"]
+    split = load_manifest(out)["splits"]["train"]
+    assert f"| identities | {summary['num_identities']} |" in body
+    assert f"| images | {summary['num_samples']} |" in body
+    assert split["config"]["generator"]["checkpoint_sha256"] in body
+    assert f"keeps {view['num_identities']} identities and {view['num_samples']} images" in body
+    assert "leak 1" in body and "gallery" in body  # the leakage audit's result
+    space = split["extra"].get("embedding_space")
+    assert ("unrecorded" in body.split("## Embedding space")[1].split("##")[0]) == (not space)
+    assert card_text(out, checkpoint=body.split("- checkpoint: `")[1].split("`")[0]) == card
+    assert main(["shards", "verify", str(out)]) == 0
     assert load_identity_array(out, "qc_gallery_index")[2] == 20
     assert load_manifest(out)["splits"]["train"]["num_identities"] == 6  # nothing deleted
 

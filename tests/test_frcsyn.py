@@ -486,6 +486,58 @@ def test_calibration_from_training_shards(tmp_path, capsys):
         calibration_from_shards(ds, tmp_path / "x", identities=9)
 
 
+def test_calibration_holdout_identities_never_reach_training(tmp_path, capsys):
+    """Held-out identities: the tree uses exactly them, the training view leaves them out,
+    and a loader reading through that view never yields one of their samples."""
+    from synthface.pipeline.config import validate_config
+    from synthface.pipeline.world import make_world_dataset
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.frcsyn.calibration import holdout_identities
+    from synthface.recognition.training.data import inspect_dataset, open_batches
+
+    ds = tmp_path / "train"
+    make_world_dataset(ds, identities=8, per_identity=3, size=32)
+    held = holdout_identities(ds, fraction=0.25, seed=1)
+    assert len(held) == 2 and held == holdout_identities(ds, fraction=0.25, seed=1)
+    assert {tuple(holdout_identities(ds, fraction=0.25, seed=s)) for s in range(6)} != {tuple(held)}
+    out = tmp_path / "cal"
+    args = ["frcsyn", "calibration", "--from-shards", str(ds), "--out", str(out), "--seed", "1"]
+    assert main([*args, "--holdout-fraction", "0.25", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
+    assert info["holdout"]["identities"] == held and info["identities_used"] == 2
+    cset = read_comparisons(out / "comparisons", "calibration", need_labels=True)
+    assert {int(p.split("/")[1]) for p in cset.first + cset.second} == set(held)
+    view = json.loads((ds / "views" / "frcsyn-train.json").read_text())
+    assert view["identities"] == [i for i in range(8) if i not in held]
+    assert (view["num_identities"], view["num_samples"]) == (6, 18)
+
+    cfg = validate_config(
+        {"data": {"train": str(ds), "batch_size": 6, "num_workers": 0, "view": "frcsyn-train"},
+         "model": {"backbone": "tiny", "input_size": 32, "embedding_dim": 8}},
+        TrainConfig,
+    )  # fmt: skip
+    info = inspect_dataset(cfg.data)
+    assert info.num_classes == 6
+    seen = set()
+    for batch in open_batches(info, cfg.data, num_batches=12, seed=0,
+                              fields={"id": lambda s: float(s["__key__"][:8])}):  # fmt: skip
+        seen |= {int(i) for i in batch.fields["id"].tolist()}
+    assert seen and not seen & set(held)
+
+    # named identities, a second view name; bad requests are one line each
+    assert main([*args, "--holdout-identities", "1,3", "--view", "cal13"]) == 0
+    assert "held-out identities" in capsys.readouterr().out
+    assert json.loads((ds / "views" / "cal13.json").read_text())["excluded_identities"] == {
+        "1": ["frcsyn_calibration_holdout"],
+        "3": ["frcsyn_calibration_holdout"],
+    }
+    with pytest.raises(InputError, match="identity 9 is not in"):
+        holdout_identities(ds, identities=[1, 9])
+    with pytest.raises(InputError, match="leaves fewer than 2"):
+        holdout_identities(ds, identities=list(range(7)))
+    assert main([*args, "--holdout-fraction", "1.5"]) == 1
+
+
 def test_validate_without_run_warns_what_it_did_not_check(run_task2, tmp_path, capsys):
     _, ev, _, run_dir, _ = run_task2
     good = package_run(run_dir, tmp_path / "sub")

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from synthface.pipeline.config import validate_config
-from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.errors import ConfigError, InputError
 from synthface.recognition.privacy import bdct
 from synthface.recognition.privacy.methods import create_protected
 
@@ -557,3 +557,38 @@ def test_the_gpu_config_validates_and_every_row_builds_at_112():
         net = create_protected(spec.protection, backbone=local["backbone"], input_size=112,
                                embedding_dim=local["embedding_dim"], **spec.params)  # fmt: skip
         assert net.embedding_dim == local["embedding_dim"], spec.name
+
+
+def test_methods_train_through_the_qc_view_of_a_generated_set(shards, tmp_path):
+    """train_view (default qc): used where train_data has it, and part of every stage
+    key; required in a QC-audited set; data QC never saw (the world) is read whole."""
+    import json
+    import shutil
+
+    from synthface.pipeline.qc.views import write_identity_view
+    from synthface.recognition.privacy.benchmark import _stage_key, stage_configs
+
+    methods = [{"name": "unprotected"}]
+    world = _privacy_config(shards, methods, out=tmp_path)
+    ((_, whole),) = stage_configs(world, world.methods[0], roi=None)
+    assert whole.data.view is None  # the world has no views
+
+    generated = tmp_path / "generated"
+    shutil.copytree(shards / "train", generated / "train")
+    manifest = generated / "train" / "dataset.json"
+    data = json.loads(manifest.read_text())
+    split = next(iter(data["splits"]))
+    data["splits"][split]["extra"] = {"qc": {"flagged_identities": {}}}  # QC-audited
+    manifest.write_text(json.dumps(data))
+    cfg = _privacy_config(generated, methods, out=tmp_path / "g")
+    with pytest.raises(InputError, match=r"train_view: .*views/qc.json: no such view"):
+        stage_configs(cfg, cfg.methods[0], roi=None)
+
+    write_identity_view(generated / "train", "qc", split=split, excluded_identities={1: ["leak"]},
+                        criteria={})  # fmt: skip
+    ((_, viewed),) = stage_configs(cfg, cfg.methods[0], roi=None)
+    assert viewed.data.view == "qc"
+    off = _privacy_config(generated, methods, out=tmp_path / "g", train_view=None)
+    ((_, unviewed),) = stage_configs(off, off.methods[0], roi=None)
+    assert unviewed.data.view is None
+    assert _stage_key(viewed, None) != _stage_key(unviewed, None)

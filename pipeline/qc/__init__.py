@@ -19,7 +19,7 @@ from synthface.pipeline.qc.audit import (
 )
 from synthface.pipeline.qc.config import QCConfig
 from synthface.pipeline.qc.scores import IdentityScores, l2_normalize, score_identity
-from synthface.pipeline.qc.views import View, load_view, view_path, write_view
+from synthface.pipeline.qc.views import View, load_view, open_view, view_path, write_view
 
 __all__ = [
     "FLAG_BITS",
@@ -35,6 +35,7 @@ __all__ = [
     "load_gallery",
     "load_view",
     "nearest_other",
+    "open_view",
     "read_shard_qc",
     "score_identity",
     "view_path",

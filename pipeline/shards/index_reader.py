@@ -50,14 +50,24 @@ def _index_shard(path: Path) -> list[tuple[str, dict[str, tuple[int, int]]]]:
 
 
 class ShardIndexDataset(Dataset):
-    """``ds[i]`` -> ``{"__key__", "image", "label", "meta", "embedding"}`` in manifest order."""
+    """``ds[i]`` -> ``{"__key__", "image", "label", "meta", "embedding"}`` in manifest order.
 
-    def __init__(self, dataset_dir: str | Path, split: str = "train", decode: bool = True):
+    With ``view`` (``synthface.pipeline.qc.View``) the index holds only the samples the
+    view keeps and ``labels`` / ``ds[i]["label"]`` are the view's contiguous labels, so
+    every random-access sampler built on it sees the view and nothing else.
+    """
+
+    def __init__(
+        self, dataset_dir: str | Path, split: str = "train", decode: bool = True, view: Any = None
+    ):
         self.paths = [str(p) for p in shard_paths(dataset_dir, split)]
         self.decode = decode
+        self.view = view
         shard_ids, keys, offsets = [], [], []
         for sid, path in enumerate(self.paths):
             for key, members in _index_shard(Path(path)):
+                if view is not None and not view.keep(key):
+                    continue
                 shard_ids.append(sid)
                 keys.append(key)
                 offsets.append([members.get(ext, (-1, 0)) for ext in MEMBER_EXTS])
@@ -71,6 +81,8 @@ class ShardIndexDataset(Dataset):
                 f"{dataset_dir}: malformed sample key {bad!r}; run `synthface shards verify`"
             )
         self.labels = np.asarray([p[0] for p in parsed], dtype=np.int64)
+        if view is not None:
+            self.labels = np.asarray([view.label(int(i)) for i in self.labels], dtype=np.int64)
         self._fds: dict[int, int] = {}
 
     def __len__(self) -> int:
@@ -95,7 +107,8 @@ class ShardIndexDataset(Dataset):
         return raw
 
     def __getitem__(self, i: int) -> dict[str, Any]:
-        return to_sample(self.raw(i), self.decode)
+        sample = to_sample(self.raw(i), self.decode)
+        return sample if self.view is None else self.view.relabel(sample)
 
     def close(self) -> None:
         for fd in self._fds.values():

@@ -29,7 +29,7 @@ from torch.utils.data import IterableDataset
 from synthface.pipeline.errors import ShardError
 from synthface.pipeline.shards.decode import to_sample
 from synthface.pipeline.shards.index_reader import iter_raw
-from synthface.pipeline.shards.manifest import MANIFEST, shard_paths
+from synthface.pipeline.shards.manifest import MANIFEST, foreign_hint, shard_paths
 
 
 def _worker_info() -> tuple[int, int, int, int]:
@@ -99,6 +99,18 @@ class _EpochLimit:
             yield sample
 
 
+class _ViewKeep:
+    """Drop raw samples a view leaves out, before the shuffle buffer and any decoding."""
+
+    def __init__(self, view: Any):
+        self.view = view
+
+    def __call__(self, src):
+        for raw in src:
+            if self.view.keep(raw["__key__"]):
+                yield raw
+
+
 def _expand_shards(src):
     """``{"url"}`` -> raw member dicts, with the fast USTAR walker instead of ``tarfile``."""
     for item in src:
@@ -128,7 +140,12 @@ class ShardPipeline(wds.DataPipeline):
 def resolve_urls(urls_or_dir: Any, split: str = "train") -> list[str]:
     if isinstance(urls_or_dir, str | Path) and Path(urls_or_dir).is_dir():
         if not (Path(urls_or_dir) / MANIFEST).exists():
-            raise ShardError(f"{urls_or_dir}: no {MANIFEST} (not a finished synthface dataset)")
+            hint = foreign_hint(Path(urls_or_dir))
+            if hint:
+                hint += ", or pass the .tar paths or brace URLs to stream them as they are"
+            raise ShardError(
+                f"{urls_or_dir}: no {MANIFEST} (not a finished synthface dataset){hint}"
+            )
         return [str(p) for p in shard_paths(urls_or_dir, split)]
     if isinstance(urls_or_dir, str | Path):
         return list(wds.shardlists.expand_urls(str(urls_or_dir)))
@@ -146,12 +163,15 @@ def make_webdataset(
     seed: int = 0,
     split_by_node: bool = True,
     split: str = "train",
+    view: Any = None,
 ) -> ShardPipeline:
     """Streaming training pipeline over a dataset directory, a shard list or brace URLs.
 
     Yields ``{"__key__", "image", "label", "meta", "embedding"}``. ``buffer=0`` disables
     the sample shuffle. ``epoch_samples`` is per process (rank), spread over its workers;
-    it is required with ``resampled=True`` (the stream is endless otherwise).
+    it is required with ``resampled=True`` (the stream is endless otherwise). ``view``
+    (``synthface.pipeline.qc.View``): samples it leaves out are dropped before the
+    shuffle buffer and the epoch count, labels become the view's contiguous labels.
     """
     urls = resolve_urls(urls_or_dir, split)
     if not urls:
@@ -168,9 +188,13 @@ def make_webdataset(
         stages.append(wds.split_by_node if split_by_node else wds.single_node_only)
         stages.append(wds.split_by_worker)
     stages.append(_expand_shards)
+    if view is not None:
+        stages.append(_ViewKeep(view))
     if buffer > 0:
         stages.append(_SampleShuffle(buffer, seed))
     stages.append(wds.map(_ToSample(decode)))
+    if view is not None:
+        stages.append(wds.map(view.relabel))
     if epoch_samples is not None:
         stages.append(_EpochLimit(epoch_samples))
     return ShardPipeline(*stages)

@@ -9,10 +9,14 @@ the second-chosen image of another identity, a seeded cyclic derangement, as the
 protocols pair impostors). Images are copied byte for byte, never re-encoded.
 
 The images should be *held out* from recognizer training when the threshold is meant
-to reflect unseen images of known people: the benchmark renders two extra images of its
-real training identities for this; with your own data, keep each identity's last two
-images out of training or accept that the threshold sees training images (which the
-rule permits). ``calibration.json`` is written last and marks a complete tree.
+to reflect unseen images: the benchmark renders two extra images of its real training
+identities for this. With your own data, hold whole identities out (``holdout`` or
+``holdout_fraction``): the tree is built from them only, and a view
+``views/<view>.json`` written into the dataset leaves them out, so a recognizer trained
+with ``data.view: <view>`` never sees a calibration image and the threshold is chosen on
+people it has never seen, as the evaluation's are. Without a hold-out the threshold
+sees training images (which the rule permits). ``calibration.json`` is written last and
+marks a complete tree.
 """
 
 from __future__ import annotations
@@ -26,10 +30,12 @@ import numpy as np
 from synthface.pipeline.atomic import atomic_write_bytes, atomic_write_json
 from synthface.pipeline.errors import InputError
 
-__all__ = ["CALIBRATION_FILE", "calibration_from_shards"]
+__all__ = ["CALIBRATION_FILE", "HOLDOUT_VIEW", "calibration_from_shards", "holdout_identities"]
 
 CALIBRATION_FILE = "calibration.json"
 CALIBRATION_FORMAT = "synthface-frcsyn-calibration"
+HOLDOUT_VIEW = "frcsyn-train"
+HOLDOUT_REASON = "frcsyn_calibration_holdout"
 
 
 def _ext(data: bytes, key: str) -> str:
@@ -56,6 +62,54 @@ def _identities(samples: Iterator[dict], chosen: set[int]) -> Iterator[tuple[int
         yield current, buf
 
 
+def holdout_identities(
+    dataset_dir,
+    *,
+    split: str = "train",
+    identities: list[int] | None = None,
+    fraction: float | None = None,
+    seed: int = 0,
+    base_view: str | None = None,
+) -> list[int]:
+    """The identities to hold out: the ones named, or ``fraction`` of them drawn by ``seed``.
+
+    Drawn from the identities the training would otherwise see (``base_view``'s, or all),
+    so a hold-out of a QC-filtered set never spends its share on identities QC dropped.
+    """
+    from synthface.pipeline.qc.views import open_view
+    from synthface.pipeline.shards import split_manifest
+
+    if (identities is None) == (fraction is None):
+        raise InputError("hold-out: give the identities or a fraction, not both or neither")
+    entry = split_manifest(dataset_dir, split)
+    total = int(entry.get("num_identities", 0))
+    pool = list(range(total))
+    if base_view is not None:
+        view = open_view(dataset_dir, base_view, split=split, config_hash=entry.get("config_hash"))
+        pool = list(view.identities)
+    if identities is not None:
+        chosen = sorted(set(int(i) for i in identities))
+        outside = [i for i in chosen if i not in set(pool)]
+        if outside:
+            where = f"view {base_view!r}" if base_view else f"{dataset_dir} (0..{total - 1})"
+            raise InputError(f"--holdout-identities: identity {outside[0]} is not in {where}")
+    else:
+        if not 0 < fraction < 1:
+            raise InputError(f"--holdout-fraction {fraction}: must lie strictly between 0 and 1")
+        count = round(fraction * len(pool))
+        rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(4243,)))
+        chosen = sorted(np.asarray(pool)[rng.choice(len(pool), size=count, replace=False)].tolist())
+    if len(chosen) < 2:
+        raise InputError(
+            f"hold-out: {len(chosen)} identities; calibration needs at least 2 (impostor pairs)"
+        )
+    if len(pool) - len(chosen) < 2:
+        raise InputError(
+            f"hold-out: {len(chosen)} of {len(pool)} identities leaves fewer than 2 to train on"
+        )
+    return chosen
+
+
 def calibration_from_shards(
     dataset_dir,
     out_dir,
@@ -64,8 +118,18 @@ def calibration_from_shards(
     name: str = "calibration",
     identities: int | None = None,
     seed: int = 0,
+    holdout: list[int] | None = None,
+    holdout_fraction: float | None = None,
+    view: str = HOLDOUT_VIEW,
+    base_view: str | None = None,
 ) -> dict:
-    """Write the calibration tree; returns its summary (also ``OUT/calibration.json``)."""
+    """Write the calibration tree; returns its summary (also ``OUT/calibration.json``).
+
+    With ``holdout`` (identity numbers) or ``holdout_fraction``, the tree uses exactly the
+    held-out identities and ``views/<view>.json`` (from ``base_view`` if given) is written
+    into the dataset without them: train with ``data.view: <view>``.
+    """
+    from synthface.pipeline.qc.views import view_path, write_identity_view
     from synthface.pipeline.shards import iter_samples, split_manifest
     from synthface.pipeline.shards.manifest import load_manifest
 
@@ -74,7 +138,22 @@ def calibration_from_shards(
         raise InputError(f"--name {name!r}: must be a plain file-name stem")
     entry = split_manifest(dataset_dir, split)
     total = int(entry.get("num_identities", 0))
-    want = total if identities is None else int(identities)
+    held = None
+    if holdout is not None or holdout_fraction is not None:
+        if identities is not None:
+            raise InputError("--identities: with a hold-out the tree uses the held-out identities")
+        held = holdout_identities(
+            dataset_dir,
+            split=split,
+            identities=holdout,
+            fraction=holdout_fraction,
+            seed=seed,
+            base_view=base_view,
+        )
+        view_path(dataset_dir, view)  # a bad name fails before any work
+    elif base_view is not None:
+        raise InputError("--base-view: only with --holdout-identities or --holdout-fraction")
+    want = (total if identities is None else int(identities)) if held is None else len(held)
     if want < 2:
         raise InputError(f"--identities {identities!r}: need at least 2 identities")
     if total < want:
@@ -89,17 +168,30 @@ def calibration_from_shards(
         "seed": int(seed),
         "name": name,
     }
+    if held is not None:
+        source["holdout"] = {"identities": held, "view": view, "base_view": base_view}
     marker = out / CALIBRATION_FILE
     try:
         done = json.loads(marker.read_text())
-        if done.get("source") == source:
+        if done.get("source") == source and (
+            held is None or view_path(dataset_dir, view).is_file()
+        ):
             return done
     except (OSError, ValueError):
         pass
     rng = np.random.default_rng(np.random.SeedSequence(int(seed), spawn_key=(4242,)))
-    chosen = set(np.sort(rng.choice(total, size=want, replace=False)).tolist())
+    if held is None:
+        chosen = set(np.sort(rng.choice(total, size=want, replace=False)).tolist())
+    else:
+        chosen = set(held)
     pairs: list[tuple[str, str]] = []  # (a, b) relpaths per identity, in identity order
-    for identity, samples in _identities(iter_samples(dataset_dir, split, decode=False), chosen):
+    samples_in = iter_samples(dataset_dir, split, decode=False)
+    if base_view is not None:  # what the base view drops (QC duplicates, ...) is no pair either
+        from synthface.pipeline.qc.views import load_view
+
+        kept = load_view(dataset_dir, base_view)
+        samples_in = (s for s in samples_in if kept.keep(s["__key__"]))
+    for identity, samples in _identities(samples_in, chosen):
         if len(samples) < 2:
             continue
         rel = []
@@ -135,5 +227,20 @@ def calibration_from_shards(
         "comparison": f"comparisons/{name}_comparison.txt",
         "ground_truth": f"comparisons/{name}_ground_truth.txt",
     }
+    if held is not None:
+        written = write_identity_view(
+            dataset_dir,
+            view,
+            split=split,
+            excluded_identities={i: [HOLDOUT_REASON] for i in held},
+            base=base_view,
+            criteria={"frcsyn_calibration": {"tree": str(out), "name": name, "seed": int(seed)}},
+        )
+        summary["holdout"] = {
+            "identities": held,
+            "view": str(view_path(dataset_dir, view)),
+            "train_identities": written["num_identities"],
+            "train_samples": written["num_samples"],
+        }
     atomic_write_json(marker, summary)
     return summary

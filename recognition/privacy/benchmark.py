@@ -93,8 +93,34 @@ def recipe(cfg: PrivacyBenchmarkConfig, overrides: list[str] | None = None) -> T
     data["data"]["train"] = cfg.train_data
     data["data"]["split"] = dataset_split(cfg.train_data)
     data["data"]["num_classes"] = None
+    data["data"]["view"] = train_view(cfg)
     data["validation"]["sets"] = []
     return validate_config(data, TrainConfig, f"{cfg.recipe} (privacy recipe)")
+
+
+def train_view(cfg: PrivacyBenchmarkConfig) -> str | None:
+    """The view every method trains through: ``train_view`` where ``train_data`` has it.
+
+    A generated set (QC audited at finalize) must have it: training on what QC left out
+    would let leaked identities into every protected model. Data QC never audited (world
+    renders, real shards) has no views and is read whole.
+    """
+    from synthface.pipeline.qc.views import view_path
+    from synthface.pipeline.shards import split_manifest
+    from synthface.recognition.privacy.attacks import dataset_split
+
+    if cfg.train_view is None:
+        return None
+    path = view_path(cfg.train_data, cfg.train_view)
+    if path.is_file():
+        return cfg.train_view
+    audited = split_manifest(cfg.train_data, dataset_split(cfg.train_data)).get("extra", {})
+    if isinstance(audited, dict) and audited.get("qc"):
+        raise InputError(
+            f"train_view: {path}: no such view in a QC-audited (generated) set; write it "
+            "with synthface qc view, or set train_view: null to train on every sample"
+        )
+    return None
 
 
 def method_dir(cfg: PrivacyBenchmarkConfig, name: str) -> Path:

@@ -84,6 +84,12 @@ class PrivacyBenchmarkConfig(StrictModel):
     )
     recipe_overrides: list[str] = Field(default_factory=list)
     train_data: InputPath = Field(description="training shards (real world or generated)")
+    train_view: str | None = Field(
+        default="qc",
+        pattern=r"^[a-z0-9][a-z0-9_\-]*$",
+        description="train through views/NAME.json of train_data when it has one (a generated "
+        "set: its QC view; required there), else read the data whole; null: always whole",
+    )
     protocols: list[InputPath] = Field(min_length=1, description="verification .bin files")
     eval_batch_size: int = Field(default=256, gt=0)
     device: Literal["auto", "cpu", "cuda"] = Field(

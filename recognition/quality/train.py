@@ -42,7 +42,7 @@ def train_quality(cfg: QualityTrainConfig) -> dict:
     )
     info = inspect_dataset(cfg.data)
     labels = KeyedArray(cfg.data.labels, field="data.labels")
-    if len(labels) != info.num_samples:
+    if len(labels) != info.num_samples and info.view is None:  # a view reads a subset
         raise InputError(
             f"data.labels: {cfg.data.labels} has {len(labels)} rows, "
             f"{info.path} {info.num_samples} samples"
