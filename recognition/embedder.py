@@ -22,6 +22,13 @@ import numpy as np
 from synthface.pipeline.errors import InputError
 
 DEFAULT_BATCH = 64
+# (input side, output size) of the single-output models in insightface's packs that are
+# not recognizers; insightface routes them by input side (192: landmarks, 96: attributes).
+_PACK_NON_RECOGNIZERS = {
+    (192, 212): "2d106det landmark model",
+    (192, 3309): "1k3d68 landmark model",
+    (96, 3): "genderage attribute model",
+}
 
 
 def _check_images(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
@@ -104,6 +111,17 @@ class TorchEmbedder(Embedder):
             return self.model(x).float().cpu().numpy()
 
 
+def onnxruntime_distributions() -> list[str]:
+    """The installed onnxruntime builds ("name version"); more than one breaks the GPU one."""
+    import re
+    from importlib.metadata import distributions
+
+    names = {
+        re.sub(r"[-_.]+", "-", d.metadata["Name"] or "").lower(): d.version for d in distributions()
+    }
+    return [f"{n} {names[n]}" for n in ("onnxruntime", "onnxruntime-gpu") if n in names]
+
+
 def _providers(device: str) -> list[str]:
     import onnxruntime
 
@@ -111,6 +129,13 @@ def _providers(device: str) -> list[str]:
         return ["CPUExecutionProvider"]
     if device.startswith("cuda"):
         if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+            both = onnxruntime_distributions()
+            if len(both) > 1:
+                raise InputError(
+                    f"device cuda: {' and '.join(both)} are both installed; they share one "
+                    "module and the CUDA provider is lost: pip uninstall -y onnxruntime "
+                    "onnxruntime-gpu && pip install onnxruntime-gpu"
+                )
             raise InputError(
                 "device cuda: onnxruntime has no CUDAExecutionProvider "
                 "(install the 'gpu' extra: onnxruntime-gpu)"
@@ -120,16 +145,24 @@ def _providers(device: str) -> list[str]:
 
 
 class OnnxEmbedder(Embedder):
-    def __init__(self, path: str, device: str) -> None:
+    def __init__(self, path: str, device: str, threads: int | None = None) -> None:
         import onnxruntime
 
         self.source = path
         providers = _providers(device)
+        opts = onnxruntime.SessionOptions()
+        if threads:  # onnxruntime ignores OMP_NUM_THREADS: a measured run must say it here
+            opts.intra_op_num_threads = threads
         try:
-            session = onnxruntime.InferenceSession(path, providers=providers)
+            session = onnxruntime.InferenceSession(path, sess_options=opts, providers=providers)
         except Exception as exc:  # onnxruntime raises its own exception types
             raise InputError(f"{path}: not a loadable ONNX model: {exc}") from None
         inputs, outputs = session.get_inputs(), session.get_outputs()
+        if len(outputs) >= 5:  # insightface's own routing rule
+            raise InputError(
+                f"{path}: {len(outputs)} outputs is a face detector (e.g. a pack's det_10g.onnx), "
+                "not a recognizer"
+            )
         shape = list(inputs[0].shape) if inputs else []
         if len(inputs) != 1 or len(shape) != 4 or shape[1] != 3:
             raise InputError(
@@ -147,6 +180,12 @@ class OnnxEmbedder(Embedder):
         if not (isinstance(dim, int) and dim > 0):
             raise InputError(
                 f"{path}: embedding size must be fixed, got output shape {outputs[0].shape}"
+            )
+        other = _PACK_NON_RECOGNIZERS.get((int(shape[2]), int(dim)))
+        if other is not None:  # one output of N x D looks like an embedding: it is not one
+            raise InputError(
+                f"{path}: {shape[2]}x{shape[3]} input and {dim} outputs is insightface's "
+                f"{other}, not a recognizer (a pack's recognizer is e.g. w600k_r50.onnx)"
             )
         self.session = session
         self.input_name = inputs[0].name
@@ -173,13 +212,18 @@ class OnnxEmbedder(Embedder):
         return np.concatenate([self._run(blob[i : i + 1]) for i in range(blob.shape[0])])
 
 
-def load_embedder(path: str | os.PathLike, device: str = "cpu") -> Embedder:
-    """A torch checkpoint directory or an ``.onnx`` recognizer -> :class:`Embedder`."""
+def load_embedder(
+    path: str | os.PathLike, device: str = "cpu", threads: int | None = None
+) -> Embedder:
+    """A torch checkpoint directory or an ``.onnx`` recognizer -> :class:`Embedder`.
+
+    ``threads`` caps an ONNX session's intra-op threads (torch follows ``torch.set_num_threads``).
+    """
     p = Path(path)
     if p.suffix == ".onnx":
         if not p.is_file():
             raise InputError(f"{p}: no such ONNX file")
-        return OnnxEmbedder(str(p), device)
+        return OnnxEmbedder(str(p), device, threads)
     import torch
 
     from synthface.recognition.checkpoint import load_recognizer

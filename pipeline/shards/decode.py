@@ -13,7 +13,7 @@ from synthface.pipeline.shards.sample import decode_image, npy_from_bytes
 
 
 def image_member(raw: dict[str, Any]) -> str:
-    for ext in ("jpg", "png"):
+    for ext in ("jpg", "png", "jpeg"):  # .jpeg: webdataset's TarWriter encodes it too
         if ext in raw:
             return ext
     raise ShardError(
@@ -30,6 +30,11 @@ def to_sample(raw: dict[str, Any], decode: bool = True) -> dict[str, Any]:
     where = f"{raw.get('__url__', '?')}: sample {quote(key)}"
     ext = image_member(raw)
     image = raw[ext]
+    if "cls" not in raw:  # e.g. a WebDataset whose labels are .txt captions
+        members = ", ".join(f".{k}" for k in sorted(raw) if not k.startswith("__"))
+        raise ShardError(
+            f"{where}: no .cls label member (has {members}); labels are read from .cls"
+        )
     try:
         label = int(raw["cls"])
         meta = json.loads(raw["json"]) if "json" in raw else {}

@@ -390,11 +390,24 @@ def finalize_dataset(
     return manifest
 
 
+def foreign_hint(folder: Path) -> str:
+    """What to run when a folder without a manifest holds plain WebDataset tars."""
+    with contextlib.suppress(OSError):
+        if any(folder.glob("*.tar")):
+            return (
+                f"; its .tar files look like a plain WebDataset: convert them with "
+                f"`synthface shards from-wds {folder} OUT`"
+            )
+    return ""
+
+
 def _load_json(path: Path) -> Any:
     try:
         return json.loads(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
-        raise ShardError(f"{path}: no manifest (not a finished synthface dataset)") from None
+        raise ShardError(
+            f"{path}: no manifest (not a finished synthface dataset){foreign_hint(path.parent)}"
+        ) from None
     except (OSError, UnicodeDecodeError, ValueError) as exc:
         raise ShardError(f"{path}: unreadable manifest ({exc})") from None
 
