@@ -30,6 +30,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+MODES = ("in_memory", "shard_loader", "loader_only")
+
 
 def make_dataset(out: Path, *, identities: int, per_identity: int, size: int) -> Path:
     """Random smooth-texture JPEGs (about the byte size of real aligned face crops)."""
@@ -77,6 +79,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--peak-tflops", type=float, default=0.0,
                    help="device peak for MFU (H200 dense bf16: 989); 0 = skip MFU")  # fmt: skip
     p.add_argument("--json", help="also write the results to this JSON file")
+    p.add_argument("--modes", nargs="+", default=list(MODES), choices=MODES,
+                   help="which of the three measurements to run (default: all)")  # fmt: skip
     args = p.parse_args(argv)
 
     from synthface.pipeline.config import validate_config
@@ -145,13 +149,14 @@ def main(argv: list[str] | None = None) -> int:
     fixed = next(open_batches(info, cfg.data, num_batches=1, seed=1))
     fixed = (fixed[0].to(device), fixed[1].to(device))
     model.train()
-    results = {
-        "in_memory": timed(itertools.repeat(fixed), train_step),
-        "shard_loader": timed(open_batches(info, cfg.data, num_batches=n, seed=2,
-                                           pin_memory=device.type == "cuda"), train_step),
-        "loader_only": timed(open_batches(info, cfg.data, num_batches=n, seed=3),
-                             lambda images, labels: None),
+    runs = {
+        "in_memory": lambda: timed(itertools.repeat(fixed), train_step),
+        "shard_loader": lambda: timed(open_batches(info, cfg.data, num_batches=n, seed=2,
+                                                   pin_memory=device.type == "cuda"), train_step),
+        "loader_only": lambda: timed(open_batches(info, cfg.data, num_batches=n, seed=3),
+                                     lambda images, labels: None),
     }  # fmt: skip
+    results = {mode: runs[mode]() for mode in MODES if mode in args.modes}
 
     x = to_model_input(fixed[0][:2], args.input_size, channels_last=args.channels_last)
     flops_per_image = step_flops(model, x, fixed[1][:2]) / 2
@@ -164,13 +169,15 @@ def main(argv: list[str] | None = None) -> int:
         "loader_workers": args.workers,
         "precision": args.precision,
         "images_per_s": {k: round(v, 2) for k, v in results.items()},
-        "loader_vs_in_memory": round(results["shard_loader"] / results["in_memory"], 3),
         "gflops_per_image_fwd_bwd": round(flops_per_image / 1e9, 2),
     }
+    if {"shard_loader", "in_memory"} <= set(results):
+        out["loader_vs_in_memory"] = round(results["shard_loader"] / results["in_memory"], 3)
     if args.peak_tflops:
         out["mfu"] = {
             k: round(results[k] * flops_per_image / (args.peak_tflops * 1e12), 4)
             for k in ("in_memory", "shard_loader")
+            if k in results
         }
     print(json.dumps(out, indent=2))
     if args.json:

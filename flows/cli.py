@@ -62,6 +62,88 @@ def cmd_run_privacy(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_run_train_recognizer(args: argparse.Namespace) -> int:
+    from synthface.flows.defaults import prepare_prefect_env
+    from synthface.pipeline.config import load_config
+    from synthface.recognition.config import TrainConfig
+    from synthface.recognition.training.launch import Topology, default_processes
+
+    cfg = load_config(args.config, TrainConfig, args.set)
+    topology = Topology(  # bad launch arguments fail before Prefect starts
+        args.processes or default_processes(cfg.train.device),
+        args.nodes,
+        args.machine_rank,
+        args.main_process_ip,
+        args.main_process_port,
+    )
+    prepare_prefect_env()
+    from synthface.flows.console import one_error_line
+    from synthface.flows.training import train_recognizer
+
+    with one_error_line(getattr(args, "debug", False)):
+        summary = train_recognizer(
+            config=cfg,
+            processes=topology.processes,
+            nodes=topology.nodes,
+            machine_rank=topology.machine_rank,
+            main_process_ip=topology.main_process_ip,
+            main_process_port=topology.main_process_port,
+        )
+    if summary.get("model_dir"):
+        text = f"trained {summary['global_step']} steps; recognizer saved to {summary['model_dir']}"
+    else:
+        text = f"machine_rank {topology.machine_rank} done; node 0 reports the model"
+    emit(args, summary, text)
+    return 0
+
+
+def cmd_run_train_generator(args: argparse.Namespace) -> int:
+    from synthface.flows.defaults import prepare_prefect_env
+    from synthface.generators.config import GeneratorConfig
+    from synthface.pipeline.config import load_config
+
+    cfg = load_config(args.config, GeneratorConfig, args.set)
+    prepare_prefect_env()
+    from synthface.flows.console import one_error_line
+    from synthface.flows.training import train_generator
+
+    with one_error_line(getattr(args, "debug", False)):
+        summary = train_generator(config=cfg)
+    emit(args, summary)
+    return 0
+
+
+def cmd_run_benchmark(args: argparse.Namespace) -> int:
+    from synthface.flows.benchmark_cli import cmd_synthetic
+
+    args.no_prefect = False
+    return cmd_synthetic(args)
+
+
+def cmd_run_frcsyn(args: argparse.Namespace) -> int:
+    from synthface.flows.defaults import prepare_prefect_env
+
+    prepare_prefect_env()
+    from synthface.flows.console import one_error_line
+    from synthface.flows.training import frcsyn_benchmark
+
+    with one_error_line(getattr(args, "debug", False)):
+        summary = frcsyn_benchmark(
+            proposed=args.proposed,
+            baseline=args.baseline,
+            eval_tree=args.eval_tree,
+            calibration_tree=args.calibration_tree,
+            out_dir=args.out_dir,
+            subtask=args.subtask,
+            edition=args.edition,
+            datasets=args.dataset,
+            device=args.device,
+            group_map=args.group_map,
+        )
+    emit(args, summary, f"package: {summary['zip']} (valid)")
+    return 0
+
+
 def cmd_serve(args: argparse.Namespace) -> int:
     from synthface.flows.defaults import prepare_prefect_env
     from synthface.flows.deployments import build_table
@@ -126,6 +208,81 @@ def _add_table_args(p: argparse.ArgumentParser) -> None:
     )
 
 
+def _config_and_set(p: argparse.ArgumentParser, what: str) -> None:
+    p.add_argument("config", metavar="CONFIG", help=what)
+    p.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="override a config key (repeatable)"
+    )
+    add_json_flag(p)
+
+
+def _add_run_training(run_sub: argparse._SubParsersAction) -> None:
+    """The training and benchmark flows as ``synthface flows run NAME`` (their deployment
+    names), so every deployable flow also runs without a server."""
+    rec = run_sub.add_parser(
+        "train-recognizer",
+        help="train-recognizer: train (or resume) a recognizer on every GPU of this node",
+        description="Run train-recognizer: launches `accelerate launch -m "
+        "synthface.recognition.training CONFIG --resume latest` with one process per GPU "
+        "(1 on CPU; several CPU processes use gloo) and streams its log. Writes what "
+        "`synthface recognition train` writes, to train.output_dir. Several nodes: run this "
+        "on each with --nodes, its own --machine-rank and node 0's --main-process-ip.",
+    )
+    _config_and_set(rec, "a training config (configs/recognition/*.yaml)")
+    rec.add_argument(
+        "--processes",
+        type=int,
+        metavar="N",
+        help="processes on this node (default: one per visible GPU, 1 on CPU)",
+    )
+    rec.add_argument("--nodes", type=int, default=1, help="machines taking part (default 1)")
+    rec.add_argument(
+        "--machine-rank", type=int, default=0, help="this machine's index (0: the main node)"
+    )
+    rec.add_argument("--main-process-ip", metavar="ADDR", help="node 0's address (nodes > 1)")
+    rec.add_argument(
+        "--main-process-port",
+        type=int,
+        metavar="PORT",
+        help="node 0's port (default 29500 across nodes, a free one on one node)",
+    )
+    rec.set_defaults(func=cmd_run_train_recognizer)
+
+    gen = run_sub.add_parser(
+        "train-generator",
+        help="train-generator: train (or resume) a diffusion face generator",
+    )
+    _config_and_set(gen, "a generator training config (configs/generators/*.yaml)")
+    gen.set_defaults(func=cmd_run_train_generator)
+
+    bench = run_sub.add_parser(
+        "benchmark-synthetic",
+        help="benchmark-synthetic: the paper protocol (as `synthface benchmark synthetic`)",
+    )
+    _config_and_set(bench, "a benchmark config (configs/benchmark/*.yaml)")
+    bench.set_defaults(func=cmd_run_benchmark)
+
+    fr = run_sub.add_parser(
+        "frcsyn-benchmark",
+        help="frcsyn-benchmark: score two recognizers under an FRCSyn sub-task, package, validate",
+    )
+    for name, what in (
+        ("--proposed", "the proposed recognizer (checkpoint directory or .onnx)"),
+        ("--baseline", "the baseline recognizer"),
+        ("--eval-tree", "the evaluation tree (images/, comparisons/)"),
+        ("--calibration-tree", "the calibration tree"),
+        ("--out-dir", "where the run and its package go (relative: under $SYNTHFACE_HOME)"),
+    ):
+        fr.add_argument(name, required=True, type=_nonempty, help=what)
+    fr.add_argument("--subtask", default="2.1", help="FRCSyn sub-task (default 2.1)")
+    fr.add_argument("--edition", default="cvpr2024", help="FRCSyn edition (default cvpr2024)")
+    fr.add_argument("--dataset", action="append", help="only these datasets (repeatable)")
+    fr.add_argument("--device", default="cpu", help="device for embedding (default cpu)")
+    fr.add_argument("--group-map", help="'subject,group' file for BUPT's demographic groups")
+    add_json_flag(fr)
+    fr.set_defaults(func=cmd_run_frcsyn)
+
+
 def register(groups: argparse._SubParsersAction) -> None:
     sub = add_group(groups, "flows", "run and serve the Prefect flows")
 
@@ -137,6 +294,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     run_sub = run.add_subparsers(dest="flow", metavar="FLOW", required=True)
     gen = run_sub.add_parser(
         "generate",
+        aliases=["generate-synthetic"],
         help="generate-synthetic: generate a synthetic identity set",
         description="Run generate-synthetic. Writes the dataset (shards/, records/, qc/, "
         "plan/, views/, report/, dataset.json, ...) to output.dir and, on the ephemeral "
@@ -169,6 +327,7 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     add_json_flag(priv)
     priv.set_defaults(func=cmd_run_privacy)
+    _add_run_training(run_sub)
 
     serve = sub.add_parser(
         "serve",

@@ -238,7 +238,7 @@ PREFECT_YAML_HEADER = """\
 #   prefect work-pool create {pool} --type process
 #   prefect deploy --all
 #   prefect worker start --pool {pool}          # needs PREFECT_API_URL
-#   prefect deployment run generate-synthetic/default --param identities=200 --watch
+#   prefect deployment run generate-synthetic/default --param identities=200 --param output_dir=out/run200 --watch
 #
 # Each deployment loads its config from `config_file` when a run starts (a path relative
 # to this folder, or synthface:KIND/NAME.yaml for a config shipped with the package);

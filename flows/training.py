@@ -1,6 +1,7 @@
 """Training and benchmarking flows: thin Prefect wrappers around the library functions.
 
-``train-recognizer`` runs ``synthface.recognition.training.train``, ``train-generator`` runs
+``train-recognizer`` launches ``python -m synthface.recognition.training`` on every GPU of
+the node (``synthface.recognition.training.launch``), ``train-generator`` runs
 ``synthface.generators.training.train_generator``, and ``frcsyn-benchmark`` scores two
 recognizers under an FRCSyn sub-task, packages the submission zip and validates it
 (``synthface.recognition.frcsyn``). Both training functions resume from their newest checkpoint,
@@ -9,60 +10,107 @@ so a retried task continues instead of starting over.
 
 from __future__ import annotations
 
+from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact, create_table_artifact
 from prefect.cache_policies import NO_CACHE
+from pydantic import Field
 
 from synthface.generators.config import GeneratorConfig
 from synthface.recognition.config import TrainConfig
 
 
-@task(name="train-recognizer", cache_policy=NO_CACHE, retries=1)
-def train_recognizer_task(config: TrainConfig) -> dict[str, Any]:
-    from synthface.recognition.training import train
+def _retry_crashes(task, task_run, state) -> bool:
+    """Retry a launch whose processes crashed (a killed rank, a lost peer): the retry
+    resumes from the last checkpoint. A ``synthface: error:`` failure would only repeat."""
+    from synthface.recognition.training.launch import LaunchFailed
 
-    result = train(config, resume="latest")
-    return {
-        "output_dir": str(result.output_dir),
-        "global_step": result.global_step,
-        "completed": result.completed,
-        "model_dir": str(result.model_dir) if result.model_dir else None,
-        "metrics": result.metrics,
-        "validation": result.validation,
-    }
+    exc = getattr(state, "data", None)
+    return isinstance(exc, LaunchFailed) and exc.crashed
 
 
-def _config(model, config, config_file: str | None, flow: str):
+@task(name="train-recognizer", cache_policy=NO_CACHE, retries=1, retry_condition_fn=_retry_crashes)
+def train_recognizer_task(config: TrainConfig, topology: dict[str, Any]) -> dict[str, Any]:
+    from synthface.recognition.training.launch import Topology, launch_training
+
+    logger = get_run_logger()
+    return launch_training(config, Topology(**topology), log=logger.info)
+
+
+def _config(model, config, config_file: str | None, flow: str, overrides=None):
     from synthface.flows.defaults import flow_config
+    from synthface.pipeline.config import apply_overrides, validate_config
     from synthface.pipeline.errors import ConfigError
+    from synthface.pipeline.paths import resolve_paths
 
     cfg = flow_config(model, config, config_file, flow)
     if cfg is None:
         raise ConfigError(f"{flow} parameters: give config or config_file")
-    return cfg
+    if not overrides:
+        return cfg
+    data = apply_overrides(cfg.model_dump(mode="json"), overrides)
+    cfg = validate_config(
+        data, model, f"{flow} parameters", overrides=overrides, override_label=f"{flow} override"
+    )
+    return resolve_paths(cfg, Path.cwd())
 
 
 @flow(name="train-recognizer", validate_parameters=True)
 def train_recognizer(
-    config: TrainConfig | None = None, config_file: str | None = None
+    config: TrainConfig | None = None,
+    config_file: str | None = None,
+    overrides: list[str] | None = None,
+    processes: Annotated[int, Field(ge=1)] | None = None,
+    nodes: Annotated[int, Field(ge=1)] = 1,
+    machine_rank: Annotated[int, Field(ge=0)] = 0,
+    main_process_ip: str | None = None,
+    main_process_port: Annotated[int, Field(ge=1, le=65535)] | None = None,
 ) -> dict[str, Any]:
-    """Train (or resume) a face recognizer on identity shards.
+    """Train (or resume) a face recognizer on identity shards, in launched processes.
+
+    The flow starts ``accelerate launch -m synthface.recognition.training`` (one process
+    per GPU) and streams its output into the run's log; a retried task resumes from the
+    newest checkpoint. Several nodes: run the flow on each, same config, its own
+    ``machine_rank``.
 
     Args:
         config: the whole ``recognition`` config.
         config_file: instead of ``config``, a config file loaded when the run starts.
+        overrides: ``section.key=value`` changes to the config (values parsed as YAML).
+        processes: processes on this node (default: one per visible GPU, 1 on CPU).
+        nodes: machines taking part; each runs this flow with its own machine_rank.
+        machine_rank: this machine's index, 0 on the node at main_process_ip.
+        main_process_ip: address of node 0 (required with nodes > 1).
+        main_process_port: its port (default 29500 across nodes, a free one on one node).
     """
-    config = _config(TrainConfig, config, config_file, "train-recognizer")
-    summary = train_recognizer_task(config)
-    if summary["validation"]:
+    from synthface.recognition.training.launch import Topology, default_processes
+
+    config = _config(TrainConfig, config, config_file, "train-recognizer", overrides)
+    topology = Topology(
+        processes or default_processes(config.train.device),
+        nodes,
+        machine_rank,
+        main_process_ip,
+        main_process_port,
+    )
+    summary = train_recognizer_task(config, asdict(topology))
+    if summary.get("validation"):
         create_table_artifact(
             [{"set": k, "accuracy": v} for k, v in summary["validation"].items()],
             key="train-recognizer-validation",
         )
-    get_run_logger().info("recognizer: %s (step %d)", summary["model_dir"], summary["global_step"])
+    if summary.get("model_dir"):
+        create_markdown_artifact(
+            f"Recognizer: `{summary['model_dir']}` (step {summary['global_step']}, "
+            f"{summary['processes']} process(es) x {summary['nodes']} node(s))",
+            key="train-recognizer-model",
+        )
+        get_run_logger().info(
+            "recognizer: %s (step %d)", summary["model_dir"], summary["global_step"]
+        )
     return summary
 
 

@@ -52,6 +52,12 @@ def add_train_command(sub: argparse._SubParsersAction) -> None:
         metavar="STEP",
         help="stop with a checkpoint after global step STEP (schedule unchanged; resume later)",
     )
+    c.add_argument(
+        "--result-file",
+        metavar="PATH",
+        help="also write the result as JSON to PATH (main process only; for launchers "
+        "such as the train-recognizer flow)",
+    )
     add_json_flag(c)
     c.set_defaults(func=cmd_train)
 
@@ -79,6 +85,10 @@ def cmd_train(args: argparse.Namespace) -> int:
         "metrics": result.metrics,
         "validation": result.validation,
     }
+    if getattr(args, "result_file", None):
+        from synthface.pipeline.atomic import atomic_write_json
+
+        atomic_write_json(args.result_file, data)
     if result.completed:
         text = f"trained {result.global_step} steps; recognizer saved to {result.model_dir}"
     else:
