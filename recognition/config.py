@@ -31,10 +31,12 @@ class SamplerConfig(StrictModel):
     access and builds each batch from ``P`` identities x ``per_identity`` samples plus
     ``random_fraction`` of the batch drawn uniformly (EKD's BalancedBatchSampler: 8 x 4 +
     32 random per GPU), so every batch holds same-identity pairs: what pair losses (DDL,
-    EKD) need.
+    EKD) need. ``random`` reads by random access too, every batch a slice of a full
+    shuffle of the whole set per epoch (arcface_torch's ``DistributedSampler``): batches
+    mix identities from everywhere, ranks read disjoint parts, each sample once an epoch.
     """
 
-    kind: Literal["stream", "balanced"] = "stream"
+    kind: Literal["stream", "balanced", "random"] = "stream"
     per_identity: int = Field(default=4, ge=2, description="K: samples per drawn identity")
     random_fraction: float = Field(
         default=0.0, ge=0, lt=1, description="share of each batch drawn uniformly at random"
@@ -60,6 +62,13 @@ class DataConfig(StrictModel):
         "whole identities, so this sets how many identities a batch can mix",
     )
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    view: str | None = Field(
+        default=None,
+        pattern=r"^[a-z0-9][a-z0-9_\-]*$",
+        description="train through views/NAME.json of the dataset (e.g. qc, written by "
+        "generation): only its identities, relabelled 0..K-1 (the head has K classes), "
+        "and never a sample it leaves out",
+    )
 
 
 class ProtectionConfig(StrictModel):
@@ -208,6 +217,11 @@ class ValidationConfig(StrictModel):
     batch_size: int = Field(default=256, gt=0)
     flip: bool = Field(default=True, description="sum embeddings of image and mirror image")
     folds: int = Field(default=10, ge=2)
+    cache_dir: OutputPath | None = Field(
+        default=None,
+        description="decoded sets (memory-mapped .npy keyed by the .bin's sha256 and size); "
+        "default <train.output_dir>/validation_cache",
+    )
 
 
 class CheckpointConfig(StrictModel):

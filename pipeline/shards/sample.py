@@ -17,6 +17,7 @@ from PIL import Image
 
 from synthface.pipeline.errors import InputError, ShardError
 from synthface.pipeline.limits import open_image, quote
+from synthface.pipeline.shards.jpeg import decode_jpeg
 
 IMAGE_EXTS = ("jpg", "png")
 MAX_IDENTITY = 99_999_999
@@ -100,8 +101,13 @@ def image_format(data: bytes) -> str | None:
 
 def decode_image(data: bytes, source: str = "<image>") -> np.ndarray:
     """Encoded bytes -> HxWx3 uint8 RGB; ``InputError`` naming ``source`` if undecodable
-    or above the pixel limit (``synthface.pipeline.limits``)."""
-    return np.asarray(open_image(data, source))
+    or above the pixel limit (``synthface.pipeline.limits``).
+
+    JPEGs take the libjpeg-turbo fast path when it is installed (same pixels as PIL,
+    :mod:`synthface.pipeline.shards.jpeg`); everything else, and the fallback, is PIL.
+    """
+    fast = decode_jpeg(data, source)
+    return fast if fast is not None else np.asarray(open_image(data, source))
 
 
 def meta_json(sample: Sample) -> bytes:

@@ -27,18 +27,22 @@ import torch
 import torch.nn.functional as F
 
 from synthface.pipeline.errors import ConfigError, ShardError
+from synthface.pipeline.qc.views import View, open_view, view_path
 from synthface.pipeline.shards import make_webdataset, shard_paths, split_manifest
 from synthface.recognition.config import DataConfig
 from synthface.recognition.training.fields import Batch, Collate, SampleField
-from synthface.recognition.training.sampler import BalancedBatches
+from synthface.recognition.training.sampler import BalancedBatches, ShuffledBatches
 
 
 @dataclass(frozen=True)
 class DatasetInfo:
+    """What training reads: with a view, its identity and sample counts, not the dataset's."""
+
     path: Path
     num_classes: int
     num_samples: int
     shards: tuple[str, ...]
+    view: View | None = None
 
 
 def inspect_dataset(cfg: DataConfig) -> DatasetInfo:
@@ -53,6 +57,16 @@ def inspect_dataset(cfg: DataConfig) -> DatasetInfo:
     where = f"{path}/dataset.json"
     num_classes = int(entry.get("num_identities", 0))
     num_samples = int(entry.get("num_samples", 0))
+    view = None
+    if getattr(cfg, "view", None):
+        view = open_view(path, cfg.view, split=cfg.split, config_hash=entry.get("config_hash"))
+        where = str(view_path(path, cfg.view))
+        if view.num_identities < 2 or view.num_samples <= 0:
+            raise ShardError(
+                f"{where}: the view keeps {view.num_identities} of {num_classes} identities "
+                f"and {view.num_samples} samples (training needs at least 2 identities)"
+            )
+        num_classes, num_samples = view.num_identities, view.num_samples
     if cfg.num_classes is not None and cfg.num_classes != num_classes:
         raise ConfigError(
             f"data.num_classes: config says {cfg.num_classes} but {where} "
@@ -76,7 +90,7 @@ def inspect_dataset(cfg: DataConfig) -> DatasetInfo:
                 "(truncated or replaced; run synthface shards verify)"
             )
         shards.append(str(file))
-    return DatasetInfo(path, num_classes, num_samples, tuple(shards))
+    return DatasetInfo(path, num_classes, num_samples, tuple(shards), view)
 
 
 def segment_seed(seed: int, rank: int, step: int) -> int:
@@ -92,12 +106,19 @@ def open_batches(
     seed: int,
     pin_memory: bool = False,
     fields: Mapping[str, SampleField] | None = None,
+    run_seed: int | None = None,
+    first_batch: int = 0,
+    rank: int = 0,
+    num_processes: int = 1,
 ) -> Iterator[Batch]:
     """At least ``num_batches`` :class:`Batch` es (uint8 images, labels, ``fields``).
 
-    Either sampler spreads its per-process sample budget over the loader workers so
+    Every sampler spreads its per-process sample budget over the loader workers so
     that every worker yields the same whole number of batches: the round-robin order of
-    worker batches (and thus the stream) is reproducible.
+    worker batches (and thus the stream) is reproducible. The ``random`` sampler ignores
+    the per-segment ``seed``: its epochs are permutations seeded by ``run_seed`` (default
+    ``seed``), and the loader starts at the run's micro-batch ``first_batch``, reading
+    ``rank``'s slice of each global batch of ``num_processes`` slices.
     """
     workers = max(1, cfg.num_workers)
     per_worker = -(-num_batches // workers)
@@ -110,6 +131,20 @@ def open_batches(
             random_fraction=cfg.sampler.random_fraction,
             seed=seed,
             batches_per_worker=per_worker,
+            view=info.view,
+        )
+    elif cfg.sampler.kind == "random":
+        dataset = ShuffledBatches(
+            info.path,
+            cfg.split,
+            batch_size=cfg.batch_size,
+            seed=seed if run_seed is None else run_seed,
+            rank=rank,
+            num_processes=num_processes,
+            first_batch=first_batch,
+            batches_per_worker=per_worker,
+            num_samples=info.num_samples,
+            view=info.view,
         )
     else:
         dataset = make_webdataset(
@@ -121,6 +156,7 @@ def open_batches(
             epoch_samples=per_worker * workers * cfg.batch_size,
             seed=seed,
             split_by_node=True,
+            view=info.view,
         )
     generator = torch.Generator()
     generator.manual_seed(seed)

@@ -467,11 +467,14 @@ def _segment_batches(run: Run, step: int, every: int):
     Segments start at multiples of ``checkpoint.every_steps`` (or at 0) and each has its
     own seed, so where a run was interrupted does not change what it reads. Resuming
     inside a segment (``--stop-after`` off the checkpoint grid, or a final checkpoint)
-    reads and drops the batches the interrupted run had already used.
+    reads and drops the batches the interrupted run had already used; the ``random``
+    sampler opens at ``step`` itself, since its batch positions follow from the step.
     """
     cfg, accum = run.cfg, run.cfg.train.grad_accum
     start = (step // every) * every if every else 0
     end = min(run.total_steps, start + every) if every else run.total_steps
+    if cfg.data.sampler.kind == "random":  # positions are a function of the step: no replay
+        start = step
     batches = open_batches(
         run.info,
         cfg.data,
@@ -479,6 +482,10 @@ def _segment_batches(run: Run, step: int, every: int):
         seed=segment_seed(cfg.train.seed, run.accelerator.process_index, start),
         pin_memory=run.accelerator.device.type == "cuda",
         fields={k: f for o in run.objectives() for k, f in o.sample_fields().items()},
+        run_seed=cfg.train.seed,
+        first_batch=start * accum,
+        rank=run.accelerator.process_index,
+        num_processes=run.accelerator.num_processes,
     )
     if step > start:
         run.say(f"fast-forwarding {(step - start) * accum} batches to step {step}")
