@@ -4,5 +4,7 @@
 ``norm_crop``), ``detect`` runs a user-supplied insightface detection model
 (SCRFD/RetinaFace ONNX), ``sidecar`` reads landmarks given in a text file, and
 ``select`` applies the no-face / several-faces policy. ``shards from-folder --align``
-(``synthface.pipeline.shards.folder``) puts them together.
+(``synthface.pipeline.shards.folder``) and ``frcsyn score --align``
+(``synthface.recognition.frcsyn.loading``) put them together; ``options`` holds their
+shared command-line options.
 """

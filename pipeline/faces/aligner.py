@@ -9,6 +9,7 @@ differently or filter on the score.
 
 from __future__ import annotations
 
+import threading
 from collections import Counter
 from typing import Any, Literal
 
@@ -55,6 +56,7 @@ class Aligner:
         self.detector = None
         self.sidecar: dict[str, list[Face]] | None = None
         self._used: set[str] = set()
+        self._lock = threading.Lock()
         if cfg.landmarks is not None:
             from synthface.pipeline.faces.sidecar import read_sidecar
 
@@ -66,17 +68,27 @@ class Aligner:
                 cfg.detector, det_size=cfg.det_size, det_thresh=cfg.det_thresh
             )
 
+    def choose(self, rel: str, pixels: np.ndarray, where: str) -> tuple[Face | None, int]:
+        """``(face to align or None, faces found)`` for the image at ``rel``, counted.
+
+        Safe to call from several threads (FRCSyn scoring loads images on a pool): the
+        detector and the counts are used under a lock; the warp needs none.
+        """
+        with self._lock:
+            if self.sidecar is not None:
+                faces = self.sidecar.get(rel, [])
+                self._used.add(rel)
+            else:
+                faces = self.detector.detect(pixels)
+            face, outcome = choose_face(faces, self.cfg.policy, where)
+            self.counts[outcome] += 1
+        return face, len(faces)
+
     def __call__(self, rel: str, pixels: np.ndarray, where: str) -> tuple[bytes, dict] | None:
         """``(encoded crop, metadata)`` for the image at ``rel`` inside SRC, or None (skipped)."""
         from synthface.pipeline.shards.sample import encode_image
 
-        if self.sidecar is not None:
-            faces = self.sidecar.get(rel, [])
-            self._used.add(rel)
-        else:
-            faces = self.detector.detect(pixels)
-        face, outcome = choose_face(faces, self.cfg.policy, where)
-        self.counts[outcome] += 1
+        face, found = self.choose(rel, pixels, where)
         if face is None:
             return None
         crop, landed = align_face(pixels, face.landmarks, self.cfg.size, where)
@@ -85,7 +97,7 @@ class Aligner:
             "aligned_landmarks": _round(landed),
             "det_score": None if face.score is None else round(float(face.score), 5),
             "bbox": None if face.bbox is None else _round(face.bbox),
-            "faces_found": len(faces),
+            "faces_found": found,
             "aligned_by": "detector" if self.detector is not None else "landmarks",
         }
         return encode_image(crop, self.cfg.image_format), meta

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
+from synthface.pipeline.faces.options import add_align_arguments, align_config
 
 
 def _targets(parser: argparse.ArgumentParser) -> None:
@@ -63,28 +64,6 @@ def _written(args: argparse.Namespace, manifest: dict) -> None:
     emit(args, data, text)
 
 
-def _align_config(args: argparse.Namespace):
-    if not args.align:
-        if args.detector or args.landmarks:
-            from synthface.pipeline.errors import InputError
-
-            raise InputError("--detector and --landmarks only apply with --align")
-        return None
-    from synthface.pipeline.config import validate_config
-    from synthface.pipeline.faces.aligner import AlignConfig
-
-    fields = {
-        "detector": args.detector,
-        "landmarks": args.landmarks,
-        "policy": args.face_policy,
-        "size": args.aligned_size,
-        "det_size": args.det_size,
-        "det_thresh": args.det_thresh,
-        "image_format": args.image_format,
-    }
-    return validate_config(fields, AlignConfig, source="--align options")
-
-
 def cmd_from_folder(args: argparse.Namespace) -> int:
     from synthface.pipeline.shards.folder import from_folder
 
@@ -95,7 +74,7 @@ def cmd_from_folder(args: argparse.Namespace) -> int:
         max_bytes=args.max_bytes,
         skip_non_images=args.skip_non_images,
         split=args.split,
-        align=_align_config(args),
+        align=align_config(args),
     )
     _written(args, manifest)
     return 0
@@ -118,6 +97,20 @@ def cmd_from_rec(args: argparse.Namespace) -> int:
 
     manifest = from_rec(
         args.prefix,
+        args.out,
+        max_samples=args.max_samples,
+        max_bytes=args.max_bytes,
+        split=args.split,
+    )
+    _written(args, manifest)
+    return 0
+
+
+def cmd_from_wds(args: argparse.Namespace) -> int:
+    from synthface.pipeline.shards.wds_ingest import from_webdataset
+
+    manifest = from_webdataset(
+        args.src,
         args.out,
         max_samples=args.max_samples,
         max_bytes=args.max_bytes,
@@ -166,30 +159,13 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument(
         "--skip-non-images", action="store_true", help="ignore non-image files instead of failing"
     )
-    g = c.add_argument_group("alignment (--align)")
-    g.add_argument(
-        "--align",
-        action="store_true",
-        help="detect or look up 5 landmarks and warp each face to the 112x112 ArcFace template",
-    )
-    g.add_argument("--detector", metavar="DET.onnx", help="insightface SCRFD/RetinaFace model")
-    g.add_argument(
-        "--landmarks",
-        metavar="FILE",
-        help="sidecar landmarks: 'identity/image x1 y1 ... x5 y5 [score]' per face (no detector)",
-    )
-    g.add_argument(
-        "--face-policy",
-        choices=["largest", "skip", "fail"],
-        default="largest",
-        help="several faces: align the largest (default), skip the image, or fail; images "
-        "without a face are skipped (fail: stop)",
-    )
-    g.add_argument("--aligned-size", type=int, default=112, help="crop side (default 112)")
-    g.add_argument("--det-size", type=int, default=640, help="detector input side (default 640)")
-    g.add_argument("--det-thresh", type=float, default=0.5, help="face score threshold (0.5)")
-    g.add_argument(
-        "--image-format", choices=["jpg", "png"], default="jpg", help="aligned crops as (jpg)"
+    add_align_arguments(
+        c,
+        landmarks_help="sidecar landmarks: 'identity/image x1 y1 ... x5 y5 [score]' per face "
+        "(no detector)",
+        policy_help="several faces: align the largest (default), skip the image, or fail; "
+        "images without a face are skipped (fail: stop)",
+        image_format=True,
     )
     _targets(c)
     c.set_defaults(func=cmd_from_folder)
@@ -210,6 +186,17 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("out", help="output dataset directory (new or empty)")
     _targets(c)
     c.set_defaults(func=cmd_from_rec)
+
+    c = sub.add_parser(
+        "from-wds",
+        help="plain WebDataset tars (.cls label + .jpg/.png per sample, no manifest) -> shards",
+    )
+    c.add_argument(
+        "src", help="folder of .tar shards, one .tar, or brace URLs ('d/train-{0000..0009}.tar')"
+    )
+    c.add_argument("out", help="output dataset directory (new or empty)")
+    _targets(c)
+    c.set_defaults(func=cmd_from_wds)
 
     c = sub.add_parser(
         "to-rec",

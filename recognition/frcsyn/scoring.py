@@ -18,7 +18,9 @@ from the file with the recorded threshold always agrees.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import itertools
 import json
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
@@ -27,9 +29,10 @@ import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.limits import open_image
+from synthface.pipeline.parallel import ordered_map
 from synthface.pipeline.progress import progress_bar
 from synthface.recognition.frcsyn.comparisons import ComparisonSet, list_datasets, read_comparisons
+from synthface.recognition.frcsyn.loading import TreeAlignment, load_tree_image
 from synthface.recognition.frcsyn.rules import SYSTEMS, SubTask
 from synthface.recognition.frcsyn.threshold import choose_threshold
 
@@ -80,27 +83,35 @@ def parse_submission(text: str, source: str = "") -> tuple[np.ndarray, np.ndarra
     return np.array(scores, dtype=np.float64), np.array(decisions, dtype=np.int8), problems
 
 
-def _load_image(path: Path, size: tuple[int, int]) -> np.ndarray:
-    from PIL import Image
-
-    im = open_image(path)
-    if im.size != (size[1], size[0]):
-        im = im.resize((size[1], size[0]), Image.BILINEAR)
-    return np.asarray(im)
-
-
 def embed_tree_images(
-    images_dir, relpaths: Sequence[str], embedder, *, batch_size: int = 64
+    images_dir,
+    relpaths: Sequence[str],
+    embedder,
+    *,
+    batch_size: int = 64,
+    workers: int = 4,
+    alignment: TreeAlignment | None = None,
 ) -> np.ndarray:
-    """Flip-summed, L2-normalised embeddings of ``images_dir/relpath``, in ``relpaths`` order."""
+    """Flip-summed, L2-normalised embeddings of ``images_dir/relpath``, in ``relpaths`` order.
+
+    Images are read (and, with ``alignment``, aligned) by ``workers`` threads while the
+    embedder works on the previous batch; the order, hence every score, does not depend
+    on the worker count.
+    """
     images_dir = Path(images_dir)
     size = tuple(embedder.input_size)
     out = np.empty((len(relpaths), embedder.dim), dtype=np.float32)
-    with progress_bar(len(relpaths), desc=f"scoring {images_dir.parent.name}") as bar:
+
+    def load(rel: str) -> np.ndarray:
+        return load_tree_image(images_dir, rel, size, alignment)
+
+    ahead = max(2 * batch_size, 4 * workers)
+    with (
+        contextlib.closing(ordered_map(load, relpaths, workers, ahead=ahead)) as images,
+        progress_bar(len(relpaths), desc=f"scoring {images_dir.parent.name}") as bar,
+    ):
         for lo in range(0, len(relpaths), batch_size):
-            batch = np.stack(
-                [_load_image(images_dir / p, size) for p in relpaths[lo : lo + batch_size]]
-            )
+            batch = np.stack(list(itertools.islice(images, batch_size)))
             out[lo : lo + len(batch)] = embedder.embed(batch, flip=True)
             bar.update(len(batch))
     return out
@@ -161,6 +172,7 @@ def score_run(
     models: Mapping[str, str] | None = None,
     plots: bool = True,
     group_map=None,
+    alignment: Callable[[], Mapping] | None = None,
 ) -> dict:
     """Score both systems, choose their thresholds on the calibration tree, write the run.
 
@@ -168,6 +180,8 @@ def score_run(
     returning normalised embeddings (see :func:`embed_tree_images`). ``group_map``: a
     group-map file or :class:`~synthface.recognition.frcsyn.groups.GroupMap` giving each
     BUPT subject's demographic group (default: the first path component).
+    ``alignment``: called once scoring is done; what it returns (how each tree's faces
+    were aligned, counts) is recorded in ``run.json`` as ``alignment``.
     """
     from synthface.recognition.frcsyn.groups import GroupMap
     from synthface.recognition.frcsyn.report import write_run_report
@@ -239,6 +253,8 @@ def score_run(
         "score": "cosine similarity of flip-summed L2-normalised embeddings; decision = score >= threshold",
         "metrics": metrics,
     }
+    if alignment is not None:
+        run["alignment"] = dict(alignment())
     _write_json(out / "run.json", run)
     return run
 

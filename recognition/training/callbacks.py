@@ -9,13 +9,9 @@ end (final validation, final checkpoint).
 from __future__ import annotations
 
 import csv
-import sys
 import time
 from pathlib import Path
 from typing import TYPE_CHECKING, Protocol
-
-import numpy as np
-import torch
 
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.limits import quote
@@ -93,9 +89,11 @@ class MetricsLogger:
             self.tb = SummaryWriter(str(run.output_dir / "tensorboard"), purge_step=start_step)
         self.bar = None
         if cfg.progress and self.main:
-            from tqdm.auto import tqdm
+            from synthface.pipeline.progress import progress_bar
 
-            self.bar = tqdm(total=run.total_steps, initial=start_step, unit="step", file=sys.stderr)
+            self.bar = progress_bar(
+                run.total_steps, desc="training", unit="step", initial=start_step
+            )
         self.start = time.perf_counter()
         self.window_start = (start_step, self.start)
         self.last: dict = {}
@@ -149,26 +147,25 @@ class MetricsLogger:
 class Validator:
     """10-fold verification on ``.bin`` pair sets every ``validation.every_steps``.
 
-    Embedding happens here (the live backbone, flip-sum as insightface does); the
-    metric is :func:`synthface.recognition.evaluation.verification.evaluate_embeddings`, the
-    project's one implementation of the protocol. Runs on the main process only; the
-    others wait, so DDP collectives stay aligned.
+    Sets are decoded once into a memory-mapped cache (``validation.py``), not at every
+    pass. Every process embeds a slice of each set with the live backbone (flip-sum as
+    insightface does) and the slices are gathered to the main process, which scores them
+    with :func:`synthface.recognition.evaluation.verification.evaluate_embeddings` (the
+    project's one implementation of the protocol) and logs; all processes then meet at a
+    barrier, so DDP collectives stay aligned.
     """
 
     FIELDS = ("step", "set", "accuracy", "accuracy_std", "num_pairs")
 
     def __init__(self, run: Run, start_step: int) -> None:
-        from synthface.pipeline.formats.verification_bin import read_bin
+        from synthface.recognition.training.validation import open_sets
 
         cfg = run.cfg.validation
         self.every = cfg.every_steps
-        self.sets: list[tuple[str, list[bytes], np.ndarray]] = []
         for path in cfg.sets:
-            p = Path(path)
-            if not p.is_file():
+            if not Path(path).is_file():
                 raise InputError(f"validation.sets: {path}: no such file")
-            images, issame = read_bin(p)
-            self.sets.append((p.stem, images, np.asarray(issame, dtype=bool)))
+        self.sets = open_sets(run.cfg, run.accelerator) if cfg.sets else []
         self.csv = (
             _CsvLog(run.output_dir / "validation.csv", self.FIELDS)
             if run.accelerator.is_main_process and self.sets
@@ -187,58 +184,36 @@ class Validator:
 
     def validate(self, step: int, run: Run) -> None:
         from synthface.recognition.evaluation.verification import evaluate_embeddings
+        from synthface.recognition.training.validation import embed_sharded
 
         run.monitor.check(step, run)
         self.last_step = step
-        if run.accelerator.is_main_process:
-            backbone = run.backbone()
-            was_training = backbone.training
-            backbone.eval()
-            try:
-                for name, images, issame in self.sets:
-                    emb = embed_encoded(backbone, images, run)
-                    res = evaluate_embeddings(
-                        emb, issame, name=name, nfolds=run.cfg.validation.folds
+        backbone = run.backbone()
+        was_training = backbone.training
+        backbone.eval()
+        try:
+            for s in self.sets:
+                emb = embed_sharded(backbone, s.images, run.cfg, run.accelerator)
+                if emb is None:  # not the main process: its slice is gathered already
+                    continue
+                res = evaluate_embeddings(
+                    emb, s.issame, name=s.name, nfolds=run.cfg.validation.folds
+                )
+                self.results[s.name] = res.accuracy
+                if self.csv is not None:
+                    self.csv.write(
+                        {
+                            "step": step,
+                            "set": s.name,
+                            "accuracy": round(res.accuracy, 6),
+                            "accuracy_std": round(res.accuracy_std, 6),
+                            "num_pairs": res.num_pairs,
+                        }
                     )
-                    self.results[name] = res.accuracy
-                    if self.csv is not None:
-                        self.csv.write(
-                            {
-                                "step": step,
-                                "set": name,
-                                "accuracy": round(res.accuracy, 6),
-                                "accuracy_std": round(res.accuracy_std, 6),
-                                "num_pairs": res.num_pairs,
-                            }
-                        )
-                    run.say(f"step {step}: {res.summary()}")
-            finally:
-                backbone.train(was_training)
+                run.say(f"step {step}: {res.summary()}")
+        finally:
+            backbone.train(was_training)
         run.accelerator.wait_for_everyone()
-
-
-@torch.no_grad()
-def embed_encoded(backbone: torch.nn.Module, images: list[bytes], run: Run) -> np.ndarray:
-    """Flip-summed raw embeddings (float64) of encoded images, decoded batch by batch."""
-    from synthface.pipeline.shards import decode_image
-    from synthface.recognition.training.data import to_model_input
-
-    cfg = run.cfg
-    out = []
-    bs = cfg.validation.batch_size
-    for lo in range(0, len(images), bs):
-        batch = np.stack([decode_image(b) for b in images[lo : lo + bs]])
-        x = to_model_input(
-            torch.from_numpy(batch).to(run.accelerator.device),
-            cfg.model.input_size,
-            channels_last=cfg.model.channels_last,
-        )
-        with run.accelerator.autocast():
-            feats = backbone(x).float()
-            if cfg.validation.flip:
-                feats = feats + backbone(x.flip(-1)).float()
-        out.append(feats.cpu().double().numpy())
-    return np.concatenate(out)
 
 
 class Checkpointer:
