@@ -12,6 +12,7 @@ corrupt shards, and task inputs are never hashed or persisted (``NO_CACHE``).
 
 from __future__ import annotations
 
+import contextlib
 import time
 from pathlib import Path
 from typing import Annotated, Any
@@ -27,7 +28,7 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from pydantic import Field
 
-from synthface.flows.runners import build_task_runner
+from synthface.flows.runners import build_task_runner, check_gpu_workers
 from synthface.pipeline.config import apply_overrides, validate_config
 from synthface.pipeline.generate_plan import GenerateConfig, ShardWork
 from synthface.pipeline.paths import resolve_paths
@@ -101,12 +102,25 @@ def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
 
 @task(name="produce-shard", cache_policy=NO_CACHE)
 def shard_task(cfg: GenerateConfig, work: dict[str, Any]) -> dict[str, Any]:
+    from synthface.generators.placement import worker_placement
     from synthface.generators.produce import produce_shard
     from synthface.pipeline.progress import progress_bar
 
     work_ = ShardWork.from_dict(work)
+    # Resolved here, in the worker: the flow process may have no GPU at all.
+    where = worker_placement(cfg.generator.device, cfg.generator.allow_cpu_fallback)
+    logical = "" if where.logical_gpu is None else f" (logical GPU {where.logical_gpu})"
+    get_run_logger().info(
+        "shard %d: worker %s (pid %d) on %s, device %s%s",
+        work_.index,
+        where.worker,
+        where.pid,
+        where.host,
+        where.device,
+        logical,
+    )
     with progress_bar(work_.num_samples, desc=f"shard {work_.index}", leave=False) as bar:
-        return produce_shard(cfg, work_, progress=bar.update).to_dict()
+        return produce_shard(cfg, work_, placement=where, progress=bar.update).to_dict()
 
 
 @task(name="finalize", cache_policy=NO_CACHE)
@@ -117,9 +131,22 @@ def finalize_task(cfg: GenerateConfig, dataset_config: dict, work: list[dict]) -
 
 
 @flow(name="produce-shards")
-def produce_shards(cfg: GenerateConfig, work: list[dict]) -> list[dict]:
-    """Map ``shard_task`` over the plan on the configured task runner; report progress."""
+def produce_shards(
+    cfg: GenerateConfig,
+    work: list[dict],
+    resources: dict[str, int] | None = None,
+    remote: bool = False,
+) -> list[dict]:
+    """Map ``shard_task`` over the plan on the configured task runner; report progress.
+
+    ``resources``: what each shard task asks of a Dask worker (``{"GPU": 1}``), attached
+    through Dask's own annotations so the scheduler places one shard per GPU worker.
+    """
+    from prefect.context import FlowRunContext
+
     logger = get_run_logger()
+    if remote:
+        check_gpu_workers(FlowRunContext.get().task_runner, resources)
     total = sum(
         w["samples_per_identity"] * (w["last_identity"] - w["first_identity"] + 1) for w in work
     )
@@ -129,7 +156,13 @@ def produce_shards(cfg: GenerateConfig, work: list[dict]) -> list[dict]:
     task_ = shard_task.with_options(
         retries=cfg.runner.retries, retry_delay_seconds=cfg.runner.retry_delay_seconds
     )
-    futures = task_.map(unmapped(cfg), work)
+    annotate = contextlib.nullcontext()
+    if resources:
+        import dask
+
+        annotate = dask.annotate(resources=resources)
+    with annotate:
+        futures = task_.map(unmapped(cfg), work)
     t0 = time.perf_counter()
     results: list[dict] = []
     done = generated = 0
@@ -164,6 +197,8 @@ def _markdown(summary: dict) -> str:
         f"- filtered view `{summary['view']}`: {summary['view_identities']} identities, "
         f"{summary['view_samples']} samples",
     ]
+    if "card" in summary:
+        lines.append(f"- dataset card: `{summary['card']}`")
     if "report" in summary:
         lines.append(f"- QC report: `{summary['report']['markdown']}`")
         if "contact_sheet" in summary["report"]:
@@ -204,9 +239,11 @@ def generate_synthetic(
         seed=seed,
         overrides=overrides,
     )
+    runner = build_task_runner(cfg)  # config errors before the plan writes anything
     plan = plan_task(cfg)
-    runner = build_task_runner(cfg.runner)
-    results = produce_shards.with_options(task_runner=runner)(cfg, plan["work"])
+    results = produce_shards.with_options(task_runner=runner.task_runner)(
+        cfg, plan["work"], runner.resources, runner.remote
+    )
     written = [r for r in results if not r["skipped"]]
     logger.info("%d shards written, %d already complete", len(written), len(results) - len(written))
     summary = finalize_task(cfg, plan["dataset_config"], plan["work"])

@@ -9,8 +9,10 @@ writes the QC sidecar and then the shard atomically. A shard that
 missing or corrupt shards; everything a shard contains is a function of the config and
 the shard's index, so the finished dataset is byte-identical to an uninterrupted run.
 
-Models are loaded once per worker process (:func:`load_producer` caches them), not once
-per shard.
+Models are loaded once per concurrently running shard (:func:`borrow_producer` pools
+them), not once per shard: threads never share a model, because some generators
+(UIFace) swap the UNet's attention processors while sampling. The device is resolved by the worker that
+produces the shard (``synthface.generators.placement``), which also logs who made it.
 """
 
 from __future__ import annotations
@@ -28,8 +30,12 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.generators.checkpoint import read_generator_provenance
+from synthface.generators.placement import Placement, worker_placement, write_provenance
 from synthface.generators.region import REGION_FILE
+from synthface.generators.space import check_gallery, plan_spaces, qc_scores_anchors
 from synthface.pipeline.atomic import atomic_write_bytes, atomic_write_json, file_sha256
+from synthface.pipeline.embedding_space import space_record_path, write_anchor_space
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.generate_plan import (
     GenerateConfig,
@@ -52,16 +58,18 @@ log = logging.getLogger(__name__)
 
 # --------------------------------------------------------------------------- checks
 def resolve_device(requested: str, allow_cpu_fallback: bool = False) -> str:
-    """``cpu``/``cuda``/``auto`` -> a usable torch device, or a clear error."""
+    """``cpu``/``cuda``/``auto`` -> an explicit torch device of this process (``cuda:N``:
+    the current one, which a GPU worker's ``CUDA_VISIBLE_DEVICES`` makes its own GPU),
+    or a clear error."""
     import torch
 
     if requested == "cpu":
         return "cpu"
     has_gpu = torch.cuda.is_available()
-    if requested == "auto":
-        return "cuda" if has_gpu else "cpu"
     if has_gpu:
-        return "cuda"
+        return f"cuda:{torch.cuda.current_device()}"
+    if requested == "auto":
+        return "cpu"
     if allow_cpu_fallback:
         log.warning("generator.device is cuda but no GPU is visible; falling back to the CPU")
         return "cpu"
@@ -146,6 +154,15 @@ def _check_identity_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
         )
 
 
+def _uses_guidance(cfg: GenerateConfig, ckpt_cfg, name: str) -> bool:
+    from synthface.generators.base import GENERATORS
+
+    guidance = cfg.generator.id_guidance_scale
+    if guidance is None:
+        guidance = ckpt_cfg.sampler.id_guidance_scale
+    return bool(getattr(GENERATORS.get(name), "uses_identity_guidance", True) and guidance > 0)
+
+
 def _check_sampler_options(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
     """Generator-specific sampler switches are checked before anything is written."""
     from synthface.generators.base import GENERATORS
@@ -214,7 +231,7 @@ def remove_stale_temporaries(dataset_dir: Path) -> list[Path]:
     writer's temporary file is never touched.
     """
     removed = []
-    for sub in ("shards", "records", "qc", "plan", "views", "report", "."):
+    for sub in ("shards", "records", "qc", "plan", "views", "report", "provenance", "."):
         folder = dataset_dir / sub
         if not folder.is_dir():
             continue
@@ -277,6 +294,15 @@ def resolve_anchor_region(cfg: GenerateConfig, ckpt: Path):
             "of its training identities); add it with `synthface generator region` or set "
             "identities.anchor_region: sphere"
         )
+    if read_generator_provenance(ckpt) is not None:
+        # Imported weights: their training data is not here, so no region can be fitted and
+        # a silent whole-sphere fallback would be the only outcome; the user must choose.
+        raise ConfigError(
+            f"identities.anchors: {ckpt} holds imported weights without {REGION_FILE}: give "
+            "identities.anchors (--anchors: your contexts .npy, e.g. UIFace's released "
+            "ones) or opt in to whole-sphere anchors with identities.anchor_region: sphere "
+            "(--anchor-region sphere)"
+        )
     return (
         "sphere",
         None,
@@ -306,7 +332,9 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     """Check every input, claim the output directory, fix the anchors and the shard plan.
 
     Fails before any generation on: missing checkpoint, unknown generator, missing
-    recognizer or gallery, GPU requested but absent, output holding another dataset.
+    recognizer or gallery, GPU requested but absent (thread runner only: Dask shards run
+    elsewhere, so a head node without GPUs plans and each worker resolves its own device),
+    output holding another dataset.
     Anchors are computed once and stored (``plan/anchors.npy``); a resumed run reuses
     them rather than recomputing, so they cannot drift with thread counts. With
     ``identities.anchors`` the given file is validated and its first ``count`` rows are
@@ -319,7 +347,8 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
     name = _generator_name(cfg, ckpt_cfg)
     _check_identity_guidance(cfg, ckpt_cfg, name)
     _check_sampler_options(cfg, ckpt_cfg, name)
-    resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
+    if cfg.runner.kind == "thread":
+        resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
     _qc_recognizer_path(cfg, ckpt_cfg)
     if cfg.qc.gallery is not None and not Path(cfg.qc.gallery).is_file():
         raise InputError(f"qc.gallery: {cfg.qc.gallery}: no such embeddings file")
@@ -342,6 +371,14 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         from synthface.generators.id3.anchors import check_tammes_memory
 
         check_tammes_memory(cfg.identities.count, dim, ckpt_cfg.id3.anchor_block)
+    spaces = plan_spaces(
+        cfg,
+        ckpt_cfg,
+        _qc_recognizer_path(cfg, ckpt_cfg),
+        guidance_encoder=cfg.generator.encoder if _uses_guidance(cfg, ckpt_cfg, name) else None,
+    )
+    if cfg.qc.gallery is not None:
+        check_gallery(cfg.qc.gallery, _qc_recognizer_path(cfg, ckpt_cfg))
     warnings: list[str] = []
     if qc_uses_conditioning_encoder(cfg, ckpt_cfg):
         warnings.append(QC_INFLATED)
@@ -439,6 +476,9 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
             **novelty_report(anchors, region, max_cos if guard else None),
         }
         atomic_write_json(novelty_path(dataset_dir), novelty)
+    atomic_write_json(space_record_path(dataset_dir), spaces.to_dict())
+    if spaces.anchors is not None:
+        write_anchor_space(apath, spaces.anchors)
     write_plan(dataset_dir, dcfg, work)
     return Prepared(dataset_dir, dcfg, work, name, tuple(warnings), novelty)
 
@@ -453,65 +493,95 @@ class Producer:
     anchors_comparable: bool  # QC embeddings live in the anchors' space
     device: str
     quality: object | None = None  # SDD-FIQA QualityScorer when qc.quality_model is set
+    key: tuple = ()  # what it was loaded for (the idle pool's key)
 
 
-_CACHE: dict[tuple, Producer] = {}
+# Idle producers by key. A shard borrows one for its duration, so two threads never
+# sample with one model (UIFace swaps the attention processors of its UNet while
+# sampling), and a model outlives the thread pool of a run (a long-lived `flows serve`
+# process loads it once, not once per run). There are at most as many copies as shards
+# ever ran at once in this process; one whose shard raised is dropped, not reused.
+_IDLE: dict[tuple, list[Producer]] = {}
 _LOCK = threading.Lock()
 
 
-def load_producer(cfg: GenerateConfig) -> Producer:
-    """The generator + QC embedder for ``cfg``, loaded once per process (thread-safe)."""
+def _producer_key(cfg: GenerateConfig, device: str) -> tuple:
     from synthface.generators.checkpoint import read_generator_config
 
     ckpt = _checkpoint_dir(cfg)
     ckpt_cfg = read_generator_config(ckpt)
-    device = resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
-    enc_path = _encoder_path(cfg, ckpt_cfg)
-    qc_path = _qc_recognizer_path(cfg, ckpt_cfg)
-    key = (
+    return (
         str(ckpt.resolve()),
         checkpoint_sha256(ckpt),
-        enc_path,
-        qc_path,
+        _encoder_path(cfg, ckpt_cfg),
+        _qc_recognizer_path(cfg, ckpt_cfg),
+        cfg.qc.recognizer is None,
+        cfg.identities.anchors,
         device,
         cfg.qc.quality_model,
+        cfg.runner.torch_threads,
     )
+
+
+def load_producer(cfg: GenerateConfig, device: str | None = None) -> Producer:
+    """A newly loaded generator + QC embedder for ``cfg`` on ``device`` (default: resolved
+    here); shards borrow pooled ones instead (``borrow_producer``)."""
+    from synthface.generators.checkpoint import read_generator_config
+
+    ckpt = _checkpoint_dir(cfg)
+    ckpt_cfg = read_generator_config(ckpt)
+    if device is None:
+        device = resolve_device(cfg.generator.device, cfg.generator.allow_cpu_fallback)
+    enc_path = _encoder_path(cfg, ckpt_cfg)
+    qc_path = _qc_recognizer_path(cfg, ckpt_cfg)
+    import torch
+
+    from synthface.generators.base import load_generator
+    from synthface.generators.encoder import load_identity_encoder
+    from synthface.recognition import load_embedder
+
+    torch.set_num_threads(cfg.runner.torch_threads)
+    # The encoder only matters for identity guidance (never for uiface, whose imported
+    # checkpoints name none); QC has its own embedder.
+    encoder = None
+    if enc_path is not None and _uses_guidance(cfg, ckpt_cfg, ckpt_cfg.generator):
+        encoder = load_identity_encoder(enc_path, differentiable=True)
+    generator = load_generator(ckpt, encoder=encoder, device=device)
+    embedder = load_embedder(qc_path, device=device)
+    same_space = qc_scores_anchors(cfg, ckpt_cfg, qc_path)
+    quality = None
+    if cfg.qc.quality_model is not None:
+        from synthface.recognition.quality import QualityScorer
+
+        quality = QualityScorer(cfg.qc.quality_model, device=device)
+    key = _producer_key(cfg, device)
+    return Producer(generator, embedder, same_space, device, quality, key)
+
+
+def borrow_producer(cfg: GenerateConfig, device: str) -> Producer:
+    """An idle producer for ``cfg`` on ``device``, or a newly loaded one; the caller has
+    it to itself until ``return_producer``."""
+    key = _producer_key(cfg, device)
     with _LOCK:
-        if key in _CACHE:
-            return _CACHE[key]
-        import torch
+        idle = _IDLE.get(key)
+        if idle:
+            return idle.pop()
+    return load_producer(cfg, device)
 
-        from synthface.generators.base import load_generator
-        from synthface.generators.encoder import load_identity_encoder
-        from synthface.recognition import load_embedder
 
-        torch.set_num_threads(cfg.runner.torch_threads)
-        guidance = cfg.generator.id_guidance_scale
-        if guidance is None:
-            guidance = ckpt_cfg.sampler.id_guidance_scale
-        # The encoder only matters for identity guidance; QC has its own embedder.
-        encoder = None
-        if enc_path is not None and guidance > 0:
-            encoder = load_identity_encoder(enc_path, differentiable=True)
-        generator = load_generator(ckpt, encoder=encoder, device=device)
-        embedder = load_embedder(qc_path, device=device)
-        same_space = Path(qc_path).resolve() == Path(enc_path).resolve() if enc_path else False
-        quality = None
-        if cfg.qc.quality_model is not None:
-            from synthface.recognition.quality import QualityScorer
-
-            quality = QualityScorer(cfg.qc.quality_model, device=device)
-        producer = Producer(generator, embedder, same_space, device, quality)
-        _CACHE[key] = producer
-        return producer
+def return_producer(producer: Producer) -> None:
+    with _LOCK:
+        _IDLE.setdefault(producer.key, []).append(producer)
 
 
 def clear_producer_cache() -> None:
     with _LOCK:
-        _CACHE.clear()
+        _IDLE.clear()
 
 
 def _resize(images: np.ndarray, size: tuple[int, int]) -> np.ndarray:
+    """Bilinear resize; Pillow widens the filter by the scale factor when shrinking, so a
+    downscale (uiface's 128 -> 112 px) is antialiased rather than sampled."""
     if tuple(images.shape[1:3]) == tuple(size):
         return images
     from PIL import Image
@@ -570,18 +640,25 @@ def produce_shard(
     work: ShardWork,
     *,
     producer: Producer | None = None,
+    placement: Placement | None = None,
     progress: Callable[[int], None] | None = None,
 ) -> ShardResult:
     """Generate, embed, score and write shard ``work.index`` (skipped when already complete).
 
-    ``progress(n)`` is called as each batch of ``n`` images is done.
+    ``placement`` (default: resolved here) is the device and worker; it is logged in
+    ``provenance/`` after the shard is written. ``progress(n)`` is called as each batch
+    of ``n`` images is done.
     """
     dataset_dir = Path(cfg.output.dir)
     done = shard_complete(dataset_dir, work.split, work.index)
     if done is not None and read_shard_qc(dataset_dir, work.split, work.index) is not None:
         return ShardResult(work.index, done.num_samples, done.sha256, True, 0.0)
-    t0 = time.perf_counter()
-    producer = producer or load_producer(cfg)
+    started, t0 = time.time(), time.perf_counter()
+    if placement is None:
+        placement = worker_placement(cfg.generator.device, cfg.generator.allow_cpu_fallback)
+    borrowed = producer is None
+    if borrowed:
+        producer = borrow_producer(cfg, placement.device)
     gen, emb = producer.generator, producer.embedder
     if not hasattr(gen, "dataset_conditions"):
         raise ConfigError(f"generator {gen.name!r} cannot sample dataset conditions")
@@ -612,6 +689,8 @@ def produce_shard(
             sampler_options=cfg.generator.sampler_options,
             sample_meta=decided,
         )
+        if cfg.output.image_size is not None:  # what is stored is what QC scores
+            images = _resize(images, (cfg.output.image_size, cfg.output.image_size))
         vectors = emb.embed(_resize(images, emb.input_size), batch_size=cfg.qc.batch_size)
         quality = None
         if producer.quality is not None:
@@ -658,9 +737,20 @@ def produce_shard(
     # Sidecar first: a shard that completed_shards vouches for always has its scores.
     write_shard_qc(dataset_dir, work.split, work.index, scores)
     record = write_shard(dataset_dir, work.index, samples, split=work.split)
-    return ShardResult(
-        work.index, record.num_samples, record.sha256, False, time.perf_counter() - t0
+    seconds = time.perf_counter() - t0
+    write_provenance(
+        dataset_dir,
+        work.split,
+        work.index,
+        placement,
+        num_samples=record.num_samples,
+        sha256=record.sha256,
+        started=started,
+        seconds=seconds,
     )
+    if borrowed:  # only after success: a shard that raised may leave the model mid-swap
+        return_producer(producer)
+    return ShardResult(work.index, record.num_samples, record.sha256, False, seconds)
 
 
 def generate_dataset(cfg: GenerateConfig) -> dict:
@@ -668,13 +758,10 @@ def generate_dataset(cfg: GenerateConfig) -> dict:
     from synthface.pipeline.generate_finalize import finalize_generation
 
     prepared = prepare_generation(cfg)
-    producer = None
     with progress_bar(prepared.num_samples, desc="generating") as bar:
-        for work in prepared.work:
-            result = produce_shard(cfg, work, producer=producer, progress=bar.update)
+        for work in prepared.work:  # every shard borrows the same pooled producer
+            result = produce_shard(cfg, work, progress=bar.update)
             if result.skipped:
                 bar.update(result.num_samples)
-            elif producer is None:
-                producer = load_producer(cfg)
     summary = finalize_generation(cfg, prepared.dataset_config, prepared.work)
     return {**summary, "warnings": list(prepared.warnings)}

@@ -87,6 +87,9 @@ class OutputSection(StrictModel):
     bytes_per_sample: int = Field(default=8_000, ge=1)
     # Store each sample's QC embedding as its ``.npy`` member.
     store_embeddings: bool = True
+    # Square size images are resized to (antialiased) before they are encoded and scored;
+    # None = the generator's own size (uiface's reference writes 112 px from 128 px).
+    image_size: int | None = Field(default=None, ge=8, le=4096)
 
 
 class ReportSection(StrictModel):
@@ -103,7 +106,13 @@ class RunnerSection(StrictModel):
     max_workers: int = Field(default=1, ge=1)
     # dask: an existing scheduler ("tcp://host:8786"); None = start a local cluster.
     dask_address: str | None = None
-    dask_workers: int = Field(default=2, ge=1)
+    # Local cluster size; None = one worker per visible GPU when the generator runs on a
+    # GPU (each bound to its GPU), else 2.
+    dask_workers: int | None = Field(default=None, ge=1)
+    # Local cluster on a machine without GPUs: each worker declares a logical GPU (the
+    # same GPU=1 resource and device id a GPU worker gets) but computes on the CPU, so
+    # placement can be exercised and tested; needs generator.device: cpu.
+    logical_gpus: bool = False
     # torch intra-op threads per worker process (fixed, so float results do not vary).
     torch_threads: int = Field(default=1, ge=1)
     retries: int = Field(default=2, ge=0)
@@ -150,6 +159,8 @@ def dataset_config(
     gen["checkpoint_sha256"] = checkpoint_sha256
     out = cfg.output.model_dump(mode="json")
     out.pop("dir")
+    if out["image_size"] is None:  # absent = the generator's size: older datasets keep their hash
+        out.pop("image_size")
     qc = cfg.qc.model_dump(mode="json")
     ids = cfg.identities.model_dump(mode="json")
     if ids.pop("anchors") is not None:

@@ -418,7 +418,7 @@ def test_dask_task_runner_with_two_local_workers(server, models, reference, tmp_
         timeout=300,
     )
     assert res.returncode == 0, res.stderr[-3000:]
-    assert "LocalCluster" in res.stdout + res.stderr  # the shard tasks ran on Dask workers
+    assert "local_dask_cluster" in res.stdout + res.stderr  # the shard tasks ran on Dask workers
     assert tree_hashes(out) == reference
 
 
@@ -498,7 +498,7 @@ def test_benchmark_flow_through_the_cli_runs_generation_as_a_subflow(server, tmp
     logs = res.stdout + res.stderr
     assert "subflow run" in logs and "generate-synthetic" in logs
     out = json.loads(res.stdout[res.stdout.index("{") :])
-    assert set(out["mean_accuracy"]) == {"real", "plain", "real+plain"}
+    assert set(out["mean_accuracy"]) == {"real", "real-all", "plain", "real+plain"}
     assert "generator/plain" in out["stages"]["executed"]
     assert (tmp_path / "bench" / "report" / "benchmark.md").is_file()
     (row,) = build_table([config], flows=["benchmark-synthetic"], base=tmp_path)
