@@ -20,13 +20,8 @@ def _threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def cmd_train(args: argparse.Namespace) -> int:
-    from synthface.generators.config import GeneratorConfig
-    from synthface.generators.training import train_generator
-    from synthface.pipeline.config import load_config
-
-    _threads(args)
-    cfg = load_config(args.config, GeneratorConfig, args.set)
+def _step_logger(args: argparse.Namespace):
+    """A training step's record as one ``key=value`` line (nothing under ``--json``)."""
 
     def log(rec: dict) -> None:
         if not args.json:
@@ -37,6 +32,18 @@ def cmd_train(args: argparse.Namespace) -> int:
                 flush=True,
             )
 
+    return log
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from synthface.generators.config import GeneratorConfig
+    from synthface.generators.training import train_generator
+    from synthface.pipeline.config import load_config
+
+    _threads(args)
+    cfg = load_config(args.config, GeneratorConfig, args.set)
+
+    log = _step_logger(args)
     result = train_generator(
         cfg,
         steps=args.steps,
@@ -56,6 +63,39 @@ def cmd_train(args: argparse.Namespace) -> int:
     emit(
         args, summary, f"trained to step {summary['step']}; generator: {summary['final'] or 'n/a'}"
     )
+    return 0
+
+
+def cmd_train_autoencoder(args: argparse.Namespace) -> int:
+    from synthface.generators.autoencoder_training import (
+        AutoencoderTrainConfig,
+        train_autoencoder,
+    )
+    from synthface.pipeline.config import load_config
+
+    _threads(args)
+    cfg = load_config(args.config, AutoencoderTrainConfig, args.set)
+
+    log = _step_logger(args)
+    result = train_autoencoder(
+        cfg,
+        steps=args.steps,
+        resume=not args.no_resume,
+        log=log,
+        device=args.device,
+        resume_allow_partial=args.resume_allow_partial,
+    )
+    q = result["quality"]
+    summary = {
+        "step": result["step"],
+        "final": str(result["final"]) if result["final"] else None,
+        "output_dir": cfg.train.output_dir,
+        "quality": q,
+    }
+    text = f"trained to step {summary['step']}; autoencoder: {summary['final'] or 'n/a'}"
+    if q:
+        text += f"\n  held-out: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.3f}, L1 {q['l1']:.4f} ({q['images']} images)"
+    emit(args, summary, text)
     return 0
 
 
@@ -83,11 +123,13 @@ def sample_config(args: argparse.Namespace):
             "samples_per_identity": args.per_identity,
             "seed": args.seed,
             "anchors": args.anchors,
+            "anchor_region": args.anchor_region,
         },
         "output": {
             "dir": args.out,
             "image_format": args.ext,
             "max_samples_per_shard": args.max_samples_per_shard,
+            "image_size": args.image_size,
         },
         "qc": {"recognizer": args.qc_recognizer},
         "report": {"enabled": not args.no_report},
@@ -128,6 +170,7 @@ def cmd_anchors(args: argparse.Namespace) -> int:
         save_anchors,
         tammes_anchors,
     )
+    from synthface.pipeline.embedding_space import read_anchor_space
 
     _threads(args)
     packing = {
@@ -148,6 +191,7 @@ def cmd_anchors(args: argparse.Namespace) -> int:
         anchors = tammes_anchors(args.n, args.dim, **packing)
     seconds = time.perf_counter() - t0
     save_anchors(args.out, anchors)
+    space = _declare_space(args.out, read_anchor_space(args.within) if args.within else None)
     ours = packing_stats(anchors, args.block)
     rand = packing_stats(random_unit_vectors(args.n, args.dim, args.seed + 12345), args.block)
     data = {
@@ -155,6 +199,7 @@ def cmd_anchors(args: argparse.Namespace) -> int:
         "dim": args.dim,
         "seconds": round(seconds, 2),
         "out": args.out,
+        "embedding_space": space,
         "anchors": ours,
         "random": rand,
     }
@@ -167,6 +212,17 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     )
     emit(args, data, text)
     return 0
+
+
+def _declare_space(anchors: str, space: str | None) -> str | None:
+    """Write (or remove a stale) ``<anchors>.json`` sidecar for freshly written anchors."""
+    from synthface.pipeline.embedding_space import sidecar_path, write_anchor_space
+
+    if space is None:
+        sidecar_path(anchors).unlink(missing_ok=True)  # the old file's claim no longer holds
+    else:
+        write_anchor_space(anchors, space)
+    return space
 
 
 def cmd_identities(args: argparse.Namespace) -> int:
@@ -209,7 +265,15 @@ def cmd_identities(args: argparse.Namespace) -> int:
         steps=args.steps,
     )
     save_anchors(args.out, anchors)
-    data = {**stats, "out": args.out, "seconds": round(time.perf_counter() - t0, 1)}
+    from synthface.pipeline.embedding_space import recognizer_fingerprint
+
+    space = _declare_space(args.out, recognizer_fingerprint(enc_path))
+    data = {
+        **stats,
+        "out": args.out,
+        "embedding_space": space,
+        "seconds": round(time.perf_counter() - t0, 1),
+    }
     text = (
         f"{args.n} new identities from {stats['candidates']} empty-context faces -> {args.out}\n"
         f"  max cos between new: {stats['max_cos_between_new']}, "
@@ -228,12 +292,21 @@ def cmd_import_uiface(args: argparse.Namespace) -> int:
         from synthface.pipeline.config import load_config
 
         config = load_config(args.config, GeneratorConfig, None)
-    info = import_uiface(args.unet, args.vq_encoder, args.vq_decoder, args.out, config)
+    info = import_uiface(
+        args.unet,
+        args.vq_encoder,
+        args.vq_decoder,
+        args.out,
+        config,
+        embedding_space=args.embedding_space,
+        encoder=args.encoder,
+    )
     emit(
         args,
         info,
         f"imported UIFace ({info['layout']} weights, {info['unet_parameters']:,} UNet + "
-        f"{info['autoencoder_parameters']:,} VQ-f4 parameters) -> {info['out']}",
+        f"{info['autoencoder_parameters']:,} VQ-f4 parameters; contexts in embedding space "
+        f"{info['embedding_space']}) -> {info['out']}",
     )
     return 0
 
@@ -342,6 +415,30 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser(
+        "train-autoencoder",
+        help="train (or resume) a latent-space autoencoder (VQModel/AutoencoderKL) on shards",
+        description="Train (or resume) the autoencoder that CONFIG (kind autoencoders) describes. "
+        "Writes checkpoints and, when done, final/: a diffusers directory that a generator "
+        "config's autoencoder.path loads, with quality.json (PSNR/SSIM/L1 on held-out images) "
+        "and contact_sheet.png (originals over reconstructions).",
+    )
+    c.add_argument("config", help="configs/autoencoders/*.yaml")
+    c.add_argument(
+        "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
+    )
+    c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
+    c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument(
+        "--resume-allow-partial",
+        action="store_true",
+        help="skip damaged checkpoints for the newest intact one instead of failing",
+    )
+    c.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    c.add_argument("--threads", type=_positive, help="torch CPU threads")
+    add_json_flag(c)
+    c.set_defaults(func=cmd_train_autoencoder)
+
+    c = sub.add_parser(
         "sample",
         help="render an identity-set dataset (shards) from a checkpoint",
         description="The generate-synthetic steps without Prefect. Writes the dataset "
@@ -353,7 +450,24 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--identities", type=_positive, required=True)
     c.add_argument("--per-identity", type=_positive, required=True)
     c.add_argument("--out", required=True, help="output dataset directory")
-    c.add_argument("--anchors", help=".npy of identity anchors (default: Tammes anchors)")
+    c.add_argument(
+        "--anchors",
+        help=".npy of identity anchors or contexts (default: Tammes anchors); a sidecar "
+        'F.npy.json {"space": ...} declares their embedding space',
+    )
+    c.add_argument(
+        "--anchor-region",
+        choices=["auto", "data", "sphere"],
+        default="auto",
+        help="where Tammes anchors are packed (sphere: the whole hypersphere, the explicit "
+        "choice an imported model without a training-identity region needs)",
+    )
+    c.add_argument(
+        "--image-size",
+        type=_positive,
+        help="resize images (antialiased) to this many pixels before encoding and QC "
+        "(uiface's reference: 112; default: the generator's size)",
+    )
     c.add_argument("--seed", type=int, default=0)
     c.add_argument("--sampler", choices=["ddpm", "ddim", "dpmpp_2m"])
     c.add_argument("--steps", type=_positive)
@@ -400,6 +514,19 @@ def register(groups: argparse._SubParsersAction) -> None:
     c.add_argument("--out", required=True, help="generator directory to write")
     c.add_argument(
         "--config", help="generator config describing the model (default: uiface_128.yaml)"
+    )
+    space = c.add_mutually_exclusive_group()
+    space.add_argument(
+        "--embedding-space",
+        metavar="NAME",
+        help="name of the space the model's contexts live in, recorded in the checkpoint "
+        "(default: elasticface); anchors files and QC recognizers are checked against it",
+    )
+    space.add_argument(
+        "--encoder",
+        metavar="PATH",
+        help="your copy of the conditioning recognizer (ElasticFace): its weights' sha256 "
+        "becomes the recorded space and it becomes the checkpoint's encoder",
     )
     add_json_flag(c)
     c.set_defaults(func=cmd_import_uiface)

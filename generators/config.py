@@ -15,6 +15,8 @@ from pydantic import Field, model_validator
 
 from synthface.generators.morphface.config import MorphFaceConfig
 from synthface.pipeline.config import StrictModel
+from synthface.pipeline.embedding_space import SPACE_PATTERN
+from synthface.pipeline.errors import ConfigError
 from synthface.pipeline.paths import InputPath, OutputPath
 
 SamplerName = Literal["ddpm", "ddim", "dpmpp_2m"]
@@ -139,6 +141,12 @@ class ID3Config(StrictModel):
     # to [-1, 1] and weighted by min(1, sqrt(SNR_t)). Raw is the default because it
     # measured better (docs/benchmarks.md, "identity term": judge rank-1 0.31 vs 0.12).
     identity_term: Literal["clipped_snr", "raw"] = "raw"
+    # In latent space the identity term decodes x0_hat through the autoencoder, which can
+    # cost more than the UNet step: apply it to this share of each batch (the first
+    # ceil(share * n) samples; the term is their mean, so its scale does not change) ...
+    id_loss_fraction: float = Field(default=1.0, gt=0, le=1)
+    # ... and only on every k-th optimizer step (1 = every step).
+    id_loss_every: int = Field(default=1, ge=1)
     anchor_iterations: int = Field(default=300, ge=0)
     anchor_block: int = Field(default=4096, ge=1)
 
@@ -217,6 +225,11 @@ class EncoderConfig(StrictModel):
     """
 
     path: InputPath | None = None
+    # The embedding space the generator is conditioned in, when known without ``path``:
+    # ``sha256:...`` of the encoder's weights or a name given at import
+    # (``import-uiface --embedding-space``). Anchors, contexts and a QC recognizer used
+    # against them are checked against it (``synthface.pipeline.embedding_space``).
+    space: str | None = Field(default=None, pattern=SPACE_PATTERN)
 
 
 class DataConfig(StrictModel):
@@ -280,6 +293,15 @@ class GeneratorConfig(StrictModel):
                 f"UNet input size {latent} is not divisible by its downsampling factor {unet_down}"
             )
         return self
+
+    def check_sizes(self) -> None:
+        """Re-check the sizes once a loaded autoencoder has set its geometry (ConfigError)."""
+        try:
+            self._sizes()
+        except ValueError as exc:
+            raise ConfigError(
+                f"{exc} (autoencoder geometry from {self.autoencoder.path})"
+            ) from None
 
     @property
     def sample_size(self) -> int:

@@ -43,6 +43,7 @@ the uninterrupted one without re-reading what was already used.
 
 from __future__ import annotations
 
+import math
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -88,10 +89,18 @@ def snr_cap(alpha_bar: torch.Tensor) -> torch.Tensor:
     return (alpha_bar / (1.0 - alpha_bar)).sqrt().clamp(max=1.0)
 
 
+# Later options, hashed only when set to something else, so that older runs still resume.
+_HASHED_IF_CHANGED = {"id3": {"id_loss_fraction": 1.0, "id_loss_every": 1}}
+
+
 def resume_hash(cfg: GeneratorConfig) -> str:
     data = cfg.model_dump(mode="json")
     for key in _RESUMABLE:
         data["train"].pop(key, None)
+    for section, defaults in _HASHED_IF_CHANGED.items():
+        for key, default in defaults.items():
+            if data[section].get(key) == default:
+                data[section].pop(key, None)
     data.pop("sampler", None)
     return config_hash(data)
 
@@ -181,8 +190,13 @@ def training_loss(
     scheduler,
     use_identity_loss: bool,
     autocast=None,
+    step: int = 0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
-    """One batch's loss; all randomness comes from ``gen``."""
+    """One batch's loss; all randomness comes from ``gen``.
+
+    ``step`` (the optimizer step) decides whether the identity term applies this step
+    (``id3.id_loss_every``); ``id3.id_loss_fraction`` limits it to part of the batch.
+    """
     device = next(model.parameters()).device
     n = batch.images.shape[0]
     T = cfg.diffusion.num_train_timesteps
@@ -196,7 +210,7 @@ def training_loss(
     hook = getattr(getattr(model, "module", model), "training_extras", None)
     extras = hook(n, gen) if hook is not None else {}
     images, t, drop = images.to(device), t.to(device), drop.to(device)
-    x0 = autoencoder.encode(images)
+    x0 = autoencoder.encode(images, generator=gen)
     noise = torch.randn(x0.shape, generator=gen).to(device)
     xt = scheduler.add_noise(x0, noise, t)
     identity = batch.identity.to(device)
@@ -211,19 +225,21 @@ def training_loss(
     mse = F.mse_loss(eps, noise)
     parts = {"mse": float(mse.detach())}
     loss = mse
-    if use_identity_loss:
-        ab = scheduler.alphas_cumprod.to(device)[t].view(n, 1, 1, 1)
-        x0_hat = (xt - (1 - ab).sqrt() * eps) / ab.sqrt()
-        lam = identity_weight(t, T)
+    if use_identity_loss and step % cfg.id3.id_loss_every == 0:
+        # only the first m samples are decoded and embedded (the costly part in latent space)
+        m = max(1, math.ceil(cfg.id3.id_loss_fraction * n))
+        ab = scheduler.alphas_cumprod.to(device)[t[:m]].view(m, 1, 1, 1)
+        x0_hat = (xt[:m] - (1 - ab).sqrt() * eps[:m]) / ab.sqrt()
+        lam = identity_weight(t[:m], T)
         with ctx():
             image_hat = autoencoder.decode(x0_hat)
             if cfg.id3.identity_term == "clipped_snr":
                 image_hat = image_hat.clamp(-1.0, 1.0)
-                lam = lam * snr_cap(ab.view(n))
+                lam = lam * snr_cap(ab.view(m))
             emb = encoder(image_hat)
-        cos = (emb.float() * F.normalize(identity.float(), dim=1)).sum(1)
-        keep = (~drop).float()
-        id_term = (lam * (1 - cos) * keep).sum() / n
+        cos = (emb.float() * F.normalize(identity[:m].float(), dim=1)).sum(1)
+        keep = (~drop[:m]).float()
+        id_term = (lam * (1 - cos) * keep).sum() / m
         loss = loss + cfg.id3.id_loss_weight * id_term
         parts["id"] = float(id_term.detach())
         parts["cos"] = float((cos.detach() * keep).sum() / keep.sum().clamp(min=1))
@@ -310,6 +326,9 @@ def train_generator(
 
         encoder = load_identity_encoder(cfg.encoder.path, differentiable=use_id)
     _require_encoder(cfg, encoder, use_id)
+    # First: a loaded autoencoder writes its geometry into cfg, which the resume check hashes.
+    autoencoder = build_autoencoder(cfg.autoencoder)
+    cfg.check_sizes()
     if data is None:
         data = open_source(cfg)
     tc = cfg.train
@@ -357,7 +376,7 @@ def train_generator(
         extras = gen_cls.fit_extras(cfg, data)
     if encoder is not None and hasattr(encoder, "to"):
         encoder = encoder.to(device)
-    autoencoder = build_autoencoder(cfg.autoencoder).to(device)
+    autoencoder = autoencoder.to(device)
     scheduler = make_scheduler("ddpm", cfg.diffusion)
     batches = training_batches(
         data,
@@ -387,6 +406,7 @@ def train_generator(
             scheduler=scheduler,
             use_identity_loss=use_id,
             autocast=accelerator.autocast,
+            step=step,
         )
         if not torch.isfinite(loss):
             raise InputError(f"training loss became {float(loss)} at step {step}")
