@@ -1,10 +1,11 @@
 """The ``benchmark-synthetic`` flow: every generator judged by the paper protocol.
 
 Only orchestration lives here. The stage graph and every stage are library functions
-(``synthface.generators.benchmark.run.run_benchmark``); this flow runs each stage as a
-Prefect task (named ``<kind>-<name>``, e.g. ``generator-id3``), produces each synthetic
-set through the ``generate-synthetic`` flow as a subflow, and publishes the report as
-artifacts. Resume never relies on Prefect's result cache: each stage's directory is
+(``synthface.generators.benchmark.run.STAGES``, run in order on one ``BenchmarkRun``);
+this flow runs each content-addressed step of a stage as a Prefect task (named
+``<kind>-<name>``, e.g. ``generator-id3``, ``recognizer-real-seed1``), produces each
+synthetic set through the ``generate-synthetic`` flow as a subflow, and publishes the
+report as artifacts. Resume never relies on Prefect's result cache: each stage's directory is
 keyed by the hash of its inputs and carries a completion marker, so a re-run skips
 finished stages (``NO_CACHE`` for the tasks).
 """
@@ -63,7 +64,7 @@ def benchmark_synthetic(
         overrides: ``section.key=value`` strings applied to it (values parsed as YAML).
     """
     from synthface.flows.generate import generate_synthetic
-    from synthface.generators.benchmark.run import run_benchmark
+    from synthface.generators.benchmark.run import STAGES, start
 
     cfg = resolve_benchmark_config(config, config_file, overrides)
     logger = get_run_logger()
@@ -81,7 +82,11 @@ def benchmark_synthetic(
     def generate(gen_cfg):
         return generate_synthetic(config=gen_cfg)
 
-    summary = run_benchmark(cfg, execute=execute, generate=generate)
+    run = start(cfg, execute=execute, generate=generate)
+    for stage in STAGES:  # the table's stages in order; each content-addressed step a task
+        logger.info("benchmark stage %s", stage.__name__)
+        stage(run)
+    summary = run.summary
     stages = summary["stages"]
     logger.info(
         "%d stages run, %d found complete; report: %s",
@@ -95,12 +100,18 @@ def benchmark_synthetic(
                 "training set": name,
                 **{p: round(v[p]["accuracy"], 2) for p in summary["protocols"]},
                 "mean": round(summary["mean_accuracy"][name], 2),
-                "gap to real": round(summary["gap_to_real"].get(name, {}).get("mean", 0.0), 2),
+                "std over seeds": round(summary["mean_accuracy_std"][name], 2),
+                "vs": summary["sets"][name]["reference"] or "",
+                "gap": round(summary["gap_to_real"].get(name, {}).get("mean", 0.0), 2),
+                "gate": ((summary.get("distance") or {}).get("sets") or {})
+                .get(name, {})
+                .get("verdict", ""),
             }
             for name, v in summary["verification"].items()
         ],
         key="benchmark-accuracy",
-        description="10-fold verification accuracy (%) per protocol per training set",
+        description="10-fold verification accuracy (%) per protocol per training set, "
+        "mean over training seeds",
     )
     create_markdown_artifact(
         Path(summary["report"]["markdown"]).read_text(), key="benchmark-report"

@@ -36,10 +36,11 @@ def cmd_synthetic(args: argparse.Namespace) -> int:
     st = out["stages"]
     lines = [f"{len(st['executed'])} stages run, {len(st['skipped'])} found complete"]
     for name, acc in out["mean_accuracy"].items():
-        gap = out["gap_to_real"].get(name, {}).get("mean")
+        row = out["gap_to_real"].get(name, {})
+        gap = row.get("mean")
         lines.append(
             f"  {name:24s} mean accuracy {acc:6.2f} %"
-            + ("" if gap is None else f"   gap to real {gap:+.2f} points")
+            + ("" if gap is None else f"   gap to {row.get('reference', 'real')} {gap:+.2f} points")
         )
     lines.append(f"report: {out['report']['markdown']}")
     emit(args, out, "\n".join(lines))
@@ -53,9 +54,10 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="train on each generator's synthetic identities, verify on held-out real ones",
         description=(
             "Real data -> each listed generator trained (or loaded) -> the same identity "
-            "budget generated -> the same recognizer recipe on each synthetic set, on as "
-            "many real images, and on real + synthetic -> every protocol, FRCSyn, the gap "
-            "to real -> OUTPUT_DIR/report/. Stages are content-addressed: a re-run skips "
+            "budget generated -> the same recognizer recipe, once per seed, on each "
+            "synthetic set, on as many real images, on all real images and on real + "
+            "synthetic -> every protocol, FRCSyn, the gap to the reference row, the judge's "
+            "distance to real faces and the face gate -> OUTPUT_DIR/report/. Stages are content-addressed: a re-run skips "
             "finished ones, adding a generator runs only its stages."
         ),
     )

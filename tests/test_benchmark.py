@@ -1,12 +1,15 @@
 """The benchmark's stage graph end to end on a tiny world (plain functions, no Prefect).
 
-One module-scoped chain of three runs in one output directory:
+One module-scoped chain of runs in one output directory, every row trained with two
+seeds:
 
 1. generators ``[plain]``, with the evaluation of the ``plain`` set made to fail (a
    killed run);
 2. the same config again: finished stages are skipped, the run resumes at the stage
    that failed;
-3. ``id3`` added to the list: only its stages (and the report) run.
+3. ``id3`` added to the list, with an identity-scaling series of ``id3``: only its
+   stages (and the report) run;
+4. a relabelled copy of ``plain``: it shares the trained generator.
 
 Everything is real but tiny (a few identities, a few optimiser steps, one torch thread):
 the numbers check plumbing, resume and the evaluation code, never model quality.
@@ -78,6 +81,7 @@ def tiny_config(out: Path, generators=("plain",), **sections) -> BenchmarkConfig
                 "data.shuffle_buffer=64",
                 "checkpoint.every_steps=0",
             ],
+            "seeds": [0],
         },
         "evaluation": {"batch_size": 64},
         "variation": {
@@ -86,6 +90,8 @@ def tiny_config(out: Path, generators=("plain",), **sections) -> BenchmarkConfig
             "batch_size": 8,
             "max_identities": 4,
         },
+        "distance": {},
+        "scaling": {},
     }
     for key, value in sections.items():
         data[key].update(value)
@@ -105,17 +111,24 @@ def runs(tmp_path_factory):
             raise RuntimeError("killed during evaluation/plain")
         return real_verification(stage_dir, model, bins, **kw)
 
+    seeds = {"seeds": [0, 1]}
     E.verification = killed
     try:
         with pytest.raises(RuntimeError, match="killed"):
-            run_benchmark(tiny_config(out))
+            run_benchmark(tiny_config(out, recognition=seeds))
     finally:
         E.verification = real_verification
     first = sorted(p.parent.relative_to(out / "stages").as_posix() for p in out.rglob("stage.json"))
-    second = run_benchmark(tiny_config(out))
-    third = run_benchmark(tiny_config(out, generators=("plain", "id3")))
+    second = run_benchmark(tiny_config(out, recognition=seeds))
+    scaling = {"identities": [4, 6], "generator": "id3"}
+    third = run_benchmark(
+        tiny_config(out, generators=("plain", "id3"), recognition=seeds, scaling=scaling)
+    )
     third["report_on_disk"] = json.loads(Path(third["report"]["json"]).read_text())
-    relabelled = tiny_config(out, generators=("plain", "id3")).model_dump(mode="json")
+    third["markdown_on_disk"] = Path(third["report"]["markdown"]).read_text()
+    relabelled = tiny_config(out, generators=("plain", "id3"), recognition=seeds).model_dump(
+        mode="json"
+    )
     relabelled["generators"].append({**relabelled["generators"][0], "label": "plain-again"})
     fourth = run_benchmark(validate_config(relabelled, BenchmarkConfig, "tiny"))
     torch.set_num_threads(threads)
@@ -132,11 +145,14 @@ def test_a_killed_run_resumes_at_the_stage_it_was_in(runs):
     second = runs["second"]["stages"]
     # Everything the killed run finished is found complete; it resumes in evaluation/plain.
     assert first == set(second["skipped"])
-    assert "evaluation/plain" not in first and "generator/plain" in first
-    assert second["executed"][0] == "evaluation/plain"
+    assert "evaluation/plain-seed0" not in first and "generator/plain" in first
+    assert "evaluation/real-all-seed1" in first  # the reference rows are evaluated first
+    assert second["executed"][0] == "evaluation/plain-seed0"
     assert set(second["executed"]) == {
-        "evaluation/plain",
-        "evaluation/real+plain",
+        "evaluation/plain-seed0",
+        "evaluation/plain-seed1",
+        "evaluation/real+plain-seed0",
+        "evaluation/real+plain-seed1",
         "real/variation-world",
         "real/variation-held-out",
         "regressor/pose-age",
@@ -151,14 +167,14 @@ def test_adding_a_generator_runs_only_its_stages(runs):
         [
             "generator/id3",
             "synthetic/id3",
+            "distance/id3",
             "trainset/real+id3",
-            "recognizer/id3",
-            "recognizer/real+id3",
-            "evaluation/id3",
-            "evaluation/real+id3",
+            *[f"{k}/{s}-seed{i}" for k in ("recognizer", "evaluation")
+              for s in ("id3", "real+id3", "id3-4ids") for i in (0, 1)],
+            "synthetic/id3-4ids",  # the scaling series' extra count (6 is the table's row)
             "variation/id3",
         ]
-    )
+    )  # fmt: skip
     assert set(runs["second"]["stages"]["executed"]) | set(runs["second"]["stages"]["skipped"]) <= (
         set(third["skipped"])
     )
@@ -177,8 +193,11 @@ def test_sampler_options_are_checked_and_reach_the_generate_config(tmp_path):
 
     cfg = load_benchmark_config(ROOT / "configs/benchmark/cpu.yaml")
     entries = {e.id: e for e in cfg.generators}
-    one_stage = entries["uiface-one-stage"]
-    assert one_stage.sampler_options == {"two_stage": False, "injection": False}
+    assert entries["uiface"].sampler_options == {"two_stage": True, "injection": True}
+    one_stage = entries["uiface"].model_copy(  # the ablation's entry, as docs/benchmark.md
+        update={"label": "uiface-one-stage", "sampler_options": {"two_stage": False,
+                                                                 "injection": False}}
+    )  # fmt: skip
     gcfg = generator_config(one_stage, image_size=32, encoder="e", data="d", dim=128)
     check_sampler_options(one_stage, gcfg)
     gen = generation_config(tmp_path, name="uiface", checkpoint="c", judge="j", gallery=None,
@@ -189,10 +208,10 @@ def test_sampler_options_are_checked_and_reach_the_generate_config(tmp_path):
         InputError, match=r"generators\[uiface-one-stage\]\.sampler_options: .*'two_stages'"
     ):
         check_sampler_options(typo, gcfg)
-    plain = entries["plain"].model_copy(update={"sampler_options": {"two_stage": True}})
-    with pytest.raises(InputError, match=r"generators\[plain\]\.sampler_options: .*takes no"):
-        check_sampler_options(plain, generator_config(plain, image_size=32, encoder="e",
-                                                      data="d", dim=128))  # fmt: skip
+    id3 = entries["id3"].model_copy(update={"sampler_options": {"two_stage": True}})
+    with pytest.raises(InputError, match=r"generators\[id3\]\.sampler_options: .*takes no"):
+        check_sampler_options(id3, generator_config(id3, image_size=32, encoder="e",
+                                                    data="d", dim=128))  # fmt: skip
 
 
 def test_bad_sampler_options_fail_before_any_stage_runs(tmp_path):
@@ -206,8 +225,9 @@ def test_bad_sampler_options_fail_before_any_stage_runs(tmp_path):
 def test_report_has_every_set_protocol_frcsyn_row_and_plot(runs):
     s = runs["third"]
     report = Path(s["report"]["markdown"]).read_text()
-    assert set(s["sets"]) == {"real", "plain", "id3", "real+plain", "real+id3"}
+    assert set(s["sets"]) == {"real", "real-all", "plain", "id3", "real+plain", "real+id3"}
     assert s["sets"]["real"]["num_samples"] == 18 == s["sets"]["id3"]["num_samples"]
+    assert s["sets"]["real-all"]["num_samples"] == 48  # every real training image
     assert s["sets"]["real+id3"]["num_samples"] == 48 + 18
     assert s["protocols"] == ["lfw", "bupt"]
     for name in s["sets"]:
@@ -232,16 +252,17 @@ def test_gap_comes_from_the_eval_verify_code(runs, capsys):
     bins = sorted((runs["out"] / "stages" / "protocols").glob("world-*/*.bin"))
     assert [b.stem for b in bins] == ["bupt", "lfw"]
     for name in ("real", "id3"):
-        args = ["eval", "verify", "--model", s["sets"][name]["recognizer"], "--json"]
-        for b in bins:
-            args += ["--bin", str(b)]
-        assert main(args) == 0
-        cli = {r["name"]: r for r in json.loads(capsys.readouterr().out)["results"]}
-        for p in s["protocols"]:
-            assert s["verification"][name][p]["accuracy"] == 100 * cli[p]["accuracy"]
+        for i, model in enumerate(s["sets"][name]["recognizers"].values()):
+            args = ["eval", "verify", "--model", model, "--json"]
+            for b in bins:
+                args += ["--bin", str(b)]
+            assert main(args) == 0
+            cli = {r["name"]: r for r in json.loads(capsys.readouterr().out)["results"]}
+            for p in s["protocols"]:
+                assert s["verification"][name][p]["per_seed"][i] == 100 * cli[p]["accuracy"]
     for p in s["protocols"]:
         want = s["verification"]["real"][p]["accuracy"] - s["verification"]["id3"][p]["accuracy"]
-        assert s["gap_to_real"]["id3"][p] == want
+        assert s["gap_to_real"]["id3"][p] == pytest.approx(want, abs=1e-9)
 
 
 def test_generated_anchors_lie_in_the_data_region_and_keep_the_margin(runs):
@@ -265,12 +286,80 @@ def test_generated_anchors_lie_in_the_data_region_and_keep_the_margin(runs):
         assert (anchors @ mean).mean() > 0.5
 
 
+def _marker(out: Path, kind: str, name: str) -> dict:
+    (path,) = (out / "stages" / kind).glob(f"{name}-{'[0-9a-f]' * 12}/stage.json")
+    return json.loads(path.read_text())
+
+
+def test_generated_sets_train_through_their_qc_view_by_default(runs):
+    """recognition.view (default qc): the synthetic recognizer's head has the view's K
+    classes, real + synthetic holds only the view's identities, and the view is part of
+    both stage keys; real-data recognizers read no view."""
+    from safetensors.torch import load_file
+
+    out = runs["out"]
+    syn = Path(_marker(out, "synthetic", "plain")["result"]["path"])
+    view = json.loads((syn / "views" / "qc.json").read_text())
+    rec = _marker(out, "recognizer", "plain-seed0")
+    assert (
+        rec["inputs"]["view"] == "qc"
+        and "view" not in _marker(out, "recognizer", "real-seed0")["inputs"]
+    )
+    run = Path(rec["result"]["model"]).parent
+    assert json.loads((run / "config.json").read_text())["data"]["view"] == "qc"
+    (ckpt,) = sorted(run.glob("checkpoints/step-*"))[-1:]
+    heads = [v for k, v in load_file(ckpt / "model.safetensors").items() if k.startswith("head.")]
+    assert heads and heads[0].shape[0] == view["num_identities"]
+    # "leak" is read on the judge's own scale: the real identities' nearest-other p95
+    p95 = _marker(out, "gallery", "judge-real")["result"]["real_nearest_neighbour_cos"]["p95"]
+    qc = json.loads((syn / "dataset.json").read_text())["splits"]["train"]["config"]["qc"]
+    assert qc["max_gallery_similarity"] == p95
+    # the report counts what the recognizer trained on: the view's images
+    trained = runs["third"]["sets"]["plain"]
+    assert (trained["num_identities"], trained["num_samples"]) == (
+        view["num_identities"],
+        view["num_samples"],
+    )
+    assert runs["third"]["view"] == "qc"
+    merged = _marker(out, "trainset", "real+plain")
+    assert merged["inputs"]["view"] == "qc"
+    merged_cfg = json.loads((Path(merged["result"]["path"]) / "dataset.json").read_text())
+    real = merged_cfg["splits"]["train"]["config"]["real"]  # all real images
+    assert merged_cfg["splits"]["train"]["config"]["synthetic_view"] == "qc"
+    assert merged["result"]["num_identities"] == real["num_identities"] + view["num_identities"]
+    assert merged["result"]["num_samples"] == real["num_samples"] + view["num_samples"]
+
+
+def test_real_plus_synthetic_takes_only_the_synthetic_view(tmp_path):
+    from synthface.generators.benchmark.data import merge_sets
+    from synthface.pipeline.qc.views import write_identity_view
+    from synthface.pipeline.shards import iter_samples
+    from synthface.pipeline.world import make_world_dataset
+
+    make_world_dataset(tmp_path / "real", identities=3, per_identity=2, size=32)
+    make_world_dataset(tmp_path / "syn", identities=4, per_identity=2, size=32, seed=5)
+    write_identity_view(tmp_path / "syn", "qc", excluded_identities={1: ["leak"]}, criteria={})
+    merged = merge_sets(tmp_path / "merged", str(tmp_path / "real"), str(tmp_path / "syn"),
+                        view="qc")  # fmt: skip
+    assert (merged["num_identities"], merged["num_samples"]) == (3 + 3, 6 + 6)
+    syn = {s["__key__"]: s["image"] for s in iter_samples(tmp_path / "syn", decode=False)}
+    got = {s["__key__"]: s["image"] for s in iter_samples(tmp_path / "merged", decode=False)}
+    # synthetic identities 0, 2, 3 become 3, 4, 5; identity 1 (left out) is nowhere
+    for new, old in ((3, 0), (4, 2), (5, 3)):
+        assert got[f"{new:08d}/0000"] == syn[f"{old:08d}/0000"]
+    assert not any(img == syn["00000001/0000"] for img in got.values())
+
+
 @pytest.mark.parametrize(
     "edit, message",
     [
         ({"generators": [{"name": "plain"}]}, "exactly one of config"),
         ({"generation": {"qc": {"recognizer": "x"}}}, "always judges with its own"),
         ({"real": {"source": "shards"}}, "needs train"),
+        ({"recognition": {"view": "strict"}}, "recognition.view 'strict'"),
+        ({"recognition": {"seeds": [0, 0]}}, r"seeds \[0, 0\]: give distinct"),
+        ({"scaling": {"generator": "nope"}}, "scaling.generator 'nope': not a generator"),
+        ({"scaling": {"identities": [4, 4]}}, r"identities \[4, 4\]: distinct"),
     ],
 )
 def test_config_errors_name_the_field(tmp_path, edit, message):
@@ -303,3 +392,149 @@ def test_shipped_benchmark_configs_point_at_real_files(path):
     for entry in cfg.generators:
         gcfg = generator_config(entry, image_size=cfg.image_size, encoder="e", data="d", dim=128)
         assert gcfg.generator == entry.name and gcfg.image_size == cfg.image_size
+
+
+def test_every_row_trains_one_recognizer_per_seed_and_reports_mean_and_std(runs):
+    """Two seeds: two recognizer stages per row keyed by train.seed, the row's figures are
+    the mean and sample std of the per-seed ones, and real + synthetic is compared with
+    real-all (the same real images), synthetic-only with real (the same image count)."""
+    out, s = runs["out"], runs["third"]
+    seeds = [_marker(out, "recognizer", f"id3-seed{i}")["inputs"]["recipe"]["train"]["seed"]
+             for i in (0, 1)]  # fmt: skip
+    assert seeds == [0, 1] and s["seeds"] == [0, 1]
+    for name in s["sets"]:
+        assert len(s["sets"][name]["recognizers"]) == 2
+        per = [np.mean([s["verification"][name][p]["per_seed"][i] for p in s["protocols"]])
+               for i in (0, 1)]  # fmt: skip
+        assert s["mean_accuracy"][name] == pytest.approx(np.mean(per))
+        assert s["mean_accuracy_std"][name] == pytest.approx(np.std(per, ddof=1))
+    assert (
+        s["sets"]["real+id3"]["reference"]
+        == "real-all"
+        == s["gap_to_real"]["real+id3"]["reference"]
+    )
+    assert s["gap_to_real"]["id3"]["reference"] == "real" and "real-all" not in s["gap_to_real"]
+    # FRCSyn's baseline system for real + synthetic is real-all's recognizer of that seed
+    ev = _marker(out, "evaluation", "real+id3-seed1")["inputs"]
+    assert ev["baseline"] == _marker(out, "recognizer", "real-all-seed1")["key"]
+    report = Path(s["report"]["markdown"]).read_text()
+    assert "`real-all`" in report and "mean +- std over seeds" in report
+
+
+def test_each_generated_set_gets_a_frechet_distance_and_a_gate_verdict(runs):
+    s = runs["third"]
+    ref = s["distance"]["reference"]
+    assert ref["images"] == 18 and ref["fd_real_floor"] >= 0 and ref["fd_texture"] >= 0
+    for g in ("plain", "id3"):
+        d = s["distance"]["sets"][g]
+        assert d["images"] == 18 and d["fd"] >= 0
+        assert d["verdict"] in ("faces", "not faces", "undecided")
+    assert "face gate" in Path(s["report"]["markdown"]).read_text()
+
+
+def test_the_identity_scaling_series_produces_its_rows(runs):
+    s = runs["third"]
+    sc = s["scaling"]
+    assert sc["generator"] == "id3" and sc["chosen_by"] == "named in scaling.generator"
+    assert [r["identities"] for r in sc["rows"]] == [4, 6]
+    small, table = sc["rows"]
+    assert table["set"] == "id3" and table["images"] == s["sets"]["id3"]["num_samples"]
+    assert small["set"] == "id3-4ids" and 0 < small["images"] <= 4 * 3
+    assert len(small["mean_accuracy"]["per_seed"]) == 2
+    assert "id3-4ids" not in s["sets"]  # a series row, not a table row
+    # verified on every protocol; FRCSyn only for the table's rows
+    ev = _marker(runs["out"], "evaluation", "id3-4ids-seed0")
+    assert ev["inputs"]["calibration"] is None and set(ev["result"]) == {"verification"}
+    assert "## Identity scaling: `id3`" in s["markdown_on_disk"]  # before the fourth run
+
+
+def test_scaling_picks_the_best_set_that_passes_the_gate():
+    from types import SimpleNamespace
+
+    from synthface.generators.benchmark.run import BenchmarkRun, best_generator
+
+    def result(acc):
+        return {"verification": {"lfw": {"accuracy": acc, "std": 1.0}}}
+
+    run = BenchmarkRun.__new__(BenchmarkRun)
+    run.cfg = SimpleNamespace(scaling=SimpleNamespace(generator=None))
+    run.bins = {"lfw": "x"}
+    run.synthetic = {"a": {}, "b": {}, "c": {}}
+    run.results = {"a": {0: result(90.0)}, "b": {0: result(70.0)}, "c": {0: result(80.0)}}
+    run.distance = {"sets": {"a": {"verdict": "not faces"}, "b": {"verdict": "faces"},
+                             "c": {"verdict": "faces"}}}  # fmt: skip
+    assert best_generator(run) == ("c", "best mean accuracy among sets that pass the face gate")
+    run.distance = {"sets": {g: {"verdict": "not faces"} for g in "abc"}}
+    assert best_generator(run)[0] == "a"
+
+
+def test_frechet_distance_equals_the_direct_formula_on_known_gaussians():
+    from scipy import linalg
+
+    from synthface.generators.benchmark.distance import frechet_distance, gaussian
+
+    rng = np.random.default_rng(0)
+    # diagonal covariances: FD = |mu1 - mu2|^2 + sum (sqrt(a) - sqrt(b))^2 exactly
+    mu1, mu2 = rng.normal(size=5), rng.normal(size=5)
+    a, b = rng.uniform(0.5, 2, 5), rng.uniform(0.5, 2, 5)
+    want = np.sum((mu1 - mu2) ** 2) + np.sum((np.sqrt(a) - np.sqrt(b)) ** 2)
+    assert frechet_distance(mu1, np.diag(a), mu2, np.diag(b)) == pytest.approx(want, rel=1e-9)
+    # full covariances: against scipy's sqrtm of the product
+    m1, m2 = rng.normal(size=(6, 6)), rng.normal(size=(6, 6))
+    c1, c2 = m1 @ m1.T + 0.1 * np.eye(6), m2 @ m2.T + 0.1 * np.eye(6)
+    # Tr (C1 C2)^(1/2) = sum of the square roots of C1 C2's (real, positive) eigenvalues
+    root = np.sum(np.sqrt(np.linalg.eigvals(c1 @ c2).real))
+    want = np.trace(c1) + np.trace(c2) - 2 * root
+    assert want == pytest.approx(np.trace(c1 + c2 - 2 * linalg.sqrtm(c1 @ c2).real))
+    assert frechet_distance(np.zeros(6), c1, np.zeros(6), c2) == pytest.approx(want, rel=1e-8)
+    assert frechet_distance(np.zeros(6), c1, np.zeros(6), c1) == pytest.approx(0, abs=1e-6)
+    # sample statistics are numpy's mean and unbiased covariance
+    x = rng.multivariate_normal(mu1, np.diag(a), size=4000)
+    mu, cov = gaussian(x)
+    assert np.allclose(mu, x.mean(0)) and np.allclose(cov, np.cov(x, rowvar=False))
+    assert frechet_distance(mu, cov, mu1, np.diag(a)) < 0.02  # converges to the truth
+
+
+def _write_images(out: Path, images: np.ndarray, per_identity: int = 4) -> str:
+    from synthface.pipeline.shards import DatasetWriter, Sample, encode_image
+
+    with DatasetWriter(out, config={"kind": "test-images", "n": len(images)}) as writer:
+        for i, im in enumerate(images):
+            writer.add(Sample(i // per_identity, i % per_identity, encode_image(im, "png"),
+                              "png", {}))  # fmt: skip
+        writer.close()
+    return str(out)
+
+
+def test_the_gate_fails_texture_and_noise_sets_and_passes_real_faces(tmp_path):
+    """With a trained judge (the demo recognizer, 32 px world faces): world faces of other
+    identities pass; smooth coloured textures and pixel noise, the undertrained
+    generator's failure mode, are flagged 'not faces'."""
+    from scipy.ndimage import gaussian_filter
+
+    from synthface.generators.benchmark.distance import real_reference, set_distance
+    from synthface.pipeline.world import make_world_dataset
+
+    judge = str(ROOT / "data" / "demo" / "models" / "recognizer" / "model")
+    make_world_dataset(tmp_path / "real", identities=200, per_identity=4, size=32, seed=0)
+    make_world_dataset(tmp_path / "faces", identities=100, per_identity=4, size=32, seed=7)
+    ref = real_reference(tmp_path, judge, str(tmp_path / "real"), images=400, device="cpu")
+    assert ref["images"] == 400 and ref["fd_texture"] > ref["fd_real_floor"]
+    rng = np.random.default_rng(1)
+    noise = rng.integers(0, 256, (400, 32, 32, 3)).astype(np.uint8)
+    smooth = np.stack([gaussian_filter(rng.standard_normal((32, 32, 3)), (3, 3, 0))
+                       for _ in range(400)])  # fmt: skip
+    smooth = smooth / smooth.std() * 50 + 128 + rng.normal(0, 30, (400, 1, 1, 3))
+    texture = np.clip(smooth, 0, 255).astype(np.uint8)
+    verdict = {
+        name: set_distance(tmp_path, judge, path, ref, device="cpu")
+        for name, path in (
+            ("faces", str(tmp_path / "faces")),
+            ("texture", _write_images(tmp_path / "texture", texture)),
+            ("noise", _write_images(tmp_path / "noise", noise)),
+        )
+    }
+    assert verdict["faces"]["verdict"] == "faces", verdict
+    assert verdict["texture"]["verdict"] == "not faces", verdict
+    assert verdict["noise"]["verdict"] == "not faces", verdict
+    assert verdict["faces"]["fd"] < verdict["texture"]["fd"]

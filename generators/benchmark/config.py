@@ -141,6 +141,11 @@ class GenerationSection(StrictModel):
     image_format: Literal["jpg", "png"] = "jpg"
     # QC thresholds; qc.recognizer is always the judge (a recognizer set here is refused).
     qc: QCConfig = Field(default_factory=QCConfig)
+    # What "leak" means. "real": a synthetic identity leaks when the judge puts it closer
+    # to a real training identity than 95 % of the real identities are to their nearest
+    # other one (measured by the gallery stage; replaces qc.max_gallery_similarity), so the
+    # threshold follows the judge's own scale. "fixed": qc.max_gallery_similarity as given.
+    leak_threshold: Literal["real", "fixed"] = "real"
 
     @model_validator(mode="after")
     def _judge(self) -> GenerationSection:
@@ -153,10 +158,26 @@ class GenerationSection(StrictModel):
 
 
 class RecognitionSection(StrictModel):
-    """The one recipe every training set gets (a ``configs/recognition`` file + overrides)."""
+    """The one recipe every training set gets (a ``configs/recognition`` file + overrides).
+
+    ``view``: the QC view each generated set is read through, alone and in real +
+    synthetic, so identities QC left out (leaked, inconsistent, ...) and its dropped
+    samples never reach a recognizer; null trains on every generated sample.
+    """
 
     recipe: InputPath = "synthface:recognition/world_tiny.yaml"
     overrides: list[str] = Field(default_factory=list)
+    view: str | None = Field(default="qc", pattern=r"^[a-z0-9][a-z0-9_\-]*$")
+    # Training seeds (``train.seed``): every row trains one recognizer per seed and the
+    # table reports mean +- std over them, because fold spread alone (1-5 points at CPU
+    # scale) is as large as the differences between generators.
+    seeds: list[int] = Field(default_factory=lambda: [0, 1, 2], min_length=1)
+
+    @model_validator(mode="after")
+    def _seeds(self) -> RecognitionSection:
+        if len(set(self.seeds)) != len(self.seeds) or min(self.seeds) < 0:
+            raise ValueError(f"seeds {self.seeds}: give distinct non-negative seeds")
+        return self
 
 
 class EvaluationSection(StrictModel):
@@ -183,6 +204,37 @@ class VariationSection(StrictModel):
     max_identities: int = Field(default=200, ge=2)
 
 
+class DistanceSection(StrictModel):
+    """Fréchet distance of each generated set to real images in the judge's space, and the
+    gate that flags sets whose samples are not faces (``distance.py``'s criterion).
+
+    ``images``: the size ``n`` of every set compared (default: the budget's image count);
+    FD is biased upwards at small ``n``, so all sets use the same one.
+    """
+
+    enabled: bool = True
+    images: int | None = Field(default=None, ge=16)
+    seed: int = Field(default=0, ge=0)
+
+
+class ScalingSection(StrictModel):
+    """An identity-scaling series: one generator, ``identities`` counts at the budget's
+    images per identity, each trained with every seed (empty list: no series).
+
+    ``generator``: the entry's id; null takes the table's best synthetic-only row by mean
+    accuracy among the sets that pass the face gate (all sets if none passes).
+    """
+
+    identities: list[int] = Field(default_factory=list)
+    generator: str | None = None
+
+    @model_validator(mode="after")
+    def _counts(self) -> ScalingSection:
+        if any(n < 2 for n in self.identities) or len(set(self.identities)) != len(self.identities):
+            raise ValueError(f"identities {self.identities}: distinct counts >= 2")
+        return self
+
+
 class RunnerSection(StrictModel):
     retries: int = Field(default=0, ge=0)
 
@@ -205,6 +257,8 @@ class BenchmarkConfig(StrictModel):
     recognition: RecognitionSection = Field(default_factory=RecognitionSection)
     evaluation: EvaluationSection = Field(default_factory=EvaluationSection)
     variation: VariationSection = Field(default_factory=VariationSection)
+    distance: DistanceSection = Field(default_factory=DistanceSection)
+    scaling: ScalingSection = Field(default_factory=ScalingSection)
     runner: RunnerSection = Field(default_factory=RunnerSection)
 
     @model_validator(mode="after")
@@ -215,8 +269,21 @@ class BenchmarkConfig(StrictModel):
             raise ValueError(
                 f"generator {dup[0]!r} is listed twice; give the entries distinct labels"
             )
-        if "real" in ids:
-            raise ValueError("'real' names the real-data baseline; label the generator otherwise")
+        for reserved in ("real", "real-all"):
+            if reserved in ids:
+                raise ValueError(
+                    f"{reserved!r} names a real-data baseline; label the generator otherwise"
+                )
+        if self.scaling.generator is not None and self.scaling.generator not in ids:
+            raise ValueError(
+                f"scaling.generator {self.scaling.generator!r}: not a generator of this "
+                f"config (have {', '.join(ids)})"
+            )
+        if self.recognition.view not in (None, self.generation.qc.view):
+            raise ValueError(
+                f"recognition.view {self.recognition.view!r}: generated sets carry the view "
+                f"generation.qc.view ({self.generation.qc.view!r}); name that one or null"
+            )
         if self.real.source == "shards" and self.judge.recognizer is None:
             raise ValueError(
                 "judge.recognizer: with real.source 'shards' give an independent recognizer "

@@ -182,13 +182,24 @@ def real_subset(out: Path, source: str, *, num_images: int, per_identity: int) -
     return {"path": str(out), **dataset_identity(out)}
 
 
-def merge_sets(out: Path, real: str, synthetic: str) -> dict:
+def view_counts(dataset: str | Path, view: str) -> dict:
+    """What a recognizer trained through ``views/<view>.json`` sees: its identities and images."""
+    from synthface.pipeline.qc.views import open_view
+    from synthface.pipeline.shards import split_manifest
+
+    v = open_view(dataset, view, split="train", config_hash=split_manifest(dataset)["config_hash"])
+    return {"num_identities": v.num_identities, "num_samples": v.num_samples, "view": view}
+
+
+def merge_sets(out: Path, real: str, synthetic: str, *, view: str | None = None) -> dict:
     """Real identities 0..R-1, then the synthetic ones R..R+S-1 (FRCSyn's x.3 setting).
 
     Synthetic images of another size are resized to the real images' size (training
-    needs one image size per dataset).
+    needs one image size per dataset). ``view``: the synthetic set's samples are those
+    of its ``views/<view>.json``, relabelled to the view's 0..S-1.
     """
-    from synthface.pipeline.shards import DatasetWriter, Sample
+    from synthface.pipeline.qc.views import open_view
+    from synthface.pipeline.shards import DatasetWriter, Sample, split_manifest
 
     size = _image_size(real)
     other = _image_size(synthetic)
@@ -197,12 +208,22 @@ def merge_sets(out: Path, real: str, synthetic: str) -> dict:
         "real": dataset_identity(real),
         "synthetic": dataset_identity(synthetic),
         "size": list(size),
+        **({"synthetic_view": view} if view else {}),
     }
+    chosen = None
+    if view is not None:
+        chosen = open_view(
+            synthetic, view, split="train", config_hash=split_manifest(synthetic)["config_hash"]
+        )
     offset = 0
     with DatasetWriter(out, config=config) as writer:
         for part, resize in ((real, False), (synthetic, other != size)):
             first = offset
             for s in _raw_samples(part):
+                if part == synthetic and chosen is not None:
+                    if not chosen.keep(s["__key__"]):
+                        continue
+                    s = chosen.relabel(s)
                 ext = _ext(s["image"])
                 data = _resized(s["image"], size, ext) if resize else s["image"]
                 meta = {k: v for k, v in s["meta"].items() if k not in ("identity", "index")}

@@ -74,12 +74,21 @@ def generation_config(
     gallery: str | None,
     cfg,
     sampler_options: dict | None = None,
+    real_nearest_cos: float | None = None,
 ) -> GenerateConfig:
-    """The ``generate`` config for one generator's synthetic set under the benchmark."""
+    """The ``generate`` config for one generator's synthetic set under the benchmark.
+
+    ``real_nearest_cos``: the judge's real-identity nearest-neighbour cosine (p95) that
+    becomes the leak threshold under ``generation.leak_threshold: real``.
+    """
     gen = cfg.generation
     qc = gen.qc.model_dump(mode="json")
     qc["recognizer"] = judge
     qc["gallery"] = gallery
+    if gen.leak_threshold == "real" and gallery is not None:
+        if real_nearest_cos is None:
+            raise ValueError("generation.leak_threshold 'real' needs the gallery's real scale")
+        qc["max_gallery_similarity"] = float(real_nearest_cos)
     generator = {
         "name": name,
         "checkpoint": checkpoint,

@@ -15,8 +15,14 @@ from pathlib import Path
 from synthface.pipeline.config import apply_overrides, load_config, validate_config
 from synthface.pipeline.errors import ConfigError, InputError
 
-# Fields of the recipe that the benchmark sets itself; they never enter a stage key.
-_RECIPE_OWNED = (("data", "train"), ("train", "output_dir"), ("train", "device"))
+# Fields of the recipe that the benchmark sets itself; they never enter a stage key
+# (the view enters as its own input, and only where one is used).
+_RECIPE_OWNED = (
+    ("data", "train"),
+    ("data", "view"),
+    ("train", "output_dir"),
+    ("train", "device"),
+)
 
 
 def recipe_config(recipe: str, overrides: list[str], *, device: str):
@@ -28,6 +34,11 @@ def recipe_config(recipe: str, overrides: list[str], *, device: str):
     data["train"]["device"] = "auto" if device == "auto" else device
     data["validation"]["sets"] = []  # evaluation is its own stage
     data["logging"]["progress"] = False
+    if data["data"].get("view") is not None:
+        raise ConfigError(
+            f"{recipe}: data.view is set per training set by the benchmark "
+            "(recognition.view); leave it out of the recipe"
+        )
     return validate_config(data, TrainConfig, f"{recipe} (+ overrides)")
 
 
@@ -39,12 +50,13 @@ def recipe_key(cfg) -> dict:
     return data
 
 
-def train_recognizer(stage_dir: Path, recipe, train_dir: str) -> dict:
-    """Train (or resume) the recipe on ``train_dir``; returns the exported model."""
+def train_recognizer(stage_dir: Path, recipe, train_dir: str, view: str | None = None) -> dict:
+    """Train (or resume) the recipe on ``train_dir`` (through ``view``); returns the model."""
     from synthface.recognition.training import train
 
     data = recipe.model_dump(mode="json")
     data["data"]["train"] = str(train_dir)
+    data["data"]["view"] = view
     data["train"]["output_dir"] = str(stage_dir / "run")
     cfg = type(recipe).model_validate(data)
     result = train(cfg, resume="latest")

@@ -21,79 +21,186 @@ def _table(header: list[str], rows: list[list[str]]) -> list[str]:
     return [*lines, ""]
 
 
+def _pm(mean, std, digits: int = 2) -> str:
+    return f"{_f(mean, digits)} +- {_f(std, digits)}"
+
+
+def _name(s: dict, name: str) -> str:
+    """A row's name, flagged (never hidden) when the face gate says its generated images
+    (alone, or the synthetic part of real + synthetic) are not faces."""
+    verdicts = (s.get("distance") or {}).get("sets") or {}
+    verdict = verdicts.get(name, verdicts.get(name.removeprefix("real+"), {})).get("verdict")
+    return f"`{name}`" + (" (**not faces**)" if verdict == "not faces" else "")
+
+
+def _fd_cell(dist: dict, d: dict, kind: str) -> str:
+    if d:
+        return _f(d.get("fd"), 3)
+    if dist and kind == "real":  # real rows: the real floor
+        return _f(dist["reference"]["fd_real_floor"], 3)
+    return "—"
+
+
 def markdown(s: dict) -> str:
     protocols = s["protocols"]
     sets = list(s["sets"])
+    seeds = s.get("seeds") or [0]
+    dist = s.get("distance") or {}
     lines = [
         f"# Benchmark `{s['name']}`: synthetic identities vs real data",
         "",
         f"- Budget per generator: {s['budget']['identities']} identities x "
-        f"{s['budget']['per_identity']} images (seed {s['budget']['seed']}); the real "
-        f"baseline trains on the same number of real images; real + synthetic adds the "
-        f"synthetic set to all {s['real']['num_samples']} real training images "
-        f"({s['real']['num_identities']} identities).",
-        f"- One recognizer recipe for every training set: `{s['recipe']}`.",
+        f"{s['budget']['per_identity']} images (seed {s['budget']['seed']}). Two real "
+        f"baselines: `real`, as many real images as a synthetic set (what synthetic-only "
+        f"rows are compared with), and `real-all`, all {s['real']['num_samples']} real "
+        f"training images ({s['real']['num_identities']} identities): the real part of every "
+        "real + synthetic row, so *does adding synthetic data help* is measured at equal "
+        "real data.",
+        f"- One recognizer recipe for every training set: `{s['recipe']}`, trained once per "
+        f"seed ({', '.join(map(str, seeds))}); every figure is the mean +- std over the "
+        f"{len(seeds)} seeds; gaps are paired by seed.",
+        *(
+            [
+                f"- Generated sets train through their QC view `{s['view']}`: identities and "
+                "images QC left out (leaked, too few samples, duplicates, ...) reach no "
+                "recognizer; the images column counts what each recognizer was trained on."
+            ]
+            if s.get("view")
+            else []
+        ),
         "- Verification: 10-fold accuracy (%) on held-out identities, the same code as "
-        "`synthface eval verify --bin` (mean +- std over folds). **Gap to real** = real "
-        "baseline accuracy minus the set's, in points (positive = below real).",
+        "`synthface eval verify --bin`. **Gap** = the reference row's accuracy minus the "
+        "set's, in points (positive = below the reference): `real` for synthetic-only sets, "
+        "`real-all` for real + synthetic (negative there = synthetic data helped).",
         f"- QC judge: an independent recognizer (`{s['judge']}`), trained on other "
         "identities with another seed; no generator was conditioned on it.",
+        *(
+            [
+                "- **FD**: Fréchet distance of the set's images to real images in the judge's "
+                "embedding space; **gate**: whether the judge finds the set closer to real "
+                "faces than to texture (section below). A row flagged **not faces** stays in "
+                "the table: its accuracy measures texture statistics, not faces."
+            ]
+            if dist
+            else []
+        ),
         "",
-        "## Verification accuracy (%)",
+        "## Verification accuracy (%), mean +- std over seeds",
         "",
     ]
-    header = ["training set", "images", *protocols, "mean"]
+    header = ["training set", "vs", "identities", "images", "FD", "gate", *protocols, "mean", "gap"]
     rows = []
     for name in sets:
-        v = s["verification"][name]
+        v, info = s["verification"][name], s["sets"][name]
+        d = (dist.get("sets") or {}).get(name, {})
+        g = s["gap_to_real"].get(name)
         rows.append(
             [
-                f"`{name}`",
-                str(s["sets"][name]["num_samples"]),
-                *[f"{_f(v[p]['accuracy'])} +- {_f(v[p]['std'])}" for p in protocols],
-                _f(s["mean_accuracy"][name]),
+                _name(s, name),
+                f"`{info['reference']}`" if info.get("reference") else "—",
+                str(info["num_identities"]),
+                str(info["num_samples"]),
+                _fd_cell(dist, d, info["kind"]),
+                (f"{d['verdict']} ({_f(d.get('face_score'))})" if d else "—"),
+                *[_pm(v[p]["accuracy"], v[p]["std"]) for p in protocols],
+                _pm(s["mean_accuracy"][name], s["mean_accuracy_std"][name]),
+                _pm(g["mean"], g["mean_std"]) if g else "—",
             ]
         )
     lines += _table(header, rows)
+    fold = [s["verification"][n][p]["fold_std"] for n in sets for p in protocols]
+    lines += [
+        f"10-fold std within one recognizer: {_f(min(fold))}-{_f(max(fold))} points; the "
+        "+- above is the spread over training seeds. The real rows' FD column is the real "
+        "floor (other real identities against the reference).",
+        "",
+    ]
     synthetic = [n for n in sets if s["sets"][n]["kind"] == "synthetic"]
     if synthetic:
-        best = min(synthetic, key=lambda n: s["gap_to_real"][n]["mean"])
+        verdicts = (dist.get("sets") or {}) if dist else {}
+        faces = [n for n in synthetic if verdicts.get(n, {}).get("verdict") != "not faces"]
+        best = min(faces or synthetic, key=lambda n: s["gap_to_real"][n]["mean"])
+        g = s["gap_to_real"][best]
         lines += [
-            f"Best synthetic-only set: `{best}`, gap to real {_f(s['gap_to_real'][best]['mean'])} "
-            "points on the mean over protocols (positive = below the real baseline; the "
-            "project's goal at GPU scale: within 1 point).",
+            f"Best synthetic-only set{'' if faces else ' (no set passes the face gate)'}: "
+            f"{_name(s, best)}, gap to `real` {_pm(g['mean'], g['mean_std'])} points on the "
+            "mean over protocols (the project's goal at GPU scale: within 1 point).",
             "",
         ]
-    lines += ["## Gap to real (accuracy points, real minus set)", ""]
+    lines += ["## Gap to the reference row (accuracy points, reference minus set)", ""]
     rows = [
-        [f"`{n}`", *[_f(g[p]) for p in protocols], _f(g["mean"])]
+        [_name(s, n), f"`{g['reference']}`", *[_f(g[p]) for p in protocols],
+         _pm(g["mean"], g["mean_std"])]
         for n, g in s["gap_to_real"].items()
-    ]
-    lines += _table(["training set", *protocols, "mean"], rows)
+    ]  # fmt: skip
+    lines += _table(["training set", "vs", *protocols, "mean"], rows)
+    if dist:
+        ref = dist["reference"]
+        lines += [
+            "## Distance to real faces and the face gate (the judge's embedding space)",
+            "",
+            f"All sets are compared at n = {ref['images']} images with one real reference "
+            "(even real identities). W = sqrt(FD). **Real floor**: odd real identities, "
+            f"FD {_f(ref['fd_real_floor'], 3)} (what a perfect generator scores at this n). "
+            "**Texture control**: the same images phase-scrambled (amplitude spectrum kept, "
+            f"structure lost), FD {_f(ref['fd_texture'], 3)}. Face score = (W_texture - W_set) "
+            "/ (W_texture - W_floor): 1 = as close as real faces, 0 = as far as textures; a "
+            "set passes (faces) at >= 0.5, i.e. closer to real faces than to textures.",
+            "",
+        ]
+        rows = [
+            [_name(s, g), str(d["images"]), _f(d["fd"], 3), _f(d.get("face_score")), d["verdict"]]
+            for g, d in dist["sets"].items()
+        ]
+        lines += _table(["generator", "images", "FD to real", "face score", "gate"], rows)
+    sc = s.get("scaling")
+    if sc:
+        lines += [
+            f"## Identity scaling: `{sc['generator']}` ({sc['chosen_by']})",
+            "",
+            f"{sc['per_identity']} images per identity requested; the recognizer recipe and "
+            "seeds as above; gap to `real` of the table (its image count is fixed).",
+            "",
+        ]
+        rows = [
+            [
+                str(r["identities"]),
+                str(r["trained_identities"]),
+                str(r["images"]),
+                _pm(r["mean_accuracy"]["mean"], r["mean_accuracy"]["std"]),
+                _f(r["gap_to_real"]),
+            ]
+            for r in sc["rows"]
+        ]
+        lines += _table(
+            ["identities", "after QC view", "images", "mean accuracy", "gap to real"], rows
+        )
     if s.get("frcsyn"):
         lines += [
             "## FRCSyn (thresholds from held-out training-side comparisons)",
             "",
             "Task 1: accuracy per demographic group on bupt, AVG / SD / TO = AVG - SD; "
             "Task 2: AVG over the datasets the tree has. GAP = (REAL - SYN) / SYN x 100 on "
-            "the ranking metric (FRCSyn's reconstruction, docs/frcsyn.md). Synthetic-only "
-            "sets are scored as sub-tasks x.1, real + synthetic as x.3.",
+            "the ranking metric (FRCSyn's reconstruction, docs/frcsyn.md), where REAL is the "
+            "reference row's recognizer of the same seed. Synthetic-only sets are scored as "
+            "sub-tasks x.1, real + synthetic as x.3. Mean +- std over seeds.",
             "",
         ]
         rows = []
         for name, f in s["frcsyn"].items():
             t1, t2 = f.get("task1", {}), f.get("task2", {})
             p1, p2 = t1.get("proposed", {}), t2.get("proposed", {})
+            e1, e2 = t1.get("proposed_std", {}), t2.get("proposed_std", {})
             rows.append(
                 [
-                    f"`{name}`",
+                    _name(s, name),
                     "baseline" if s["sets"][name]["kind"] == "real" else t1.get("subtask", "—"),
-                    _f(p1.get("AVG")),
-                    _f(p1.get("SD")),
-                    _f(p1.get("TO")),
-                    _f(t1.get("GAP")),
-                    _f(p2.get("AVG")),
-                    _f(t2.get("GAP")),
+                    _pm(p1.get("AVG"), e1.get("AVG")),
+                    _pm(p1.get("SD"), e1.get("SD")),
+                    _pm(p1.get("TO"), e1.get("TO")),
+                    _pm(t1.get("GAP"), t1.get("GAP_std")),
+                    _pm(p2.get("AVG"), e2.get("AVG")),
+                    _pm(t2.get("GAP"), t2.get("GAP_std")),
                 ]
             )
         lines += _table(

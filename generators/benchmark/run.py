@@ -1,18 +1,26 @@
-"""The benchmark's stage graph: real data -> generators -> synthetic sets -> recognizers -> report.
+"""The benchmark's stage graph, one function per stage of the table.
 
-``run_benchmark`` is the one ordering of the stages, used by the ``benchmark-synthetic``
-flow (which passes ``execute`` to run each stage as a Prefect task and ``generate`` to
-produce each synthetic set through the ``generate-synthetic`` subflow) and by plain
-Python. Every stage is content-addressed (:class:`synthface.pipeline.stages.StageStore`):
-its key hashes its config section and the keys of the stages it reads, so a second run
-skips everything whose inputs did not change — adding a generator runs that generator's
-stages (and the report) only — and a killed run resumes in the stage it was in.
+``STAGES`` is the one ordering: real data -> judge and encoder -> generators -> synthetic
+sets (with their distance to real and the face gate) -> training sets -> recognizers
+(one per training set and seed) -> evaluation -> identity-scaling series -> variation ->
+report. Each stage function reads and fills one :class:`BenchmarkRun`, so a stage can be
+read (and changed) on its own. ``run_benchmark`` calls them in order; the
+``benchmark-synthetic`` flow does the same loop, passing ``execute`` (each
+content-addressed stage becomes a Prefect task) and ``generate`` (each synthetic set
+through the ``generate-synthetic`` subflow).
+
+Every stage is content-addressed (:class:`synthface.pipeline.stages.StageStore`): its key
+hashes its config section and the keys of the stages it reads (a recognizer's key holds
+its training seed), so a second run skips everything whose inputs did not change, adding
+a generator or a seed runs only the new stages, and a killed run resumes in the stage it
+was in.
 """
 
 from __future__ import annotations
 
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from synthface.generators.benchmark import data as D
@@ -27,7 +35,8 @@ from synthface.generators.benchmark.generation import (
 from synthface.generators.benchmark.report import write_report
 from synthface.pipeline.stages import StageStore, call_directly
 
-REAL = "real"
+REAL = "real"  # the real baseline at the synthetic sets' image count
+REAL_ALL = "real-all"  # every real training image: the real part of real + synthetic
 
 
 def _device(requested: str) -> str:
@@ -38,29 +47,47 @@ def _device(requested: str) -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
-def run_benchmark(
-    cfg: BenchmarkConfig,
-    *,
-    execute: Callable | None = None,
-    generate: Callable | None = None,
-) -> dict:
-    """Run (or resume) the whole benchmark; returns the report's summary (``benchmark.json``)."""
-    import torch
+@dataclass
+class BenchmarkRun:
+    """What the stages share: the config, the stage store and every stage's results."""
 
-    from synthface.generators.produce import generate_dataset
+    cfg: BenchmarkConfig
+    store: StageStore
+    generate: Callable
+    device: str
+    t0: float = field(default_factory=time.perf_counter)
+    real: dict = field(default_factory=dict)
+    bins: dict = field(default_factory=dict)
+    bins_key: object = None
+    tree: str | None = None
+    tree_key: object = None
+    calibration: dict | None = None
+    judge: dict = field(default_factory=dict)
+    gallery: dict = field(default_factory=dict)
+    encoder: dict | None = None
+    generators: dict[str, dict] = field(default_factory=dict)
+    synthetic: dict[str, dict] = field(default_factory=dict)
+    distance: dict | None = None
+    sets: dict[str, dict] = field(default_factory=dict)
+    kinds: dict[str, str] = field(default_factory=dict)
+    # set -> seed -> trained model / evaluation result
+    models: dict[str, dict[int, dict]] = field(default_factory=dict)
+    results: dict[str, dict[int, dict]] = field(default_factory=dict)
+    scaling: dict | None = None
+    variation: dict | None = None
+    summary: dict = field(default_factory=dict)
 
-    t0 = time.perf_counter()
-    M.check_entries(cfg)
-    torch.set_num_threads(cfg.threads)
-    generate = generate or generate_dataset
-    root = Path(cfg.output_dir)
-    store = StageStore(root / "stages", execute=execute or call_directly)
-    size, device = cfg.image_size, _device(cfg.device)
-    evaluation = cfg.evaluation
+    @property
+    def size(self) -> int:
+        return self.cfg.image_size
 
-    def world(name: str, w, **extra) -> dict:
-        inputs = {"world": w.model_dump(mode="json"), "size": size}
-        return store.run(
+    @property
+    def view(self) -> str | None:
+        return self.cfg.recognition.view
+
+    def world(self, name: str, w) -> dict:
+        inputs = {"world": w.model_dump(mode="json"), "size": self.size}
+        return self.store.run(
             "real",
             name,
             inputs,
@@ -68,15 +95,37 @@ def run_benchmark(
                 d / "data",
                 identities=w.identities,
                 per_identity=w.per_identity,
-                size=size,
+                size=self.size,
                 seed=w.seed,
             ),
         )
 
-    # 1. real data -------------------------------------------------------------------
+    def recognizer(
+        self, name: str, train: dict, extra=(), view: str | None = None, seed: int | None = None
+    ) -> dict:
+        """The recipe on ``train`` (through ``view``), with ``train.seed`` when given."""
+        cfg = self.cfg.recognition
+        seeded = [] if seed is None else [f"train.seed={seed}"]
+        recipe = M.recipe_config(cfg.recipe, [*cfg.overrides, *extra, *seeded], device=self.device)
+        return self.store.run(
+            "recognizer",
+            name if seed is None else f"{name}-seed{seed}",
+            {
+                "recipe": M.recipe_key(recipe),  # holds train.seed
+                "data": train["key"],
+                **({"view": view} if view else {}),
+            },
+            lambda d: M.train_recognizer(d, recipe, train["path"], view),
+        )
+
+
+# ----------------------------------------------------------------------------- 1. real data
+def real_data(run: BenchmarkRun) -> None:
+    """The real training set, the held-out protocols and the FRCSyn calibration tree."""
+    cfg, store, size = run.cfg, run.store, run.size
     rs = cfg.real
     if rs.source == "world":
-        real = world("world", rs.world)
+        run.real = run.world("world", rs.world)
         p = rs.protocols
         prot = store.run(
             "protocols",
@@ -92,9 +141,9 @@ def run_benchmark(
             ),
         )
         # (a marker's JSON has sorted keys: the protocol order comes from its list)
-        bins = {name: prot["bins"][name] for name in prot["protocols"]}
-        tree = prot["tree"]
-        bins_key, tree_key = prot["key"], prot["key"]
+        run.bins = {name: prot["bins"][name] for name in prot["protocols"]}
+        run.tree = prot["tree"]
+        run.bins_key = run.tree_key = prot["key"]
         n_hold = min(rs.calibration_identities, rs.world.identities)
         holdout = store.run(
             "real",
@@ -110,272 +159,467 @@ def run_benchmark(
         )
         holdout_path, holdout_key = holdout["path"], holdout["key"]
     else:
-        real = {"path": rs.train, "key": D.dataset_identity(rs.train)}
-        real.update(D.dataset_identity(rs.train))
-        bins = {Path(b).stem: b for b in rs.bins}
-        bins_key = D.bins_identity(rs.bins)
-        tree, tree_key = rs.tree, (D.tree_identity(rs.tree) if rs.tree else None)
+        run.real = {"path": rs.train, "key": D.dataset_identity(rs.train)}
+        run.real.update(D.dataset_identity(rs.train))
+        run.bins = {Path(b).stem: b for b in rs.bins}
+        run.bins_key = D.bins_identity(rs.bins)
+        run.tree, run.tree_key = rs.tree, (D.tree_identity(rs.tree) if rs.tree else None)
         holdout_path = rs.holdout or rs.train
         holdout_key = D.dataset_identity(holdout_path)
         n_hold = min(rs.calibration_identities, D.dataset_identity(holdout_path)["num_identities"])
-    calibration = None
-    if tree is not None and evaluation.frcsyn:
-        calibration = store.run(
+    if run.tree is not None and cfg.evaluation.frcsyn:
+        run.calibration = store.run(
             "calibration",
             "frcsyn",
             {"holdout": holdout_key, "identities": n_hold},
             lambda d: D.calibration_tree(d / "tree", holdout_path, identities=n_hold, seed=0),
         )
 
-    # 2. recognizers of one recipe ---------------------------------------------------------
-    def recognizer(name: str, train: dict, extra: list[str] = ()) -> dict:
-        recipe = M.recipe_config(
-            cfg.recognition.recipe, [*cfg.recognition.overrides, *extra], device=device
-        )
-        return store.run(
-            "recognizer",
-            name,
-            {"recipe": M.recipe_key(recipe), "data": train["key"]},
-            lambda d: M.train_recognizer(d, recipe, train["path"]),
-        )
+
+# ------------------------------------------------------------------ 2. judge and encoder
+def judge_and_encoder(run: BenchmarkRun) -> None:
+    """The independent judge, its gallery of real identities, the conditioning encoder."""
+    cfg = run.cfg
 
     def given(path: str) -> dict:
         return {"model": path, "key": M.recognizer_identity(path)}
 
     if cfg.judge.recognizer is not None:
-        judge = given(cfg.judge.recognizer)
+        run.judge = given(cfg.judge.recognizer)
     else:
-        judge = recognizer("judge", world("judge-world", cfg.judge.world), cfg.judge.overrides)
-    gallery = store.run(
+        judge_world = run.world("judge-world", cfg.judge.world)
+        run.judge = run.recognizer("judge", judge_world, cfg.judge.overrides)
+    run.gallery = run.store.run(
         "gallery",
         "judge-real",
-        {"judge": judge["key"], "real": real["key"]},
-        lambda d: judge_gallery(d, judge["model"], real["path"], device=device),
+        {"judge": run.judge["key"], "real": run.real["key"]},
+        lambda d: judge_gallery(d, run.judge["model"], run.real["path"], device=run.device),
     )
-    encoder = None
     if any(g.config is not None for g in cfg.generators):
         if cfg.encoder.recognizer is not None:
-            encoder = given(cfg.encoder.recognizer)
+            run.encoder = given(cfg.encoder.recognizer)
         else:
-            encoder = recognizer("encoder", real, cfg.encoder.overrides)
+            run.encoder = run.recognizer("encoder", run.real, cfg.encoder.overrides)
 
-    # 3. generators and 4. their synthetic sets ------------------------------------------
-    generators: dict[str, dict] = {}
-    synthetic: dict[str, dict] = {}
-    for entry in cfg.generators:
+
+# --------------------------------------------------------------------------- 3. generators
+def generators(run: BenchmarkRun) -> None:
+    """Each entry's generator, trained here (shared by entries that differ only in label
+    and sampler options) or loaded from its checkpoint."""
+    for entry in run.cfg.generators:
         if entry.config is not None:
+            enc = run.encoder
             gcfg = M.generator_config(
                 entry,
-                image_size=size,
-                encoder=encoder["model"],
-                data=real["path"],
-                dim=M.embedding_dim(encoder["model"]),
+                image_size=run.size,
+                encoder=enc["model"],
+                data=run.real["path"],
+                dim=M.embedding_dim(enc["model"]),
             )
-            gen = store.run(
+            gen = run.store.run(
                 "generator",
                 entry.name,  # not the label: a sampling ablation's entries share it
-                {
-                    "config": M.generator_key(gcfg),
-                    "real": real["key"],
-                    "encoder": encoder["key"],
-                },
+                {"config": M.generator_key(gcfg), "real": run.real["key"], "encoder": enc["key"]},
                 lambda d, gcfg=gcfg: M.train_generator_stage(d, gcfg),
             )
         else:
             loaded = M.load_generator_stage(entry)
             gen = {**loaded, "key": loaded["sha256"]}
-        generators[entry.id] = gen
-        synthetic[entry.id] = store.run(
-            "synthetic",
-            entry.id,
-            {
-                "generator": gen["key"],
-                "name": entry.name,
-                **({"sampler_options": entry.sampler_options} if entry.sampler_options else {}),
-                "generation": cfg.generation.model_dump(mode="json"),
-                "budget": cfg.budget.model_dump(mode="json"),
-                "judge": judge["key"],
-                "gallery": gallery["key"],
-                "device": device,
-            },
-            lambda d, entry=entry, gen=gen: synthesize(
-                d,
-                generation_config(
-                    d / "dataset",
-                    name=entry.name,
-                    checkpoint=gen["checkpoint"],
-                    judge=judge["model"],
-                    gallery=gallery["gallery"],
-                    cfg=cfg,
-                    sampler_options=entry.sampler_options,
-                ),
-                generate,
-            ),
-        )
+        run.generators[entry.id] = gen
 
-    # training sets: real (same image count), each synthetic set, real + each synthetic set
-    budget = cfg.budget.identities * cfg.budget.per_identity
-    sets: dict[str, dict] = {
-        REAL: store.run(
-            "trainset",
-            REAL,
-            {"real": real["key"], "images": budget, "per_identity": cfg.budget.per_identity},
-            lambda d: D.real_subset(
-                d / "data", real["path"], num_images=budget, per_identity=cfg.budget.per_identity
+
+# ----------------------------------------------------------------------- 4. synthetic sets
+def _synthesize(run: BenchmarkRun, entry, name: str, identities: int) -> dict:
+    """``identities`` x ``budget.per_identity`` images of one generator, judged by the judge."""
+    cfg, gen, judge, gallery = run.cfg, run.generators[entry.id], run.judge, run.gallery
+    bcfg = cfg.model_copy(
+        update={"budget": cfg.budget.model_copy(update={"identities": identities})}
+    )
+    return run.store.run(
+        "synthetic",
+        name,
+        {
+            "generator": gen["key"],
+            "name": entry.name,
+            **({"sampler_options": entry.sampler_options} if entry.sampler_options else {}),
+            "generation": cfg.generation.model_dump(mode="json"),
+            "budget": bcfg.budget.model_dump(mode="json"),
+            "judge": judge["key"],
+            "gallery": gallery["key"],
+            "device": run.device,
+        },
+        lambda d: synthesize(
+            d,
+            generation_config(
+                d / "dataset",
+                name=entry.name,
+                checkpoint=gen["checkpoint"],
+                judge=judge["model"],
+                gallery=gallery["gallery"],
+                cfg=bcfg,
+                sampler_options=entry.sampler_options,
+                real_nearest_cos=gallery["real_nearest_neighbour_cos"]["p95"],
             ),
+            run.generate,
+        ),
+    )
+
+
+def synthetic_sets(run: BenchmarkRun) -> None:
+    """Every generator's set at the same budget, then its Fréchet distance to real images
+    in the judge's space and the face gate's verdict (``distance.py``)."""
+    from synthface.generators.benchmark.distance import real_reference, set_distance
+
+    cfg = run.cfg
+    for entry in cfg.generators:
+        run.synthetic[entry.id] = _synthesize(run, entry, entry.id, cfg.budget.identities)
+    dc = cfg.distance
+    if not dc.enabled:
+        return
+    n = dc.images or cfg.budget.identities * cfg.budget.per_identity
+    judge = run.judge
+    ref = run.store.run(
+        "distance",
+        "real-reference",
+        {"judge": judge["key"], "real": run.real["key"], "images": n, "seed": dc.seed},
+        lambda d: real_reference(
+            d, judge["model"], run.real["path"], images=n, device=run.device, seed=dc.seed
+        ),
+    )
+    sets = {
+        g: run.store.run(
+            "distance",
+            g,
+            {"reference": ref["key"], "synthetic": syn["key"]},
+            lambda d, syn=syn: set_distance(d, judge["model"], syn["path"], ref, device=run.device),
         )
+        for g, syn in run.synthetic.items()
     }
-    kinds = {REAL: "real"}
-    for g, syn in synthetic.items():
-        sets[g] = syn
-        kinds[g] = "synthetic"
-    for g, syn in synthetic.items():
-        sets[f"{REAL}+{g}"] = store.run(
+    run.distance = {
+        "reference": {k: ref[k] for k in ("images", "fd_real_floor", "fd_texture", "gate")},
+        "sets": {
+            g: {k: v[k] for k in ("fd", "images", "face_score", "verdict")} for g, v in sets.items()
+        },
+    }
+
+
+# ------------------------------------------------------------------------ 5. training sets
+def training_sets(run: BenchmarkRun) -> None:
+    """real (the synthetic sets' image count), real-all (every real training image),
+    each synthetic set (through its QC view) and real-all + each synthetic set."""
+    cfg, store, real, view = run.cfg, run.store, run.real, run.view
+    budget = cfg.budget.identities * cfg.budget.per_identity
+    run.sets[REAL] = store.run(
+        "trainset",
+        REAL,
+        {"real": real["key"], "images": budget, "per_identity": cfg.budget.per_identity},
+        lambda d: D.real_subset(
+            d / "data", real["path"], num_images=budget, per_identity=cfg.budget.per_identity
+        ),
+    )
+    run.kinds[REAL] = "real"
+    run.sets[REAL_ALL] = real
+    run.kinds[REAL_ALL] = "real"
+    for g, syn in run.synthetic.items():
+        run.sets[g] = syn if view is None else {**syn, **D.view_counts(syn["path"], view)}
+        run.kinds[g] = "synthetic"
+    for g, syn in run.synthetic.items():
+        run.sets[f"{REAL}+{g}"] = store.run(
             "trainset",
             f"{REAL}+{g}",
-            {"real": real["key"], "synthetic": syn["key"]},
-            lambda d, syn=syn: D.merge_sets(d / "data", real["path"], syn["path"]),
+            {"real": real["key"], "synthetic": syn["key"], **({"view": view} if view else {})},
+            lambda d, syn=syn: D.merge_sets(d / "data", real["path"], syn["path"], view=view),
         )
-        kinds[f"{REAL}+{g}"] = "real+synthetic"
+        run.kinds[f"{REAL}+{g}"] = "real+synthetic"
 
-    # 5. one recognizer per training set, 6. evaluation --------------------------------------
-    models = {name: recognizer(name, info) for name, info in sets.items()}
-    results: dict[str, dict] = {}
-    for name, model in models.items():
-        synthetic_only = kinds[name] == "synthetic"
 
-        def work(d, name=name, model=model, synthetic_only=synthetic_only):
+def reference_of(kind: str) -> str | None:
+    """The row a set is compared with: synthetic-only sets against real data of the same
+    image count, real + synthetic against all the real images it contains."""
+    return {"synthetic": REAL, "real+synthetic": REAL_ALL}.get(kind)
+
+
+# -------------------------------------------------------------------------- 6. recognizers
+def _train_set(run: BenchmarkRun, name: str) -> None:
+    view = run.view if run.kinds[name] == "synthetic" else None
+    run.models[name] = {
+        seed: run.recognizer(name, run.sets[name], view=view, seed=seed)
+        for seed in run.cfg.recognition.seeds
+    }
+
+
+def recognizers(run: BenchmarkRun) -> None:
+    """One recognizer of the recipe per training set and seed."""
+    for name in run.sets:
+        _train_set(run, name)
+
+
+# --------------------------------------------------------------------------- 7. evaluation
+def _evaluate_set(run: BenchmarkRun, name: str, frcsyn: bool = True) -> None:
+    """Every protocol and FRCSyn for each seed's recognizer; FRCSyn's baseline system is
+    the reference row's recognizer of the same seed."""
+    evaluation, kind = run.cfg.evaluation, run.kinds[name]
+    calibration = run.calibration if frcsyn else None
+    baseline_set = reference_of(kind) or name
+    run.results[name] = {}
+    for seed, model in run.models[name].items():
+        baseline = run.models[baseline_set][seed]
+
+        def work(d, model=model, baseline=baseline):
             out = {
                 "verification": E.verification(
-                    d, model["model"], bins, batch_size=evaluation.batch_size, device=device
+                    d, model["model"], run.bins, batch_size=evaluation.batch_size, device=run.device
                 )
             }
             if calibration is not None:
                 out["frcsyn"] = E.frcsyn(
                     d,
                     proposed=model["model"],
-                    baseline=models[REAL]["model"],
-                    tree=tree,
+                    baseline=baseline["model"],
+                    tree=run.tree,
                     calibration=calibration["tree"],
-                    synthetic_only=synthetic_only,
-                    synthetic_images=sets[name]["num_samples"] if kinds[name] != REAL else 0,
+                    synthetic_only=kind == "synthetic",
+                    synthetic_images=run.sets[name]["num_samples"] if kind != "real" else 0,
                     edition=evaluation.edition,
                     method=evaluation.threshold_method,
                     batch_size=evaluation.batch_size,
-                    device=device,
+                    device=run.device,
                 )
             return out
 
-        results[name] = store.run(
+        run.results[name][seed] = run.store.run(
             "evaluation",
-            name,
+            f"{name}-seed{seed}",
             {
                 "model": model["key"],
-                "baseline": models[REAL]["key"],
-                "bins": bins_key,
-                "tree": tree_key,
+                "baseline": baseline["key"],
+                "bins": run.bins_key,
+                "tree": run.tree_key,
                 "calibration": None if calibration is None else calibration["key"],
                 "evaluation": evaluation.model_dump(mode="json"),
             },
             work,
         )
 
-    # 7. intra-class variation -------------------------------------------------------------
-    variation = None
-    vc = cfg.variation
-    if vc.enabled:
-        from synthface.generators.benchmark.variation import measure_set, train_regressor
 
-        vtrain = world("variation-world", vc.world)
-        held = vc.world.model_copy(update={"identities": 64, "seed": vc.world.seed + 1000})
-        vheld = world("variation-held-out", held)
-        reg = store.run(
-            "regressor",
-            "pose-age",
+def evaluation(run: BenchmarkRun) -> None:
+    # reference rows first: FRCSyn scores every set against them
+    for name in sorted(run.sets, key=lambda n: run.kinds[n] != "real"):
+        _evaluate_set(run, name)
+
+
+# ------------------------------------------------------------------- 8. identity scaling
+def _mean_accuracy(run: BenchmarkRun, name: str) -> float:
+    return E.aggregate(run.results[name], list(run.bins))["mean_accuracy"]["mean"]
+
+
+def best_generator(run: BenchmarkRun) -> tuple[str, str]:
+    """The scaling series' generator and why: named in the config, or the best
+    synthetic-only row by mean accuracy among the sets that pass the face gate."""
+    if run.cfg.scaling.generator is not None:
+        return run.cfg.scaling.generator, "named in scaling.generator"
+    ids = list(run.synthetic)
+    verdicts = (run.distance or {}).get("sets", {})
+    passed = [g for g in ids if verdicts.get(g, {}).get("verdict") != "not faces"]
+    pool = passed or ids
+    best = max(pool, key=lambda g: _mean_accuracy(run, g))
+    why = "best mean accuracy" + (
+        " among sets that pass the face gate" if passed else " (no set passes the face gate)"
+    )
+    return best, why
+
+
+def scaling_series(run: BenchmarkRun) -> None:
+    """The chosen generator at each identity count (budget.per_identity images each),
+    trained with every seed and verified on every protocol like a table row (FRCSyn only
+    for the table's own row: the series asks how accuracy grows, and FRCSyn doubles an
+    evaluation's cost)."""
+    sc, cfg = run.cfg.scaling, run.cfg
+    if not sc.identities:
+        return
+    g, why = best_generator(run)
+    entry = next(e for e in cfg.generators if e.id == g)
+    rows = []
+    for n in sorted(sc.identities):
+        name = g if n == cfg.budget.identities else f"{g}-{n}ids"
+        if name not in run.results:
+            syn = _synthesize(run, entry, name, n)
+            view = run.view
+            run.sets[name] = syn if view is None else {**syn, **D.view_counts(syn["path"], view)}
+            run.kinds[name] = "synthetic"
+            _train_set(run, name)
+            _evaluate_set(run, name, frcsyn=False)
+        agg = E.aggregate(run.results[name], list(run.bins))
+        gap = E.aggregate_gap(run.results[name], run.results[REAL], list(run.bins))
+        rows.append(
             {
-                "train": vtrain["key"],
-                "held_out": vheld["key"],
-                **vc.model_dump(mode="json", exclude={"enabled", "max_identities", "world"}),
-            },
-            lambda d: train_regressor(
-                d,
-                vtrain["path"],
-                vheld["path"],
-                attributes=vc.attributes,
-                size=size,
-                steps=vc.steps,
-                batch_size=vc.batch_size,
-                lr=vc.lr,
+                "identities": n,
+                "set": name,
+                "trained_identities": run.sets[name]["num_identities"],
+                "images": run.sets[name]["num_samples"],
+                "mean_accuracy": agg["mean_accuracy"],
+                "gap_to_real": gap["mean"],
+            }
+        )
+    run.scaling = {
+        "generator": g,
+        "chosen_by": why,
+        "per_identity": cfg.budget.per_identity,
+        "rows": rows,
+    }
+
+
+# ---------------------------------------------------------------------------- 9. variation
+def variation(run: BenchmarkRun) -> None:
+    """Intra-class spread of pose and age of the real and synthetic training sets."""
+    vc = run.cfg.variation
+    if not vc.enabled:
+        return
+    from synthface.generators.benchmark.variation import measure_set, train_regressor
+
+    vtrain = run.world("variation-world", vc.world)
+    held = vc.world.model_copy(update={"identities": 64, "seed": vc.world.seed + 1000})
+    vheld = run.world("variation-held-out", held)
+    reg = run.store.run(
+        "regressor",
+        "pose-age",
+        {
+            "train": vtrain["key"],
+            "held_out": vheld["key"],
+            **vc.model_dump(mode="json", exclude={"enabled", "max_identities", "world"}),
+        },
+        lambda d: train_regressor(
+            d,
+            vtrain["path"],
+            vheld["path"],
+            attributes=vc.attributes,
+            size=run.size,
+            steps=vc.steps,
+            batch_size=vc.batch_size,
+            lr=vc.lr,
+        ),
+    )
+    measured = {}
+    for name in [REAL, *run.synthetic]:
+        measured[name] = run.store.run(
+            "variation",
+            name,
+            {"regressor": reg["key"], "data": run.sets[name]["key"], "max": vc.max_identities},
+            lambda d, name=name: measure_set(
+                reg["path"], run.sets[name]["path"], max_identities=vc.max_identities
             ),
         )
-        measured = {}
-        for name in [REAL, *synthetic]:
-            measured[name] = store.run(
-                "variation",
-                name,
-                {"regressor": reg["key"], "data": sets[name]["key"], "max": vc.max_identities},
-                lambda d, name=name: measure_set(
-                    reg["path"], sets[name]["path"], max_identities=vc.max_identities
-                ),
-            )
-        variation = {
-            "regressor": {k: reg[k] for k in ("attributes", "held_out_mae", "held_out_corr")},
-            "sets": {
-                n: {k: v[k] for k in ("identities", "images", "predicted", "recorded") if k in v}
-                for n, v in measured.items()
-            },
-        }
-
-    # 8. the report ------------------------------------------------------------------------
-    protocols = list(bins)
-    verification = {n: r["verification"] for n, r in results.items()}
-    mean_acc = {
-        n: float(sum(v[p]["accuracy"] for p in protocols) / len(protocols))
-        for n, v in verification.items()
+    run.variation = {
+        "regressor": {k: reg[k] for k in ("attributes", "held_out_mae", "held_out_corr")},
+        "sets": {
+            n: {k: v[k] for k in ("identities", "images", "predicted", "recorded") if k in v}
+            for n, v in measured.items()
+        },
     }
-    gap = E.gaps(results, REAL)
-    for n in gap:
-        gap[n]["mean"] = mean_acc[REAL] - mean_acc[n]
+
+
+# ------------------------------------------------------------------------------- 10. report
+def report(run: BenchmarkRun) -> None:
+    """Mean +- std over seeds per row, gaps against each row's reference, the report files."""
+    cfg, store = run.cfg, run.store
+    protocols = list(run.bins)
+    table = [n for n in run.sets if n in run.results and not _is_scaling(run, n)]
+    agg = {n: E.aggregate(run.results[n], protocols) for n in table}
+    gap = {}
+    for n in table:
+        ref = reference_of(run.kinds[n])
+        if ref is not None:
+            gap[n] = {
+                **E.aggregate_gap(run.results[n], run.results[ref], protocols),
+                "reference": ref,
+            }
     summary = {
         "name": cfg.name,
         "config": cfg.model_dump(mode="json"),
         "budget": cfg.budget.model_dump(mode="json"),
         "recipe": cfg.recognition.recipe,
-        "judge": judge["model"],
-        "real": {k: real[k] for k in ("num_identities", "num_samples") if k in real},
+        "seeds": list(cfg.recognition.seeds),
+        "view": run.view,
+        "judge": run.judge["model"],
+        "real": {k: run.real[k] for k in ("num_identities", "num_samples") if k in run.real},
         "protocols": protocols,
         "sets": {
             n: {
-                "kind": kinds[n],
-                "num_identities": sets[n]["num_identities"],
-                "num_samples": sets[n]["num_samples"],
-                "recognizer": models[n]["model"],
+                "kind": run.kinds[n],
+                "reference": reference_of(run.kinds[n]),
+                "num_identities": run.sets[n]["num_identities"],
+                "num_samples": run.sets[n]["num_samples"],
+                "recognizers": {str(s): m["model"] for s, m in run.models[n].items()},
             }
-            for n in sets
+            for n in table
         },
-        "verification": verification,
-        "mean_accuracy": mean_acc,
+        "verification": {n: a["verification"] for n, a in agg.items()},
+        "mean_accuracy": {n: a["mean_accuracy"]["mean"] for n, a in agg.items()},
+        "mean_accuracy_std": {n: a["mean_accuracy"]["std"] for n, a in agg.items()},
         "gap_to_real": gap,
-        "frcsyn": {n: r["frcsyn"] for n, r in results.items() if "frcsyn" in r},
-        "gallery": {k: gallery[k] for k in ("identities", "real_nearest_neighbour_cos")},
+        "frcsyn": {n: a["frcsyn"] for n, a in agg.items() if a.get("frcsyn")},
+        "distance": run.distance,
+        "scaling": run.scaling,
+        "gallery": {k: run.gallery[k] for k in ("identities", "real_nearest_neighbour_cos")},
         "generation": {
             g: {
-                "generator": generators[g].get("checkpoint"),
-                "train_steps": generators[g].get("steps"),
-                "qc": synthetic[g]["qc"],
-                "anchors": synthetic[g]["anchors"],
-                "warnings": synthetic[g]["warnings"],
+                "generator": run.generators[g].get("checkpoint"),
+                "train_steps": run.generators[g].get("steps"),
+                "qc": run.synthetic[g]["qc"],
+                "anchors": run.synthetic[g]["anchors"],
+                "warnings": run.synthetic[g]["warnings"],
             }
-            for g in synthetic
+            for g in run.synthetic
         },
-        "variation": variation,
-        "stages": {
-            "executed": store.executed,
-            "skipped": store.skipped,
-            "seconds": store.seconds,
-        },
+        "variation": run.variation,
+        "stages": {"executed": store.executed, "skipped": store.skipped, "seconds": store.seconds},
         "stages_dir": str(store.root),
-        "total_seconds": round(time.perf_counter() - t0, 1),
+        "total_seconds": round(time.perf_counter() - run.t0, 1),
     }
-    summary["report"] = write_report(root / "report", summary)
-    return summary
+    summary["report"] = write_report(Path(cfg.output_dir) / "report", summary)
+    run.summary = summary
+
+
+def _is_scaling(run: BenchmarkRun, name: str) -> bool:
+    return run.kinds[name] == "synthetic" and name not in run.synthetic
+
+
+STAGES: tuple[Callable[[BenchmarkRun], None], ...] = (
+    real_data,
+    judge_and_encoder,
+    generators,
+    synthetic_sets,
+    training_sets,
+    recognizers,
+    evaluation,
+    scaling_series,
+    variation,
+    report,
+)
+
+
+def start(
+    cfg: BenchmarkConfig, *, execute: Callable | None = None, generate: Callable | None = None
+) -> BenchmarkRun:
+    """Check the generator entries (before anything trains) and open the stage store."""
+    import torch
+
+    from synthface.generators.produce import generate_dataset
+
+    M.check_entries(cfg)
+    torch.set_num_threads(cfg.threads)
+    store = StageStore(Path(cfg.output_dir) / "stages", execute=execute or call_directly)
+    return BenchmarkRun(cfg, store, generate or generate_dataset, _device(cfg.device))
+
+
+def run_benchmark(
+    cfg: BenchmarkConfig,
+    *,
+    execute: Callable | None = None,
+    generate: Callable | None = None,
+) -> dict:
+    """Run (or resume) the whole benchmark; returns the report's summary (``benchmark.json``)."""
+    run = start(cfg, execute=execute, generate=generate)
+    for stage in STAGES:
+        stage(run)
+    return run.summary
