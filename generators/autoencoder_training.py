@@ -32,9 +32,13 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
+from synthface.generators.checkpoint import find_resume_checkpoint
 from synthface.pipeline.config import StrictModel, config_hash
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.paths import InputPath, OutputPath
+
+# diffusers' weights name in a save_pretrained directory (what autoencoder.path loads).
+AE_WEIGHTS = "diffusion_pytorch_model.safetensors"
 
 
 class AutoencoderModelConfig(StrictModel):
@@ -379,52 +383,6 @@ def _save_checkpoint(final: Path, cfg, model, ema, opt, step: int) -> None:
         atomic_write_json(tr / "state.json", {"step": step, "resume_hash": resume_hash(cfg)})
 
 
-TRAINING_FILES = (
-    "config.json",
-    "diffusion_pytorch_model.safetensors",
-    "training/raw.safetensors",
-    "training/optimizer.pt",
-    "training/state.json",
-)
-
-
-def check_checkpoint(ckpt: Path) -> dict:
-    """Every file a resume loads is present and complete; returns ``training/state.json``."""
-    import json
-
-    from synthface.pipeline.checkfiles import check_safetensors, check_zip
-
-    for rel in TRAINING_FILES:
-        if not (ckpt / rel).is_file():
-            raise InputError(f"{ckpt / rel}: missing (incomplete checkpoint directory)")
-    file = ckpt / "training" / "state.json"
-    try:
-        state = json.loads(file.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
-        raise InputError(f"{file}: unreadable training state ({exc})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int):
-        raise InputError(f"{file}: no integer 'step'")
-    check_safetensors(ckpt / "diffusion_pytorch_model.safetensors")
-    check_safetensors(ckpt / "training" / "raw.safetensors")
-    check_zip(ckpt / "training" / "optimizer.pt")
-    return state
-
-
-def find_resume(run_dir: Path, allow_partial: bool = False) -> tuple[Path, dict] | None:
-    """The newest intact checkpoint under ``run_dir/checkpoints`` (``None``: start fresh)."""
-    import re
-
-    from synthface.pipeline.checkfiles import newest_intact
-
-    root = run_dir / "checkpoints"
-    found = [
-        (int(m.group(1)), p)
-        for p in (root.iterdir() if root.is_dir() else [])
-        if (m := re.match(r"^step-(\d{8})$", p.name)) and p.is_dir()
-    ]
-    return newest_intact(found, check_checkpoint, allow_partial)
-
-
 def _prune(run_dir: Path, keep: int) -> None:
     for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
@@ -488,7 +446,7 @@ def train_autoencoder(
     tc = cfg.train
     total = min(steps or tc.steps, tc.steps)
     run_dir = Path(tc.output_dir)
-    found = find_resume(run_dir, resume_allow_partial) if resume else None
+    found = find_resume_checkpoint(run_dir, resume_allow_partial, AE_WEIGHTS) if resume else None
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model).to(dev)
@@ -506,7 +464,7 @@ def train_autoencoder(
         check_state_compatible(model, raw, ckpt / "training" / "raw.safetensors")
         model.load_state_dict(raw)
         if ema is not None:
-            ema.load_state_dict(load_tensors(ckpt / "diffusion_pytorch_model.safetensors"))
+            ema.load_state_dict(load_tensors(ckpt / AE_WEIGHTS))
         opt.load_state_dict(
             torch.load(ckpt / "training" / "optimizer.pt", map_location=dev, weights_only=True)
         )

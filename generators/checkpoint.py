@@ -128,20 +128,21 @@ def read_generator_provenance(path: str | Path) -> dict | None:
     return prov if isinstance(prov, dict) else None
 
 
-# Everything a resumed training run loads from a checkpoint directory.
+# Everything a resumed training run loads from a checkpoint directory, beside its weights
+# file (``model.safetensors`` for generators, diffusers' name for autoencoders).
 TRAINING_FILES = (
     "config.json",
-    "model.safetensors",
     "training/raw.safetensors",
     "training/optimizer.pt",
     "training/state.json",
 )
+WEIGHTS = "model.safetensors"
 _STEP_DIR = re.compile(r"^step-(\d{8})$")
 
 
-def check_training_checkpoint(ckpt: Path) -> dict:
+def check_training_checkpoint(ckpt: Path, weights: str = WEIGHTS) -> dict:
     """Every file a resume loads is present and complete; returns ``training/state.json``."""
-    for rel in TRAINING_FILES:
+    for rel in (weights, *TRAINING_FILES):
         if not (ckpt / rel).is_file():
             raise InputError(f"{ckpt / rel}: missing (incomplete checkpoint directory)")
     file = ckpt / "training" / "state.json"
@@ -151,13 +152,15 @@ def check_training_checkpoint(ckpt: Path) -> dict:
         raise InputError(f"{file}: unreadable training state ({exc})") from None
     if not isinstance(state, dict) or not isinstance(state.get("step"), int):
         raise InputError(f"{file}: no integer 'step'")
-    check_safetensors(ckpt / "model.safetensors")
+    check_safetensors(ckpt / weights)
     check_safetensors(ckpt / "training" / "raw.safetensors")
     check_zip(ckpt / "training" / "optimizer.pt")
     return state
 
 
-def find_resume_checkpoint(run_dir: Path, allow_partial: bool = False) -> tuple[Path, dict] | None:
+def find_resume_checkpoint(
+    run_dir: Path, allow_partial: bool = False, weights: str = WEIGHTS
+) -> tuple[Path, dict] | None:
     """The newest checkpoint under ``run_dir/checkpoints`` and its state, ``None`` if none
     (damaged ones: see :func:`synthface.pipeline.checkfiles.newest_intact`)."""
     root = run_dir / "checkpoints"
@@ -166,4 +169,6 @@ def find_resume_checkpoint(run_dir: Path, allow_partial: bool = False) -> tuple[
         for p in (root.iterdir() if root.is_dir() else [])
         if (m := _STEP_DIR.match(p.name)) and p.is_dir()
     ]
-    return newest_intact(found, check_training_checkpoint, allow_partial)
+    return newest_intact(
+        found, lambda ckpt: check_training_checkpoint(ckpt, weights), allow_partial
+    )

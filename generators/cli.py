@@ -388,17 +388,9 @@ def _positive(text: str) -> int:
     return value
 
 
-def register(groups: argparse._SubParsersAction) -> None:
-    sub = add_group(groups, "generator", "train and sample diffusion face generators")
-
-    c = sub.add_parser(
-        "train",
-        help="train (or resume) a generator from a config",
-        description="Train (or resume) a generator as CONFIG says. Writes checkpoints and, "
-        "when done, the generator (final/) to train.output_dir (relative: under "
-        "$SYNTHFACE_HOME or the current directory).",
-    )
-    c.add_argument("config", help="configs/generators/*.yaml")
+def _add_training_args(c: argparse.ArgumentParser, config_help: str) -> None:
+    """What every resumable trainer of this group takes: config, overrides, step, resume."""
+    c.add_argument("config", help=config_help)
     c.add_argument(
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
@@ -412,6 +404,19 @@ def register(groups: argparse._SubParsersAction) -> None:
     )
     c.add_argument("--threads", type=_positive, help="torch CPU threads")
     add_json_flag(c)
+
+
+def register(groups: argparse._SubParsersAction) -> None:
+    sub = add_group(groups, "generator", "train and sample diffusion face generators")
+
+    c = sub.add_parser(
+        "train",
+        help="train (or resume) a generator from a config",
+        description="Train (or resume) a generator as CONFIG says. Writes checkpoints and, "
+        "when done, the generator (final/) to train.output_dir (relative: under "
+        "$SYNTHFACE_HOME or the current directory).",
+    )
+    _add_training_args(c, "configs/generators/*.yaml")
     c.set_defaults(func=cmd_train)
 
     c = sub.add_parser(
@@ -422,20 +427,8 @@ def register(groups: argparse._SubParsersAction) -> None:
         "config's autoencoder.path loads, with quality.json (PSNR/SSIM/L1 on held-out images) "
         "and contact_sheet.png (originals over reconstructions).",
     )
-    c.add_argument("config", help="configs/autoencoders/*.yaml")
-    c.add_argument(
-        "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
-    )
-    c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
-    c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
-    c.add_argument(
-        "--resume-allow-partial",
-        action="store_true",
-        help="skip damaged checkpoints for the newest intact one instead of failing",
-    )
+    _add_training_args(c, "configs/autoencoders/*.yaml")
     c.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
-    c.add_argument("--threads", type=_positive, help="torch CPU threads")
-    add_json_flag(c)
     c.set_defaults(func=cmd_train_autoencoder)
 
     c = sub.add_parser(
