@@ -1,4 +1,5 @@
-"""Images/s of the generate-synthetic flow on 1 vs N Dask workers (CPU, logical or real GPUs).
+"""Images/s of the generate-synthetic flow on 1 vs N Dask workers (CPU, logical or real GPUs),
+with post-processing overlapped with sampling or not (``--overlap on,off``).
 
 Each run is the real flow (``synthface.flows.generate.generate_synthetic``, Prefect's
 temporary API unless ``PREFECT_API_URL`` is set) on a local Dask cluster, into a fresh
@@ -9,6 +10,7 @@ utilisation is sampled every 0.5 s during each run (mean and max per GPU). The d
 all runs must be byte-identical (provenance excluded); the script says so or fails.
 
     .venv/bin/python bench/generate_workers.py --workers 1,2 --logical-gpus
+    .venv/bin/python bench/generate_workers.py --workers 1 --overlap off,on
     .venv/bin/python bench/generate_workers.py --device cuda --workers 1,all --nvidia-smi
 """
 
@@ -96,6 +98,8 @@ def main() -> None:
     ap.add_argument("--identities", type=int, default=48)
     ap.add_argument("--samples", type=int, default=6)
     ap.add_argument("--shard-samples", type=int, default=24, help="output.max_samples_per_shard")
+    ap.add_argument("--overlap", default="on", help="comma list of on/off (runner.overlap)")
+    ap.add_argument("--repeats", type=int, default=1, help="run the list this many times")
     ap.add_argument("--torch-threads", type=int, default=1)
     ap.add_argument("--nvidia-smi", action="store_true", help="sample GPU utilisation")
     ap.add_argument("--out", help="keep the datasets here (default: a temporary directory)")
@@ -103,16 +107,23 @@ def main() -> None:
 
     from synthface.flows.defaults import load_default_config
     from synthface.flows.generate import generate_synthetic
-    from synthface.generators.placement import read_provenance
+    from synthface.generators.dataset.config import GenerateConfig
+    from synthface.generators.dataset.placement import read_provenance
     from synthface.pipeline.config import load_config
-    from synthface.pipeline.generate_plan import GenerateConfig
 
     base = load_config(args.config, GenerateConfig) if args.config else load_default_config()
     root = Path(args.out) if args.out else Path(tempfile.mkdtemp(prefix="gen-workers-"))
     rows, hashes = [], {}
-    for count in args.workers.split(","):
+    runs = [
+        (count, overlap)
+        for _ in range(args.repeats)
+        for count in args.workers.split(",")
+        for overlap in args.overlap.split(",")
+    ]
+    for count, overlap in runs:
         data = base.model_dump(mode="json")
-        out = root / f"workers-{count}" / "dataset"  # same leaf: the name enters the card
+        label = f"workers-{count}-overlap-{overlap}"
+        out = root / label / "dataset"  # same leaf: the name enters the card
         shutil.rmtree(out, ignore_errors=True)
         data["output"].update(dir=str(out), max_samples_per_shard=args.shard_samples)
         data["identities"].update(count=args.identities, samples_per_identity=args.samples)
@@ -123,6 +134,7 @@ def main() -> None:
             "dask_workers": None if count == "all" else int(count),
             "logical_gpus": args.logical_gpus,
             "torch_threads": args.torch_threads,
+            "overlap": overlap == "on",
         }
         cfg = GenerateConfig.model_validate(data)
         sampler = GpuSampler() if args.nvidia_smi else None
@@ -134,17 +146,22 @@ def main() -> None:
             generate_synthetic(config=cfg)
         wall = time.perf_counter() - t0
         records = read_provenance(out, cfg.output.split)
-        row = {"workers": count, "wall_s": round(wall, 1), **shard_phase(records)}
+        row = {
+            "workers": count,
+            "overlap": overlap,
+            "wall_s": round(wall, 1),
+            **shard_phase(records),
+        }
         if sampler:
             row["gpu_util"] = sampler.summary()
         rows.append(row)
-        hashes[count] = tree_hashes(out)
+        hashes[label] = tree_hashes(out)
         print(json.dumps(row), flush=True)
     first = next(iter(hashes.values()))
     identical = all(h == first for h in hashes.values())
     print(json.dumps({"byte_identical": identical, "files": len(first), "datasets": str(root)}))
     if not identical:
-        raise SystemExit("datasets differ between worker counts")
+        raise SystemExit("datasets differ between runs")
 
 
 if __name__ == "__main__":

@@ -28,7 +28,7 @@ from pathlib import Path
 import torch
 
 from synthface.generators.autoencoder import build_autoencoder
-from synthface.generators.base import GENERATORS, _register_builtin
+from synthface.generators.base import GENERATORS
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.encoder import load_identity_encoder
 from synthface.generators.sampling import make_scheduler
@@ -50,7 +50,6 @@ def world_samples(n: int, size: int) -> list[dict]:
 
 
 def time_steps(cfg: GeneratorConfig, samples, encoder, steps: int, use_id: bool) -> dict:
-    _register_builtin()
     gen_cls = GENERATORS.get(cfg.generator)
     ae = build_autoencoder(cfg.autoencoder)  # first: a loaded model sets the latent shape
     cfg.check_sizes()

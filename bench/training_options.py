@@ -317,7 +317,7 @@ def cmd_fiqa(args) -> dict:
 
 def generate(args, quality_model: Path) -> Path:
     from synthface.flows.defaults import load_default_config
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
 
     out = Path(args.workdir) / "fiqa" / "generated"
     cfg = load_default_config()

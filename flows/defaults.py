@@ -17,9 +17,9 @@ from typing import TypeVar
 
 from pydantic import BaseModel
 
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.pipeline.config import load_config
 from synthface.pipeline.errors import ConfigError, InputError
-from synthface.pipeline.generate_plan import GenerateConfig
 from synthface.pipeline.paths import SHIPPED_PREFIX, home, resolve_paths
 
 M = TypeVar("M", bound=BaseModel)

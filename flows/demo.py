@@ -7,7 +7,8 @@ the project itself, each stage as a Prefect flow on the ephemeral API (state in
 1. a procedural face world (``synthface.pipeline.world.make_world_dataset``), the training data;
 2. ``train-recognizer``: a tiny iResNet on the world, the frozen identity encoder;
 3. ``train-generator``: an ID³ generator conditioned on that recognizer;
-4. ``generate-synthetic`` with the embedded default config (``configs/generate/default.yaml``).
+4. ``generate-synthetic`` with the embedded default config (``configs/generate/default.yaml``),
+   its report's contact sheet showing real heads of the world above the generated ones.
 
 Everything is written under ``./out/demo/`` (``./`` is ``$SYNTHFACE_HOME`` when set, else
 the current directory: the repository root for ``make demo``); finished stages are kept
@@ -39,6 +40,7 @@ DEMO_DIR = Path("out") / "demo"
 SHIPPED_MODELS_DIR = "demo/models"  # in the package data synthface.data (data/ in the repo)
 IMAGE_SIZE = 32
 EMBEDDING_DIM = 128
+WORLD_DIR = "world"  # under the demo folder; also the report's real reference
 WORLD_IDENTITIES = 96
 WORLD_PER_IDENTITY = 12
 RECOGNIZER_EPOCHS = 6
@@ -51,7 +53,7 @@ def recognizer_config(root: Path, models: Path, epochs: float = RECOGNIZER_EPOCH
     return TrainConfig.model_validate(
         {
             "data": {
-                "train": str(root / "world"),
+                "train": str(root / WORLD_DIR),
                 "batch_size": 64,
                 "num_workers": 0,
                 "shuffle_buffer": 500,
@@ -95,7 +97,7 @@ def generator_config(root: Path, models: Path, encoder: Path, steps: int = GENER
     data["sampler"].update({"steps": 20, "batch_size": 64})
     data["id3"]["anchor_iterations"] = 100
     data["encoder"]["path"] = str(encoder)
-    data["data"].update({"source": "shards", "path": str(root / "world"), "shuffle_buffer": 500})
+    data["data"].update({"source": "shards", "path": str(root / WORLD_DIR), "shuffle_buffer": 500})
     data["train"].update(
         {
             "steps": steps,
@@ -107,6 +109,25 @@ def generator_config(root: Path, models: Path, encoder: Path, steps: int = GENER
         }
     )
     return GeneratorConfig.model_validate(data)
+
+
+def generate_config(root: Path, models: Path):
+    """The embedded default with the demo's models, and the demo's world as the report's
+    real reference, so the contact sheet shows real world heads above the generated ones."""
+    from synthface.flows.defaults import load_generate_config
+
+    cfg = load_generate_config(None)
+    gen_dir = models / "generator" / "final"
+    rec_dir = models / "recognizer" / "model"
+    if Path(cfg.generator.checkpoint).resolve() != gen_dir.resolve():
+        print(
+            f"demo: using generator {gen_dir} instead of {cfg.generator.checkpoint} ({DEFAULT_CONFIG_REF})"
+        )
+        # The generator and the encoder it was conditioned on travel together.
+        swapped = {"checkpoint": str(gen_dir), "encoder": str(rec_dir)}
+        cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update=swapped)})
+    report = cfg.report.model_copy(update={"reference": str(root / WORLD_DIR)})
+    return cfg.model_copy(update={"report": report})
 
 
 def _stage(name: str, t0: float) -> None:
@@ -163,23 +184,15 @@ def run(
     import torch
 
     torch.set_num_threads(2)
-    from synthface.flows.defaults import load_generate_config
     from synthface.flows.generate import generate_synthetic
     from synthface.flows.training import train_generator, train_recognizer
 
-    cfg = load_generate_config(None)
+    cfg = generate_config(root, models)
     gen_dir = models / "generator" / "final"
     rec_dir = models / "recognizer" / "model"
-    if Path(cfg.generator.checkpoint).resolve() != gen_dir.resolve():
-        print(
-            f"demo: using generator {gen_dir} instead of {cfg.generator.checkpoint} ({DEFAULT_CONFIG_REF})"
-        )
-        # The generator and the encoder it was conditioned on travel together.
-        swapped = {"checkpoint": str(gen_dir), "encoder": str(rec_dir)}
-        cfg = cfg.model_copy(update={"generator": cfg.generator.model_copy(update=swapped)})
 
     t0 = time.perf_counter()
-    world = root / "world"
+    world = root / WORLD_DIR
     if not (world / "dataset.json").is_file():
         from synthface.pipeline.world import make_world_dataset
 

@@ -1,8 +1,8 @@
 """The ``generate-synthetic`` flow: plan -> one task per shard -> finalize.
 
-Only orchestration lives here. The work is ``synthface.generators.produce.prepare_generation``,
-``synthface.generators.produce.produce_shard`` and ``synthface.pipeline.generate_finalize.finalize_generation``,
-which run the same without Prefect (``synthface.generators.produce.generate_dataset``).
+Only orchestration lives here. The work is ``synthface.generators.dataset``'s
+``prepare_generation``, ``produce_shard`` and ``finalize_generation``, which run the
+same without Prefect (``generate_dataset``).
 
 Resume does not rely on Prefect's result cache: the dataset directory is the cache.
 Every shard task first asks ``completed_shards`` whether its tar and sidecar are
@@ -28,9 +28,9 @@ from prefect.cache_policies import NO_CACHE
 from prefect.futures import as_completed
 from pydantic import Field
 
-from synthface.flows.runners import build_task_runner, check_gpu_workers
+from synthface.flows.runners import build_task_runner, check_gpu_workers, retry_unless_bad_input
+from synthface.generators.dataset import GenerateConfig, ShardWork
 from synthface.pipeline.config import apply_overrides, validate_config
-from synthface.pipeline.generate_plan import GenerateConfig, ShardWork
 from synthface.pipeline.paths import resolve_paths
 
 PositiveInt = Annotated[int, Field(ge=1)]
@@ -77,7 +77,7 @@ def resolve_config(
 
 @task(name="plan", cache_policy=NO_CACHE)
 def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
-    from synthface.generators.produce import prepare_generation
+    from synthface.generators.dataset import prepare_generation
 
     logger = get_run_logger()
     t0 = time.perf_counter()
@@ -102,8 +102,8 @@ def plan_task(cfg: GenerateConfig) -> dict[str, Any]:
 
 @task(name="produce-shard", cache_policy=NO_CACHE)
 def shard_task(cfg: GenerateConfig, work: dict[str, Any]) -> dict[str, Any]:
-    from synthface.generators.placement import worker_placement
-    from synthface.generators.produce import produce_shard
+    from synthface.generators.dataset import produce_shard
+    from synthface.generators.dataset.placement import worker_placement
     from synthface.pipeline.progress import progress_bar
 
     work_ = ShardWork.from_dict(work)
@@ -125,7 +125,7 @@ def shard_task(cfg: GenerateConfig, work: dict[str, Any]) -> dict[str, Any]:
 
 @task(name="finalize", cache_policy=NO_CACHE)
 def finalize_task(cfg: GenerateConfig, dataset_config: dict, work: list[dict]) -> dict[str, Any]:
-    from synthface.pipeline.generate_finalize import finalize_generation
+    from synthface.generators.dataset import finalize_generation
 
     return finalize_generation(cfg, dataset_config, [ShardWork.from_dict(w) for w in work])
 
@@ -154,7 +154,9 @@ def produce_shards(
         0.0, key="generate-progress", description=f"shards of {cfg.output.dir}"
     )
     task_ = shard_task.with_options(
-        retries=cfg.runner.retries, retry_delay_seconds=cfg.runner.retry_delay_seconds
+        retries=cfg.runner.retries,
+        retry_delay_seconds=cfg.runner.retry_delay_seconds,
+        retry_condition_fn=retry_unless_bad_input,
     )
     annotate = contextlib.nullcontext()
     if resources:
@@ -241,6 +243,17 @@ def generate_synthetic(
     )
     runner = build_task_runner(cfg)  # config errors before the plan writes anything
     plan = plan_task(cfg)
+    if runner.workers and len(plan["work"]) % runner.workers:
+        rounds = -(-len(plan["work"]) // runner.workers)
+        logger.info(
+            "%d shards over %d workers: %d rounds, the last uses %d of %d workers "
+            "(smaller output.max_samples_per_shard shortens it)",
+            len(plan["work"]),
+            runner.workers,
+            rounds,
+            len(plan["work"]) % runner.workers,
+            runner.workers,
+        )
     results = produce_shards.with_options(task_runner=runner.task_runner)(
         cfg, plan["work"], runner.resources, runner.remote
     )

@@ -6,7 +6,7 @@ Device placement is Dask's own: a GPU worker declares the resource ``GPU=1`` and
 only its GPU (``CUDA_VISIBLE_DEVICES``), and every shard task of a GPU run is submitted
 under ``dask.annotate(resources={"GPU": 1})``, so the scheduler runs one shard per GPU
 at a time and never two on one device. The device string itself is resolved by the
-worker (``synthface.generators.placement``), so the flow process needs no GPU.
+worker (``synthface.generators.dataset.placement``), so the flow process needs no GPU.
 
 Without ``runner.dask_address`` a local cluster is started on 127.0.0.1 (dashboard off):
 one single-threaded worker per visible GPU when the generator runs on a GPU, each with
@@ -23,11 +23,14 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass
 
-from synthface.generators.placement import LOGICAL_GPU_ENV
-from synthface.pipeline.errors import ConfigError
-from synthface.pipeline.generate_plan import GenerateConfig
+from synthface.generators.dataset.config import GenerateConfig
+from synthface.generators.dataset.placement import LOGICAL_GPU_ENV
+from synthface.pipeline.errors import ConfigError, InputError
 
 GPU_RESOURCE = {"GPU": 1}
+
+# Raised for a bad config or input: every retry would fail the same way, only later.
+NOT_RETRIED = (ConfigError, InputError)
 
 
 @dataclass
@@ -37,6 +40,7 @@ class ShardRunner:
     task_runner: object
     resources: dict[str, int] | None = None
     remote: bool = False
+    workers: int | None = None  # how many shards run at once (None: a remote scheduler's)
 
 
 def visible_gpus() -> list[str]:
@@ -106,7 +110,9 @@ def build_task_runner(cfg: GenerateConfig) -> ShardRunner:
     if runner.kind == "thread":
         from prefect.task_runners import ThreadPoolTaskRunner
 
-        return ShardRunner(ThreadPoolTaskRunner(max_workers=runner.max_workers))
+        return ShardRunner(
+            ThreadPoolTaskRunner(max_workers=runner.max_workers), workers=runner.max_workers
+        )
     try:
         from prefect_dask import DaskTaskRunner
     except ImportError:
@@ -132,7 +138,7 @@ def build_task_runner(cfg: GenerateConfig) -> ShardRunner:
             resources = dict(GPU_RESOURCE)
         else:
             if device == "cuda":  # the local workers are this machine: say so before starting
-                from synthface.generators.produce import resolve_device
+                from synthface.generators.dataset import resolve_device
 
                 resolve_device(device, cfg.generator.allow_cpu_fallback)
             count = runner.dask_workers or 2
@@ -142,7 +148,7 @@ def build_task_runner(cfg: GenerateConfig) -> ShardRunner:
         cluster_class=local_dask_cluster,
         cluster_kwargs={"workers": envs, "resources": resources},
     )
-    return ShardRunner(task_runner, resources)
+    return ShardRunner(task_runner, resources, workers=count)
 
 
 def check_gpu_workers(task_runner, resources: dict[str, int] | None) -> None:
@@ -161,3 +167,17 @@ def check_gpu_workers(task_runner, resources: dict[str, int] | None) -> None:
             "`CUDA_VISIBLE_DEVICES=i dask worker ADDRESS --nworkers 1 --nthreads 1 "
             "--resources GPU=1`"
         )
+
+
+def retry_unless_bad_input(task, task_run, state) -> bool:
+    """Prefect ``retry_condition_fn`` of shard tasks: retry a failure unless it is a
+    ``ConfigError``/``InputError``, which would only fail again after ``retries`` delays
+    and hide the one-line message behind them; crashes, I/O and device errors are still
+    retried. Prefect calls it with the task, its run and the ``Failed`` state."""
+    exc = state.data  # the exception itself when the task raised
+    if not isinstance(exc, BaseException):
+        try:  # a persisted result; _sync: a coroutine otherwise, inside an event loop
+            exc = state.result(raise_on_failure=False, _sync=True)
+        except Exception:  # an unreadable result is not evidence of bad input
+            return True
+    return not isinstance(exc, NOT_RETRIED)

@@ -58,6 +58,24 @@ class Autoencoder(nn.Module):
             return latents
         return self.model.decode(latents / self.scaling_factor).sample
 
+    @torch.no_grad()
+    def decode_images(
+        self, latents: torch.Tensor, *, precision: str = "fp32", chunk: int = 16
+    ) -> torch.Tensor:
+        """Sampled latents -> float images in [-1, 1] on the CPU, ``chunk`` at a time (the
+        decoder's activations at full resolution dwarf the UNet's at latent size) and in
+        the sampling precision (bf16 autocast on a GPU). Chunking changes no image: the
+        decoder treats every image alone."""
+        from synthface.generators.sampling import precision_context
+
+        if self.model is None:
+            return latents.float().clamp(-1, 1).cpu()
+        out = []
+        with precision_context(latents.device, precision):
+            for s in range(0, latents.shape[0], chunk):
+                out.append(self.decode(latents[s : s + chunk]).float().clamp(-1, 1).cpu())
+        return torch.cat(out)
+
 
 GEOMETRY = ("latent_channels", "block_out_channels", "scaling_factor")
 

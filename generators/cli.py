@@ -101,8 +101,8 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
 
 def sample_config(args: argparse.Namespace):
     """The ``GenerateConfig`` that ``generator sample`` runs (the same as the flow's)."""
+    from synthface.generators.dataset.config import GenerateConfig
     from synthface.pipeline.config import validate_config
-    from synthface.pipeline.generate_plan import GenerateConfig
 
     gen = {
         "checkpoint": args.checkpoint,
@@ -110,6 +110,7 @@ def sample_config(args: argparse.Namespace):
         "device": args.device,
         "allow_cpu_fallback": False,
         "precision": args.precision,
+        "compile": args.compile,
     }
     for key in ("sampler", "steps", "guidance_scale", "id_guidance_scale", "batch_size"):
         if getattr(args, key) is not None:
@@ -140,7 +141,7 @@ def sample_config(args: argparse.Namespace):
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
 
     cfg = sample_config(args)
     summary = generate_dataset(cfg)
@@ -181,7 +182,7 @@ def cmd_anchors(args: argparse.Namespace) -> int:
     }
     t0 = time.perf_counter()
     if args.within:
-        from synthface.generators.produce import load_anchors
+        from synthface.generators.dataset import load_anchors
 
         ref = load_anchors(args.within, args.dim, field="--within")
         if len(ref) < 3:
@@ -230,10 +231,10 @@ def cmd_identities(args: argparse.Namespace) -> int:
     import time
 
     from synthface.generators.base import load_generator
+    from synthface.generators.dataset import load_anchors
     from synthface.generators.encoder import load_identity_encoder
     from synthface.generators.id3.anchors import save_anchors
     from synthface.generators.morphface.identities import novel_identities
-    from synthface.generators.produce import load_anchors
     from synthface.pipeline.errors import ConfigError
 
     _threads(args)
@@ -479,9 +480,17 @@ def register(groups: argparse._SubParsersAction) -> None:
         help="generator-specific sampler switch, repeatable (uiface: two_stage=false, "
         "injection=false, switch_threshold=0.006, switch_bound=500)",
     )
-    c.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    c.add_argument(
+        "--precision",
+        choices=["auto", "fp32", "bf16"],
+        default="auto",
+        help="auto: bf16 autocast on a GPU, fp32 on the CPU",
+    )
+    c.add_argument(
+        "--compile", action="store_true", help="torch.compile the denoiser (long GPU runs)"
+    )
     c.add_argument("--ext", choices=["jpg", "png"], default="png")
-    c.add_argument("--max-samples-per-shard", type=_positive, default=10000)
+    c.add_argument("--max-samples-per-shard", type=_positive, default=2000)
     c.add_argument(
         "--device",
         choices=["cpu", "cuda", "auto"],

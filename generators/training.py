@@ -56,7 +56,7 @@ import torch
 import torch.nn.functional as F
 
 from synthface.generators.autoencoder import build_autoencoder
-from synthface.generators.base import GENERATORS, _register_builtin
+from synthface.generators.base import GENERATORS
 from synthface.generators.checkpoint import (
     find_resume_checkpoint,
     generator_config_json,
@@ -318,7 +318,6 @@ def train_generator(
     from accelerate import Accelerator
     from accelerate.state import AcceleratorState
 
-    _register_builtin()
     gen_cls = GENERATORS.get(cfg.generator)
     use_id = bool(gen_cls.uses_identity_loss and cfg.id3.id_loss_weight > 0)
     if encoder is None and cfg.encoder.path is not None:

@@ -3,7 +3,12 @@
 One streaming pass over the shards: per-sample scores are accumulated into fixed-bin
 histograms (memory does not grow with the dataset) and only the images of the few
 identities picked for the contact sheet are decoded. Output bytes are a function of the
-dataset and the seed (PNG written without timestamps), so re-runs reproduce the report.
+dataset, the seed and the optional real reference (PNG written without timestamps), so
+re-runs reproduce the report.
+
+A real reference puts real identities above the generated ones on the contact sheet, at
+the generated images' size, so that a reader judges the samples against what the
+generator was meant to draw rather than in isolation.
 """
 
 from __future__ import annotations
@@ -14,13 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from synthface.pipeline.atomic import atomic_write_bytes
-from synthface.pipeline.errors import ShardError
-from synthface.pipeline.shards import decode_image, load_identity_array, split_manifest
+from synthface.pipeline.errors import InputError, ShardError
+from synthface.pipeline.shards import (
+    decode_image,
+    load_identity_array,
+    shard_paths,
+    split_manifest,
+)
 
 REPORT_DIR = "report"
 BINS = np.linspace(-1.0, 1.0, 101)
 QUALITY_BINS = np.linspace(0.0, 100.0, 51)  # quality outside 0..100 lands in the end bins
 MIN_TILE = 64  # pixels
+REAL_LABEL = "real"  # label prefix of the reference rows on the contact sheet
 
 
 def _png(fig) -> bytes:
@@ -75,33 +86,91 @@ def _quality_png(counts: np.ndarray, title: str) -> bytes:
     return _png(fig)
 
 
-def _contact_sheet_png(rows: dict[int, list[np.ndarray]]) -> bytes:
-    """One row per identity, labelled with its index; as many columns as the fullest row
-    has samples (a dataset with fewer samples than asked for gets no empty columns)."""
+def _contact_sheet_png(blocks: list[list[tuple[str, list[np.ndarray]]]]) -> bytes:
+    """Blocks of labelled rows, one row per identity, stacked top to bottom with a grey rule
+    between blocks; as many columns as the fullest row has samples (a dataset with fewer
+    samples than asked for gets no empty columns)."""
     from PIL import Image, ImageDraw, ImageFont
 
-    first = next(iter(rows.values()))[0]
+    blocks = [b for b in blocks if b]
+    first = blocks[-1][0][1][0]  # the generated images set the tile size
     # Small images (the CPU demo's 32 px) are enlarged by pixel repetition to be visible.
     scale = max(1, -(-MIN_TILE // first.shape[0]))
     h, w = first.shape[0] * scale, first.shape[1] * scale
-    cols = max(len(v) for v in rows.values())
+    cols = max(len(images) for block in blocks for _, images in block)
     font = ImageFont.load_default(size=max(10, h // 4))
-    labels = {identity: f"id {identity}" for identity in rows}
-    label_w = max(int(font.getlength(text)) for text in labels.values()) + 8
-    sheet = Image.new("RGB", (label_w + cols * (w + 2), len(rows) * (h + 2)), "white")
+    label_w = max(int(font.getlength(label)) for block in blocks for label, _ in block) + 8
+    rule = max(6, h // 8)  # height of the band between two blocks
+    rows = sum(len(block) for block in blocks)
+    width = label_w + cols * (w + 2)
+    sheet = Image.new("RGB", (width, rows * (h + 2) + (len(blocks) - 1) * rule), "white")
     draw = ImageDraw.Draw(sheet)
-    for r, identity in enumerate(sorted(rows)):
-        y = r * (h + 2)
-        top, bottom = draw.textbbox((0, 0), labels[identity], font=font)[1::2]
-        draw.text((4, y + (h - top - bottom) // 2), labels[identity], fill="black", font=font)
-        for c, img in enumerate(rows[identity]):
-            tile = Image.fromarray(np.repeat(np.repeat(img, scale, 0), scale, 1))
-            if tile.size != (w, h):
-                tile = tile.resize((w, h))
-            sheet.paste(tile, (label_w + c * (w + 2), y))
+    y = 0
+    for b, block in enumerate(blocks):
+        if b:
+            draw.rectangle((0, y + rule // 2 - 1, width - 1, y + rule // 2), fill=(128, 128, 128))
+            y += rule
+        for label, images in block:
+            top, bottom = draw.textbbox((0, 0), label, font=font)[1::2]
+            draw.text((4, y + (h - top - bottom) // 2), label, fill="black", font=font)
+            for c, img in enumerate(images):
+                tile = Image.fromarray(np.repeat(np.repeat(img, scale, 0), scale, 1))
+                if tile.size != (w, h):
+                    tile = tile.resize((w, h))
+                sheet.paste(tile, (label_w + c * (w + 2), y))
+            y += h + 2
     buf = io.BytesIO()
     sheet.save(buf, "PNG", compress_level=6, optimize=False)
     return buf.getvalue()
+
+
+def check_reference(
+    dataset_dir: str | Path, split: str = "train", field: str = "report.reference"
+) -> dict:
+    """The ``split`` entry of a real reference dataset, or one ``InputError`` naming
+    ``field`` and the path; called when a run is planned, so that a wrong path fails
+    before hours of generation rather than in the report at the end."""
+    try:
+        entry = split_manifest(dataset_dir, split)
+        missing = [p for p in shard_paths(dataset_dir, split) if not p.is_file()]
+    except ShardError as exc:
+        raise InputError(f"{field}: {exc}") from None
+    if missing:
+        raise InputError(f"{field}: {missing[0]}: shard missing; run `synthface shards verify`")
+    if int(entry["num_identities"]) < 1 or int(entry["num_samples"]) < 1:
+        raise InputError(f"{field}: {dataset_dir} (split {split}): no samples")
+    return entry
+
+
+def to_size(img: np.ndarray, shape: tuple[int, ...]) -> np.ndarray:
+    """``img`` at the height and width of ``shape`` (antialiased when it shrinks), so a real
+    face is shown at the resolution the generated ones have."""
+    if img.shape[:2] == tuple(shape[:2]):
+        return img
+    from PIL import Image
+
+    resized = Image.fromarray(img).resize((shape[1], shape[0]), Image.Resampling.LANCZOS)
+    return np.asarray(resized)
+
+
+def _reference_rows(
+    dataset_dir: Path, split: str, count: int, samples: int, seed: int
+) -> dict[int, list[np.ndarray]]:
+    """The first ``samples`` images of ``count`` real identities picked with ``seed``
+    (a stream of its own, so the generated rows stay the ones picked without a reference)."""
+    from synthface.pipeline.shards import iter_samples
+
+    classes = int(check_reference(dataset_dir, split)["num_identities"])
+    rng = np.random.default_rng([seed, 1])
+    picked = set(rng.choice(classes, size=min(count, classes), replace=False).tolist())
+    rows: dict[int, list[np.ndarray]] = {}
+    for s in iter_samples(dataset_dir, split, decode=False):
+        label = s["label"]
+        if label in picked and len(rows.setdefault(label, [])) < samples:
+            rows[label].append(decode_image(s["image"], s["__key__"]))
+            if len(rows) == len(picked) and all(len(v) == samples for v in rows.values()):
+                break  # identity-ordered datasets (the world's) stop early
+    return {k: v for k, v in rows.items() if v}
 
 
 def _fmt(x) -> str:
@@ -123,9 +192,15 @@ def write_report(
     contact_identities: int = 8,
     contact_samples: int = 8,
     seed: int = 0,
+    reference: str | Path | None = None,
+    reference_split: str = "train",
 ) -> dict[str, Path]:
     """Write ``report/report.md``, ``report/similarity.png``, ``report/contact_sheet.png``
-    and, when samples carry a quality score, ``report/quality.png``."""
+    and, when samples carry a quality score, ``report/quality.png``.
+
+    ``reference``: a finished dataset of real faces (e.g. ``synthface world make``'s); as
+    many of its identities as the sheet has generated rows go on top, labelled "real N".
+    """
     from synthface.pipeline.shards import iter_samples
 
     dataset_dir = Path(dataset_dir)
@@ -194,9 +269,19 @@ def write_report(
     if quality.sum():
         paths["quality"] = out / "quality.png"
         atomic_write_bytes(paths["quality"], _quality_png(quality, f"{dataset_dir.name}: quality"))
+    real: dict[int, list[np.ndarray]] = {}
     if sheet:
+        cols = max(len(v) for v in sheet.values())
+        if reference is not None:
+            shape = next(iter(sheet.values()))[0].shape
+            rows = _reference_rows(Path(reference), reference_split, len(sheet), cols, seed)
+            real = {k: [to_size(img, shape) for img in v] for k, v in rows.items()}
         paths["contact_sheet"] = out / "contact_sheet.png"
-        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(sheet))
+        blocks = [
+            [(f"{REAL_LABEL} {i}", real[i]) for i in sorted(real)],
+            [(f"id {i}", sheet[i]) for i in sorted(sheet)],
+        ]
+        atomic_write_bytes(paths["contact_sheet"], _contact_sheet_png(blocks))
 
     lines = [
         f"# QC report: {dataset_dir.name} ({split})",
@@ -285,10 +370,22 @@ def write_report(
     if "quality" in paths:
         lines += ["## Face image quality", "", "![quality](quality.png)", ""]
     if "contact_sheet" in paths:
+        lines += ["## Contact sheet", ""]
+        if real:
+            ref_hash = split_manifest(reference, reference_split).get("config_hash")
+            lines += [
+                f"Top rows, labelled `{REAL_LABEL} N`: real identities "
+                f"{', '.join(str(i) for i in sorted(real))} of the dataset `{reference}` "
+                f"(split {reference_split}"
+                + (f", config hash {ref_hash[:12]}" if ref_hash else "")
+                + f"; seed {seed}), their first {max(len(v) for v in real.values())} "
+                "samples, resized to the generated images' size; below the grey rule, "
+                "the generated identities.",
+                "",
+            ]
         lines += [
-            "## Contact sheet",
-            "",
-            f"Rows: identities {', '.join(str(i) for i in sorted(sheet))} (seed {seed}), "
+            f"{'Generated rows' if real else 'Rows'}: identities "
+            f"{', '.join(str(i) for i in sorted(sheet))} (seed {seed}), "
             f"labelled; columns: their first "
             f"{max(len(v) for v in sheet.values())} samples.",
             "",

@@ -6,11 +6,18 @@ plumbing — never image quality — so untrained models are the honest choice h
 
 from __future__ import annotations
 
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import torch
 
-from synthface.pipeline.generate_plan import GenerateConfig
+from synthface.generators.dataset.config import GenerateConfig
 
 DIM = 32
 SIZE = 16
@@ -60,3 +67,90 @@ def tiny_config(models: Path, out: Path, **sections) -> GenerateConfig:
     for key, value in sections.items():
         data.setdefault(key, {}).update(value)
     return GenerateConfig.model_validate(data)
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class PrefectServer:
+    """A real ``prefect server start`` on loopback with a PREFECT_HOME of its own, which a
+    test can kill and start again on the same home and port (same database, same URL).
+
+    ``env`` is the environment for clients (the flow CLI, ``prefect``): this server's API
+    and home, and none of the caller's other PREFECT_* settings.
+    """
+
+    def __init__(self, home: Path, port: int | None = None, **settings: str):
+        self.home = Path(home)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}/api"
+        base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+        base.update(
+            PREFECT_HOME=str(self.home),
+            PREFECT_SERVER_ANALYTICS_ENABLED="false",
+            OMP_NUM_THREADS="1",
+            **settings,
+        )
+        self.server_env = base
+        self.env = {**base, "PREFECT_API_URL": self.url}
+        self.proc: subprocess.Popen | None = None
+        self.starts = 0
+
+    @property
+    def log(self) -> Path:
+        return self.home / f"server-{self.starts}.log"
+
+    def healthy(self) -> bool:
+        import httpx
+
+        with contextlib.suppress(httpx.HTTPError):
+            return httpx.get(self.url + "/health", timeout=2).status_code == 200
+        return False
+
+    def start(self, timeout: float = 180) -> None:
+        """Start and wait until the API answers (the first start also migrates the database)."""
+        self.starts += 1
+        self.home.mkdir(parents=True, exist_ok=True)
+        bin_dir = Path(sys.executable).parent
+        with open(self.log, "wb") as log:
+            args = ["server", "start", "--host", "127.0.0.1", "--port", str(self.port), "--no-ui"]
+            self.proc = subprocess.Popen(
+                [bin_dir / "prefect", *args],
+                env=self.server_env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + timeout
+        while not self.healthy():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"prefect server did not start:\n{self.log.read_text()[-3000:]}")
+            time.sleep(0.2)
+
+    def kill(self) -> None:
+        """SIGKILL the server and its children: no shutdown, as in a crash or OOM kill."""
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            stop_group(self.proc)
+
+
+def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
+    """SIGTERM a process started with ``start_new_session``, then SIGKILL its group."""
+    if proc.poll() is None:
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(proc.pid, signal.SIGTERM)
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

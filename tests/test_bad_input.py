@@ -20,10 +20,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.pipeline.cli import main as cli_main
 from synthface.pipeline.config import load_config
 from synthface.pipeline.errors import ConfigError, InputError, ShardError, SynthfaceError
-from synthface.pipeline.generate_plan import GenerateConfig
 from synthface.pipeline.limits import PIXELS_ENV
 from synthface.pipeline.shards import (
     begin_dataset,
@@ -289,7 +289,7 @@ def models(tmp_path_factory) -> Path:
 
 
 def test_memory_generation_plan_is_refused_before_the_output_is_claimed(models, tmp_path):
-    from synthface.generators.produce import prepare_generation
+    from synthface.generators.dataset import prepare_generation
     from tests.flows_helpers import tiny_config
 
     cfg = tiny_config(models, tmp_path / "ds", identities={"count": 10_000_000})
@@ -346,7 +346,7 @@ def test_output_training_into_the_dataset_is_refused(tmp_path):
 
 
 def test_output_generation_into_the_checkpoint_is_refused(models):
-    from synthface.generators.produce import prepare_generation
+    from synthface.generators.dataset import prepare_generation
     from tests.flows_helpers import tiny_config
 
     cfg = tiny_config(models, models / "generator" / "ds")

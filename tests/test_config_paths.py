@@ -9,9 +9,9 @@ from pathlib import Path
 import pytest
 import yaml
 
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.pipeline.config import infer_kind, load_any_config, load_config
 from synthface.pipeline.errors import ConfigError
-from synthface.pipeline.generate_plan import GenerateConfig
 from synthface.recognition.config import TrainConfig
 
 SYNTHFACE = Path(sys.executable).parent / "synthface"

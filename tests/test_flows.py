@@ -7,12 +7,10 @@ first start runs the database migrations, which is the slow part.
 
 from __future__ import annotations
 
-import contextlib
 import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -22,68 +20,26 @@ import httpx
 import pytest
 import yaml
 
-from synthface.generators.produce import generate_dataset
-from synthface.pipeline.generate_plan import GenerateConfig
+from synthface.generators.dataset import generate_dataset
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.pipeline.shards import load_manifest
-from tests.flows_helpers import make_tiny_models, tiny_config
+from tests.flows_helpers import PrefectServer, make_tiny_models, stop_group, tiny_config
 from tests.test_flows_units import tree_hashes
 
 BIN = Path(sys.executable).parent
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait()
-
-
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
-    home = tmp_path_factory.mktemp("prefect-home")
-    port = _free_port()
-    base = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    base.update(
-        PREFECT_HOME=str(home),
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    srv = PrefectServer(
+        tmp_path_factory.mktemp("prefect-home"),
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",
         PREFECT_RUNNER_POLL_FREQUENCY="2",
-        OMP_NUM_THREADS="1",
     )
-    log = open(home / "server.log", "wb")  # noqa: SIM115 - closed at teardown
-    proc = subprocess.Popen(
-        [BIN / "prefect", "server", "start", "--host", "127.0.0.1", "--port", str(port), "--no-ui"],
-        env=base,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        start_new_session=True,
-    )
-    url = f"http://127.0.0.1:{port}/api"
-    deadline = time.monotonic() + 180
-    while True:
-        with contextlib.suppress(httpx.HTTPError):
-            if httpx.get(url + "/health", timeout=2).status_code == 200:
-                break
-        if proc.poll() is not None or time.monotonic() > deadline:
-            _stop(proc)
-            pytest.fail(
-                "prefect server did not start:\n" + (home / "server.log").read_text()[-3000:]
-            )
-        time.sleep(0.5)
-    yield {"url": url, "env": {**base, "PREFECT_API_URL": url}, "home": home}
-    _stop(proc)
-    log.close()
+    srv.start()
+    yield {"url": srv.url, "env": srv.env, "home": srv.home}
+    srv.stop()
 
 
 @pytest.fixture(scope="module")
@@ -147,7 +103,7 @@ def served(server, models, tmp_path_factory):
 
     _wait_for(registered, 120, "deployments to be registered", proc)
     yield {"root": root, "proc": proc}
-    _stop(proc)
+    stop_group(proc)
     log.close()
 
 
@@ -312,7 +268,7 @@ def test_prefect_deploy_and_flows_serve_register_the_same_deployments(server, mo
         )
         by_serve = {n: _registered(server, n) for n in names}
     finally:
-        _stop(proc)
+        stop_group(proc)
         log.close()
     assert by_serve == by_deploy
 

@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from synthface.generators.produce import generate_dataset, prepare_generation, produce_shard
+from synthface.generators.dataset import generate_dataset, prepare_generation, produce_shard
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.pipeline.errors import ConfigError, InputError, ShardError
-from synthface.pipeline.generate_plan import GenerateConfig
 from synthface.pipeline.shards import completed_shards, load_identity_array, load_manifest
 from tests.flows_helpers import make_tiny_models, tiny_config
 

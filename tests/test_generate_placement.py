@@ -23,15 +23,19 @@ import pytest
 import torch
 import yaml
 
-from synthface.generators.placement import LOGICAL_GPU_ENV, read_provenance, worker_placement
-from synthface.generators.produce import (
+from synthface.generators.dataset import (
+    finalize_generation,
     generate_dataset,
     prepare_generation,
     produce_shard,
     resolve_device,
 )
+from synthface.generators.dataset.placement import (
+    LOGICAL_GPU_ENV,
+    read_provenance,
+    worker_placement,
+)
 from synthface.pipeline.errors import ConfigError
-from synthface.pipeline.generate_finalize import finalize_generation
 from tests.flows_helpers import make_tiny_models, tiny_config
 from tests.test_flows_units import tree_hashes
 
@@ -61,7 +65,7 @@ def test_concurrent_shards_never_share_a_model_and_write_the_same_bytes(
     """Two threads producing shards at once each borrow their own model (UIFace swaps
     attention processors on its UNet while sampling); later shards and later runs reuse
     the two, and the dataset equals the sequential one."""
-    from synthface.generators import produce
+    from synthface.generators.dataset import producer as produce
 
     produce.clear_producer_cache()
     out = tmp_path / "ds"

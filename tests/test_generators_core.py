@@ -162,6 +162,26 @@ def test_unknown_generator_lists_known_names():
         assert name in str(err.value).split("known: ")[1]
 
 
+def test_generator_without_dataset_conditions_is_a_one_line_config_error():
+    from synthface.generators.base import DiffusionGenerator
+
+    class Bare(DiffusionGenerator):
+        name = "bare"
+
+    gen = Bare(tiny_config())
+    with pytest.raises(ConfigError) as err:
+        gen.dataset_conditions(np.eye(2, ID_DIM, dtype=np.float32), 2)
+    assert "\n" not in str(err.value)
+    assert "generator 'bare' cannot sample dataset conditions" in str(err.value)
+    conds = _generator().dataset_conditions(np.eye(2, ID_DIM, dtype=np.float32), 3, seed=1)
+    assert {k: v.shape for k, v in conds.items()} == {
+        "identity": (2, 3, ID_DIM),
+        "cos": (2, 3),
+        "attributes": (2, 3, 1),
+        "seeds": (2, 3),
+    }
+
+
 def test_latent_space_generator_shapes():
     cfg = tiny_config(
         autoencoder={"kind": "kl", "latent_channels": 4, "block_out_channels": [8, 8]}

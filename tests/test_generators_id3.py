@@ -9,13 +9,13 @@ import pytest
 import torch
 
 from synthface.generators.base import create_generator
+from synthface.generators.dataset import generate_dataset
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.generators.id3.anchors import packing_stats, random_unit_vectors, tammes_anchors
 from synthface.generators.id3.attributes import AttributePrior
 from synthface.generators.id3.identities import identity_conditions
-from synthface.generators.produce import generate_dataset
 from synthface.pipeline.cli import main
 from synthface.pipeline.errors import InputError
-from synthface.pipeline.generate_plan import GenerateConfig
 from tests.generators_helpers import tiny_config
 
 torch.set_num_threads(1)

@@ -77,8 +77,13 @@ def test_saved_autoencoder_loads_equal_as_generator_latent_space(tmp_path, shard
     model.save_pretrained(tmp_path / "again", safe_serialization=True)
     name = "diffusion_pytorch_model.safetensors"
     assert (tmp_path / "again" / name).read_bytes() == (final / name).read_bytes()
-    x = images_to_unit([s["image"] for s in toy_samples()[:2]], 16)
-    assert adapter.encode(x).shape == (2, 3, 4, 4)
+    x = images_to_unit([s["image"] for s in toy_samples()[:5]], 16)
+    z = adapter.encode(x)
+    assert z.shape == (5, 3, 4, 4)
+    # the sampler's decode, in chunks, gives the images of one whole-batch decode
+    whole = adapter.decode(z).clamp(-1, 1)
+    chunked = adapter.decode_images(z, chunk=2)
+    assert chunked.shape == whole.shape and torch.allclose(chunked, whole, atol=1e-5)
 
 
 def test_kl_autoencoder_trains_and_loads(tmp_path, shards):

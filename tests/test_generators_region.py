@@ -9,12 +9,8 @@ import shutil
 import numpy as np
 import pytest
 
-from synthface.generators.produce import (
-    QC_INFLATED,
-    checkpoint_sha256,
-    generate_dataset,
-    prepare_generation,
-)
+from synthface.generators.dataset import checkpoint_sha256, generate_dataset, prepare_generation
+from synthface.generators.dataset.checks import QC_INFLATED
 from synthface.generators.region import (
     REGION_FILE,
     load_identity_region,

@@ -577,8 +577,8 @@ def test_shipped_uiface_configs_validate(name):
 
 
 def test_dataset_samples_record_their_switch_and_bad_options_fail_first(tmp_path):
-    from synthface.generators.produce import generate_dataset
-    from synthface.pipeline.generate_plan import GenerateConfig
+    from synthface.generators.dataset import generate_dataset
+    from synthface.generators.dataset.config import GenerateConfig
     from synthface.pipeline.shards import iter_samples
     from synthface.recognition import create_backbone, save_recognizer
 
@@ -701,7 +701,7 @@ def imported(tmp_path_factory):
 
 
 def _generate_config(ckpt: Path, out: Path, **sections):
-    from synthface.pipeline.generate_plan import GenerateConfig
+    from synthface.generators.dataset.config import GenerateConfig
 
     data = {
         "generator": {"checkpoint": str(ckpt), "steps": 2, "sampler": "ddim", "batch_size": 4},
@@ -716,7 +716,7 @@ def _generate_config(ckpt: Path, out: Path, **sections):
 
 def test_documented_import_then_dataset_from_contexts_without_an_encoder(imported, monkeypatch):
     from synthface.generators import encoder as encoder_module
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
     from synthface.pipeline.atomic import file_sha256
     from synthface.pipeline.embedding_space import read_anchor_space
     from synthface.pipeline.shards import iter_samples
@@ -766,17 +766,17 @@ def test_documented_import_then_dataset_from_contexts_without_an_encoder(importe
 
 
 def test_resize_is_antialiased_and_happens_before_encoding():
-    from synthface.generators.produce import _resize
+    from synthface.generators.dataset.stages import resize
 
     stripes = np.zeros((1, 128, 128, 3), np.uint8)
     stripes[:, :, ::2] = 255  # one-pixel stripes: point sampling would keep them
-    small = _resize(stripes, (112, 112))
+    small = resize(stripes, (112, 112))
     assert small.shape == (1, 112, 112, 3)
     assert 100 < small.mean() < 155 and small.std() < 60  # averaged, not aliased
 
 
 def _refused(cfg, match: str):
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
 
     with pytest.raises((ConfigError, InputError), match=match) as err:
         generate_dataset(cfg)
@@ -786,7 +786,7 @@ def _refused(cfg, match: str):
 
 
 def test_imported_model_without_region_needs_anchors_or_whole_sphere(imported):
-    from synthface.generators.produce import prepare_generation
+    from synthface.generators.dataset import prepare_generation
 
     root, model = imported["root"], imported["model"]
     qc = {"recognizer": str(_recognizer(root / "qc-8d-b", 8))}
@@ -839,7 +839,7 @@ def test_mismatched_spaces_are_refused_before_sampling(imported):
 
 
 def test_import_with_encoder_records_its_fingerprint_and_qc_must_match(imported, tmp_path):
-    from synthface.generators.produce import prepare_generation
+    from synthface.generators.dataset import prepare_generation
     from synthface.generators.uiface import convert
     from synthface.pipeline.embedding_space import recognizer_fingerprint
 

@@ -6,7 +6,7 @@ import os
 import subprocess
 from pathlib import Path
 
-from synthface.generators.base import GENERATORS, _register_builtin
+from synthface.generators.base import GENERATORS
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -18,7 +18,6 @@ def test_smoke_script_runs_every_path_on_cpu(tmp_path):
         cwd=ROOT, env=env, capture_output=True, text=True, timeout=600,
     )  # fmt: skip
     lines = dict(ln.split(" ", 1) for ln in proc.stdout.splitlines() if ln.count(" ") == 2)
-    _register_builtin()
     expected = ["world", "recognizer-train", "recognizer-resume", "recognizer-onnx"] + [
         f"generator-{name}-{what}"
         for name in GENERATORS.names()

@@ -36,7 +36,7 @@ def _png(i: int) -> bytes:
 def test_generation_embedding_evaluation_and_scoring_show_progress_on_a_terminal(
     models, tmp_path, monkeypatch
 ):
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
     from synthface.pipeline.formats.verification_bin import write_bin
     from synthface.recognition import load_embedder
     from synthface.recognition.embed_files import embed_to_npy
@@ -80,7 +80,7 @@ def test_quiet_flag_reaches_child_processes(monkeypatch, capsys):
 
 
 def test_contact_sheet_has_labelled_rows_and_no_empty_columns(models, tmp_path):
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
 
     ds = tmp_path / "ds"
     cfg = tiny_config(models, ds, report={"contact_identities": 2, "contact_samples": 8})

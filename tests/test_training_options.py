@@ -550,9 +550,9 @@ def test_options_compose_under_bf16(world, tmp_path):
 def test_generation_qc_scores_quality_and_filters_by_it(tmp_path):
     """qc.quality_model scores every generated image (sample metadata, identity array,
     report); qc.min_quality filters the view, and a stricter view needs no regeneration."""
-    from synthface.generators.produce import generate_dataset
-    from synthface.pipeline.generate_finalize import write_filtered_view
+    from synthface.generators.dataset import generate_dataset
     from synthface.pipeline.qc import QCConfig
+    from synthface.pipeline.qc.refilter import write_filtered_view
     from synthface.pipeline.shards import iter_samples, load_identity_array
     from synthface.recognition.quality import build_quality_model, save_quality_model
     from tests.flows_helpers import make_tiny_models, tiny_config

@@ -3,7 +3,8 @@
 # cluster (one worker per GPU, CUDA_VISIBLE_DEVICES and the GPU=1 resource each):
 # images/s of the shard phase, wall time, images per GPU (from the dataset's provenance
 # log) and each GPU's utilisation sampled with nvidia-smi every 0.5 s. The two datasets
-# must be byte-identical (the script fails otherwise).
+# must be byte-identical (the script fails otherwise). Each worker count runs with QC and
+# JPEG encoding overlapped with sampling and without (runner.overlap), same bytes.
 # Default model: the demo's ID3 generator (32 px, small: expect low utilisation; the point
 # is placement and scaling). Give a real one with --config FILE (a `generate` config).
 # Needs the `dask` extra (prefect, prefect-dask) besides the `gpu` one.
@@ -17,5 +18,5 @@ PY="${PYTHON:-.venv/bin/python}"
 "$PY" -c "import prefect_dask" || { echo "prefect-dask missing: pip install '.[dask]'" >&2; exit 1; }
 nvidia-smi --query-gpu=index,name,memory.total --format=csv
 export OMP_NUM_THREADS="${OMP_NUM_THREADS:-1}" PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS=180
-timeout 600 "$PY" bench/generate_workers.py --device cuda --workers 1,all --nvidia-smi \
+timeout 600 "$PY" bench/generate_workers.py --device cuda --workers 1,all --overlap off,on --nvidia-smi \
   --identities 256 --samples 8 --shard-samples 128 "$@"

@@ -200,10 +200,9 @@ def main() -> int:
 
     if rec_model is None:
         return 1
-    from synthface.generators.base import GENERATORS, _register_builtin
+    from synthface.generators.base import GENERATORS
     from synthface.generators.encoder import load_identity_encoder
 
-    _register_builtin()
     encoder = load_identity_encoder(rec_model)
     dim = int(rec_cfg.model.embedding_dim)
     for name in GENERATORS.names():

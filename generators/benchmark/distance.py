@@ -95,9 +95,9 @@ def gate(fd_set: float, fd_floor: float, fd_texture: float) -> dict:
 
 def embed(judge, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     """The judge's embeddings of uint8 images (resized to its input size)."""
-    from synthface.generators.produce import _resize
+    from synthface.generators.dataset.stages import resize
 
-    return judge.embed(_resize(images, judge.input_size), batch_size=batch_size)
+    return judge.embed(resize(images, judge.input_size), batch_size=batch_size)
 
 
 def _images(path: str | Path, limit: int | None = None, labels=None) -> np.ndarray:

@@ -2,7 +2,7 @@
 
 The ``generate`` config built here is the one ``generate-synthetic`` runs: the benchmark
 flow hands it to that flow (as a subflow), the plain-function path to
-:func:`synthface.generators.produce.generate_dataset`, which write the same bytes.
+:func:`synthface.generators.dataset.generate_dataset`, which write the same bytes.
 QC always uses the benchmark's independent judge, and its gallery is the judge's view
 of the real training identities, so "leak" flags mean "a synthetic identity the judge
 finds too close to a real training identity".
@@ -15,13 +15,13 @@ from pathlib import Path
 
 import numpy as np
 
+from synthface.generators.dataset.config import GenerateConfig
 from synthface.pipeline.atomic import atomic_path
-from synthface.pipeline.generate_plan import GenerateConfig
 
 
 def judge_gallery(stage_dir: Path, judge: str, real: str, *, device: str, batch: int = 256):
     """The judge's unit mean embedding of every real training identity (``gallery.npy``)."""
-    from synthface.generators.produce import _resize
+    from synthface.generators.dataset.stages import resize
     from synthface.pipeline.shards import iter_samples
     from synthface.recognition import load_embedder
 
@@ -32,7 +32,7 @@ def judge_gallery(stage_dir: Path, judge: str, real: str, *, device: str, batch:
 
     def flush():
         if images:
-            v = emb.embed(_resize(np.stack(images), emb.input_size), batch_size=batch)
+            v = emb.embed(resize(np.stack(images), emb.input_size), batch_size=batch)
             for row, lab in zip(v, labels):
                 sums[lab] = sums.get(lab, 0) + row.astype(np.float64)
                 counts[lab] = counts.get(lab, 0) + 1

@@ -85,9 +85,8 @@ def embedding_dim(recognizer: str) -> int:
 
 # --------------------------------------------------------------------------- generators
 def check_registered(name: str) -> None:
-    from synthface.generators.base import GENERATORS, _register_builtin
+    from synthface.generators.base import GENERATORS
 
-    _register_builtin()
     GENERATORS.get(name)  # unknown name -> ConfigError naming the known ones
 
 
@@ -96,12 +95,11 @@ def check_sampler_options(entry, config) -> None:
 
     ``config`` is the generator config to be trained, or None for a given checkpoint
     (read from it)."""
-    from synthface.generators.base import GENERATORS, _register_builtin
+    from synthface.generators.base import GENERATORS
     from synthface.generators.checkpoint import read_generator_config
 
     if not entry.sampler_options:
         return
-    _register_builtin()
     if config is None:
         config = read_generator_config(Path(entry.checkpoint))
     try:
@@ -174,7 +172,7 @@ def train_generator_stage(stage_dir: Path, cfg) -> dict:
 def load_generator_stage(entry) -> dict:
     """A given checkpoint: check it is the registered generator the entry names."""
     from synthface.generators.checkpoint import read_generator_config
-    from synthface.generators.produce import checkpoint_sha256
+    from synthface.generators.dataset import checkpoint_sha256
 
     path = Path(entry.checkpoint)
     if not (path / "config.json").is_file():

@@ -604,7 +604,7 @@ def start(
     """Check the generator entries (before anything trains) and open the stage store."""
     import torch
 
-    from synthface.generators.produce import generate_dataset
+    from synthface.generators.dataset import generate_dataset
 
     M.check_entries(cfg)
     torch.set_num_threads(cfg.threads)

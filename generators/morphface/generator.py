@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 import torch
 
-from synthface.generators.base import GENERATORS, DiffusionGenerator, to_uint8
+from synthface.generators.base import GENERATORS, DiffusionGenerator
 from synthface.generators.config import GeneratorConfig
 from synthface.generators.id3.identities import identity_conditions, per_image_rng
 from synthface.generators.morphface.model import MorphFaceDenoiser
 from synthface.generators.morphface.prior import StylePrior, StylePriorFitter
 from synthface.generators.morphface.styles import StyleSource, make_style_source
+from synthface.generators.sampling_pipeline import to_uint8
 from synthface.pipeline.errors import ConfigError, InputError
 
 PRIOR_FILE = "style_prior.json"

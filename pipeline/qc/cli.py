@@ -9,8 +9,8 @@ from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 def cmd_view(args: argparse.Namespace) -> int:
     from synthface.pipeline.config import apply_overrides, validate_config
-    from synthface.pipeline.generate_finalize import write_filtered_view
     from synthface.pipeline.qc.config import QCConfig
+    from synthface.pipeline.qc.refilter import write_filtered_view
     from synthface.pipeline.shards import split_manifest
 
     entry = split_manifest(args.dataset, args.split)

@@ -21,8 +21,9 @@ The loop never names an option: :func:`build_objectives` creates one objective p
 registered section that the config sets, in ``order`` (then name) order.
 
 To add one: a config section on :class:`synthface.recognition.config.TrainConfig`, a
-subclass here (or in its own module, imported by :func:`_register_builtin`) decorated
-with ``@register_objective("section")`` and a ``from_config(cfg, num_classes)``.
+subclass here or in its own module decorated with ``@register_objective("section")``
+and a ``from_config(cfg, num_classes)``; a built-in module is also named in
+:data:`OBJECTIVES`'s ``builtins`` so the registry imports it when it is asked for.
 """
 
 from __future__ import annotations
@@ -131,7 +132,17 @@ class Objective(nn.Module):
         return {}
 
 
-OBJECTIVES: Registry[type[Objective]] = Registry("training objective")
+# The registry imports a built-in's module on first use: no caller has to, and this
+# module does not import the objective modules (they import it).
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "training objective",
+    builtins={
+        "adversarial": "synthface.recognition.training.adversarial",
+        "ddl": "synthface.recognition.training.ddl",
+        "distill": "synthface.recognition.training.distill",
+        "ekd": "synthface.recognition.training.ekd",
+    },
+)
 
 
 def register_objective(section: str):
@@ -139,16 +150,7 @@ def register_objective(section: str):
     return OBJECTIVES.register(section)
 
 
-def _register_builtin() -> None:
-    """Import the modules whose decorators fill :data:`OBJECTIVES` (idempotent)."""
-    import synthface.recognition.training.adversarial
-    import synthface.recognition.training.ddl
-    import synthface.recognition.training.distill
-    import synthface.recognition.training.ekd  # noqa: F401
-
-
 def objective_sections() -> list[str]:
-    _register_builtin()
     return OBJECTIVES.names()
 
 

@@ -7,16 +7,16 @@ Re-running it on a finished dataset rewrites the same bytes.
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 
+from synthface.generators.dataset.config import GenerateConfig
+from synthface.generators.dataset.plan import ShardWork, anchors_path, read_novelty
 from synthface.pipeline.dataset_card import write_dataset_card
 from synthface.pipeline.embedding_space import read_space_record
 from synthface.pipeline.errors import ShardError
-from synthface.pipeline.generate_plan import GenerateConfig, ShardWork, anchors_path, novelty_path
-from synthface.pipeline.qc import QCConfig, audit, gather_identity_table, load_gallery, write_view
+from synthface.pipeline.qc import audit, gather_identity_table, load_gallery, write_view
 from synthface.pipeline.shards import completed_shards, finalize_dataset
 from synthface.pipeline.shards.manifest import config_hash
 
@@ -24,14 +24,6 @@ from synthface.pipeline.shards.manifest import config_hash
 def missing_shards(cfg: GenerateConfig, work: list[ShardWork]) -> list[int]:
     done = completed_shards(cfg.output.dir, split=cfg.output.split, check_sha=False)
     return [w.index for w in work if w.index not in done]
-
-
-def read_novelty(dataset_dir: Path) -> dict | None:
-    """The anchors' distance to the generator's training identities (``plan/novelty.json``)."""
-    try:
-        return json.loads(novelty_path(dataset_dir).read_text())
-    except (OSError, ValueError):
-        return None
 
 
 def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[ShardWork]) -> dict:
@@ -112,42 +104,8 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
             contact_identities=cfg.report.contact_identities,
             contact_samples=cfg.report.contact_samples,
             seed=cfg.report.seed,
+            reference=cfg.report.reference,
+            reference_split=cfg.report.reference_split,
         )
         out["report"] = {k: str(v) for k, v in paths.items()}
     return out
-
-
-def write_filtered_view(dataset_dir: str | Path, qc: QCConfig, *, split: str = "train") -> dict:
-    """Re-audit a finished dataset under other thresholds and write ``views/<qc.view>.json``.
-
-    Reads only the manifest and the QC sidecars; shards and ``dataset.json`` are untouched,
-    so a stricter or looser view costs seconds, not a regeneration.
-    """
-    from synthface.pipeline.shards import split_manifest
-
-    dataset_dir = Path(dataset_dir)
-    entry = split_manifest(dataset_dir, split)
-    ranges = [(s["index"], s["first_identity"], s["last_identity"]) for s in entry["shards"]]
-    table = gather_identity_table(dataset_dir, split, ranges)
-    gallery = load_gallery(qc.gallery, table.centroids.shape[1]) if qc.gallery else None
-    result = audit(table, qc, gallery=gallery)
-    view = write_view(
-        dataset_dir,
-        qc.view,
-        split=split,
-        config_hash=entry["config_hash"],
-        num_identities=table.num_identities,
-        identity_counts=table.num_samples.tolist(),
-        excluded_identities=result.excluded_identities,
-        excluded_samples=result.excluded_samples,
-        criteria={
-            "thresholds": qc.model_dump(mode="json"),
-            "drop_identities": sorted(qc.identity_drop_set()),
-            "drop_samples": sorted(qc.drop_samples),
-        },
-    )
-    return {
-        "view": str(dataset_dir / "views" / f"{qc.view}.json"),
-        **view,
-        "summary": result.summary,
-    }

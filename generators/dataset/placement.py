@@ -16,6 +16,7 @@ byte-identical whichever runner, worker or device produced them; this log does n
 from __future__ import annotations
 
 import json
+import logging
 import os
 import socket
 import threading
@@ -25,6 +26,8 @@ from pathlib import Path
 
 from synthface.pipeline.atomic import atomic_write_json
 from synthface.pipeline.errors import ConfigError
+
+log = logging.getLogger(__name__)
 
 LOGICAL_GPU_ENV = "SYNTHFACE_LOGICAL_GPU"
 PROVENANCE_DIR = "provenance"
@@ -57,6 +60,28 @@ def _worker_identity() -> tuple[str, str | None]:
         return threading.current_thread().name, None
 
 
+def resolve_device(requested: str, allow_cpu_fallback: bool = False) -> str:
+    """``cpu``/``cuda``/``auto`` -> an explicit torch device of this process (``cuda:N``:
+    the current one, which a GPU worker's ``CUDA_VISIBLE_DEVICES`` makes its own GPU),
+    or a clear error."""
+    import torch
+
+    if requested == "cpu":
+        return "cpu"
+    has_gpu = torch.cuda.is_available()
+    if has_gpu:
+        return f"cuda:{torch.cuda.current_device()}"
+    if requested == "auto":
+        return "cpu"
+    if allow_cpu_fallback:
+        log.warning("generator.device is cuda but no GPU is visible; falling back to the CPU")
+        return "cpu"
+    raise ConfigError(
+        "generator.device: cuda requested but torch sees no GPU "
+        "(set generator.allow_cpu_fallback: true to run on the CPU instead)"
+    )
+
+
 def worker_placement(requested: str, allow_cpu_fallback: bool = False) -> Placement:
     """Resolve the device here, in the worker, and say which worker this is."""
     logical = os.environ.get(LOGICAL_GPU_ENV)
@@ -68,8 +93,6 @@ def worker_placement(requested: str, allow_cpu_fallback: bool = False) -> Placem
             )
         device = "cpu"
     else:
-        from synthface.generators.produce import resolve_device
-
         device = resolve_device(requested, allow_cpu_fallback)
     gpu_name = None
     if device.startswith("cuda"):
