@@ -500,7 +500,8 @@ def train_autoencoder(
             )
             _prune(run_dir, tc.keep_checkpoints)
     final, report = None, None
-    if start < total and total == tc.steps:
+    # A run killed between its last checkpoint and final/ resumes at the end: export then.
+    if total == tc.steps and (start < total or not (run_dir / "final" / AE_WEIGHTS).is_file()):
         from synthface.pipeline.atomic import atomic_dir
 
         if ema is not None:

@@ -435,7 +435,9 @@ def train_generator(
             )
             _prune(run_dir, tc.keep_checkpoints)
     final = None
-    if accelerator.is_main_process and start < total and total == tc.steps:
+    # A run killed between its last checkpoint and final/ resumes at the end: export then.
+    unexported = not (run_dir / "final" / "model.safetensors").is_file()
+    if accelerator.is_main_process and total == tc.steps and (start < total or unexported):
         final = run_dir / "final"
         export = gen_cls.build_denoiser(cfg)
         ema.copy_to(export)

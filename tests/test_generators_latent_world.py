@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -121,6 +122,11 @@ def test_autoencoder_resume_is_exact(tmp_path, shards):
     assert [h["loss"] for h in resumed["history"]] == [h["loss"] for h in straight["history"][2:]]
     name = "diffusion_pytorch_model.safetensors"
     assert (resumed["final"] / name).read_bytes() == (straight["final"] / name).read_bytes()
+    # killed after its last checkpoint, before final/: the rerun exports the same final/
+    exported = (resumed["final"] / name).read_bytes()
+    shutil.rmtree(resumed["final"])
+    again = train_autoencoder(cfg, data=data)
+    assert again["history"] == [] and (again["final"] / name).read_bytes() == exported
     # a changed model is refused, naming the checkpoint
     changed = ae_config(tmp_path / "b", shards, ema_decay=0.5)
     with pytest.raises(ConfigError, match="different config"):
@@ -201,7 +207,7 @@ def test_identity_loss_on_part_of_the_batch_and_every_k_steps(tmp_path):
 
 @pytest.fixture(scope="module")
 def world64(tmp_path_factory):
-    """64 px world samples and an (untrained) f4 VQ autoencoder directory."""
+    """64 px world samples and an (untrained) f4 KL autoencoder directory (the configs' kind)."""
     from synthface.pipeline.world.dataset import render_images
 
     jobs = [(i, j, None) for i in range(2) for j in range(2)]
@@ -213,10 +219,10 @@ def world64(tmp_path_factory):
     torch.manual_seed(0)
     build_model(
         AutoencoderTrainConfig.model_validate(
-            {"model": {"block_out_channels": [8, 8, 8], "norm_num_groups": 8}}
+            {"model": {"kind": "kl", "block_out_channels": [8, 8, 8], "norm_num_groups": 8}}
         ).model
-    ).save_pretrained(root / "vq", safe_serialization=True)
-    return samples, root / "vq"
+    ).save_pretrained(root / "kl", safe_serialization=True)
+    return samples, root / "kl"
 
 
 @pytest.mark.parametrize("name", ["plain", "id3", "uiface", "morphface"])
@@ -224,12 +230,12 @@ def test_world64_config_trains_and_samples_in_latent_space(tmp_path, world64, na
     from synthface.generators.base import load_generator
     from synthface.generators.training import train_generator
 
-    samples, vq = world64
+    samples, ae = world64
     cfg = load_config(
         ROOT / "configs" / "generators" / f"{name}_world64.yaml",
         GeneratorConfig,
         [
-            f"autoencoder.path={vq}",
+            f"autoencoder.path={ae}",
             "encoder.path=null",
             "conditioning.identity_dim=8",
             "conditioning.mlp_hidden=[16]",
@@ -240,7 +246,7 @@ def test_world64_config_trains_and_samples_in_latent_space(tmp_path, world64, na
             "sampler.steps=2",
         ],
     )
-    assert cfg.image_size == 64 and cfg.autoencoder.kind == "vq"
+    assert cfg.image_size == 64 and cfg.autoencoder.kind == "kl"
     enc = tiny_encoder()
     result = train_generator(cfg, data=samples, encoder=enc)
     assert result["step"] == 2 and result["final"] is not None
@@ -262,7 +268,7 @@ def test_world64_config_trains_and_samples_in_latent_space(tmp_path, world64, na
 
 
 def test_documented_autoencoder_sequence_runs(tmp_path, monkeypatch, capsys):
-    """docs/generators.md: 64 px world shards, then the world VQ autoencoder (sized down)."""
+    """docs/generators.md: 64 px world shards, then the world KL autoencoder (sized down)."""
     from tests.test_docs_commands import run_doc
 
     monkeypatch.chdir(tmp_path)
@@ -272,8 +278,8 @@ def test_documented_autoencoder_sequence_runs(tmp_path, monkeypatch, capsys):
     run_doc("synthface world make out/world64/eval", {"32": "2", "8": "2"})
     small = ("--set", "train.steps=1", "--set", "train.batch_size=2", "--set", "eval.images=4")
     run_doc(
-        "synthface generator train-autoencoder configs/autoencoders/vq_world64.yaml", extra=small
+        "synthface generator train-autoencoder configs/autoencoders/kl_world64.yaml", extra=small
     )
-    final = tmp_path / "out/autoencoders/vq_world64/final"
+    final = tmp_path / "out/autoencoders/kl_world64/final"
     assert json.loads((final / "quality.json").read_text())["images"] == 4
     assert (final / "contact_sheet.png").is_file()

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import shutil
+
 import numpy as np
 import pytest
 import torch
@@ -128,6 +130,15 @@ def test_resume_is_exact(tmp_path):
         assert all(torch.equal(a[k], b[k]) for k in a), name
     # only keep_checkpoints (2) survive
     assert len(list((tmp_path / "b" / "run" / "checkpoints").iterdir())) == 2
+    # killed after its last checkpoint, before final/: the rerun exports the same final/
+    final = second["final"]
+    exported = (final / "model.safetensors").read_bytes()
+    shutil.rmtree(final)
+    again = train_generator(resumed, data=data, encoder=enc)
+    assert again["history"] == [] and again["final"] == final
+    assert (final / "model.safetensors").read_bytes() == exported
+    # and a finished run is not exported twice
+    assert train_generator(resumed, data=data, encoder=enc)["final"] is None
 
 
 def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, caplog):

@@ -130,6 +130,7 @@ def test_demo_report_shows_real_world_heads(tmp_path):
     from synthface.flows.demo import IMAGE_SIZE, SHIPPED_MODELS_DIR, WORLD_DIR, generate_config
     from synthface.generators.dataset import GenerateConfig, generate_dataset
     from synthface.pipeline.paths import DATA_PACKAGE, package_dir
+    from synthface.pipeline.report import MIN_TILE
     from synthface.pipeline.world import make_world_dataset
 
     world = tmp_path / WORLD_DIR
@@ -147,7 +148,7 @@ def test_demo_report_shows_real_world_heads(tmp_path):
     assert f"of the dataset `{world}`" in md
     assert len(_ids(md, "real identities ")) == 2
     sheet = np.asarray(Image.open(summary["report"]["contact_sheet"]).convert("L"))
-    tile = IMAGE_SIZE * 2 + 2  # 32 px world and generated images, enlarged to 64 px
+    tile = MIN_TILE + 2  # world and generated images (32 or 64 px) shown at 64 px, +2 gap
     assert sheet.shape[0] == 2 * tile + 8 + 2 * tile  # 2 real rows, rule, 2 generated rows
     label_w = sheet.shape[1] - 2 * tile
     real_block = sheet[: 2 * tile - 2, label_w:]
