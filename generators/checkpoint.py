@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from synthface.generators.config import GeneratorConfig
-from synthface.pipeline.atomic import atomic_path
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.checkfiles import check_safetensors, check_zip, newest_intact
 from synthface.pipeline.config import validate_config
 from synthface.pipeline.errors import InputError
@@ -28,13 +28,36 @@ FORMAT = "synthface-generator"
 FORMAT_VERSION = 1
 
 
+def stable_safetensors(data: bytes) -> bytes:
+    """The same safetensors file with its ``__metadata__`` keys in sorted order.
+
+    safetensors keeps the metadata in a Rust ``HashMap``, so two saves of the same tensors
+    and metadata list its keys in a different order (seen: a re-exported checkpoint whose
+    bytes differed from the first export at the header's first key). Sorting them keeps
+    the header's length, so the data offsets and the tensor bytes are unchanged.
+    """
+    n = int.from_bytes(data[:8], "little")
+    header = json.loads(data[8 : 8 + n])
+    meta = header.pop("__metadata__", None)
+    if not meta or len(meta) < 2:
+        return data
+    text = json.dumps(
+        {"__metadata__": dict(sorted(meta.items())), **header},
+        separators=(",", ":"),
+        ensure_ascii=False,
+    ).encode()
+    if len(text) > n:  # serde and json escape alike; guard against a future difference
+        raise ValueError(f"safetensors header grew from {n} to {len(text)} bytes")
+    return data[:8] + text.ljust(n) + data[8 + n :]
+
+
 def save_tensors(path: Path, tensors: dict[str, torch.Tensor], metadata=None) -> None:
-    """safetensors file of CPU copies of ``tensors``, written atomically."""
-    from safetensors.torch import save_file
+    """safetensors file of CPU copies of ``tensors``, written atomically, the same bytes
+    for the same tensors and metadata."""
+    from safetensors.torch import save
 
     cpu = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
-    with atomic_path(path) as tmp:
-        save_file(cpu, tmp, metadata)
+    atomic_write_bytes(path, stable_safetensors(save(cpu, metadata)))
 
 
 def load_tensors(path: Path) -> dict[str, torch.Tensor]:

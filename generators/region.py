@@ -27,7 +27,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from synthface.pipeline.atomic import atomic_path
+from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.errors import ConfigError, InputError
 
 log = logging.getLogger(__name__)
@@ -218,7 +218,9 @@ def fit_identity_region(
 
 
 def save_identity_region(checkpoint_dir: str | Path, region: IdentityRegion) -> Path:
-    from safetensors.numpy import save_file
+    from safetensors.numpy import save
+
+    from synthface.generators.checkpoint import stable_safetensors
 
     path = Path(checkpoint_dir) / REGION_FILE
     tensors = {
@@ -229,8 +231,7 @@ def save_identity_region(checkpoint_dir: str | Path, region: IdentityRegion) -> 
         "centroids": region.centroids.astype(np.float16),
     }
     metadata = {"format": REGION_FORMAT, "meta": json.dumps(region.meta, sort_keys=True)}
-    with atomic_path(path) as tmp:
-        save_file(tensors, str(tmp), metadata=metadata)
+    atomic_write_bytes(path, stable_safetensors(save(tensors, metadata=metadata)))
     return path
 
 

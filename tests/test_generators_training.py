@@ -10,7 +10,7 @@ import torch
 
 from synthface.generators.autoencoder import build_autoencoder
 from synthface.generators.base import load_generator
-from synthface.generators.checkpoint import load_tensors
+from synthface.generators.checkpoint import load_tensors, save_tensors
 from synthface.generators.denoiser import ConditionalDenoiser
 from synthface.generators.sampling import make_scheduler
 from synthface.generators.training import (
@@ -137,6 +137,13 @@ def test_resume_is_exact(tmp_path):
     again = train_generator(resumed, data=data, encoder=enc)
     assert again["history"] == [] and again["final"] == final
     assert (final / "model.safetensors").read_bytes() == exported
+    # safetensors' own metadata order changes from save to save; ours does not
+    tensors, meta = load_tensors(final / "model.safetensors"), {"b": "2", "a": "1", "c": "3"}
+    saves = set()
+    for _ in range(20):
+        save_tensors(tmp_path / "again.safetensors", tensors, meta)
+        saves.add((tmp_path / "again.safetensors").read_bytes())
+    assert len(saves) == 1
     # and a finished run is not exported twice
     assert train_generator(resumed, data=data, encoder=enc)["final"] is None
 
