@@ -16,12 +16,12 @@ from __future__ import annotations
 
 import argparse
 import tempfile
-import time
 import warnings
 from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best
 
 
 def make_tree(root: Path, n: int, size: int) -> tuple[list[str], Path]:
@@ -40,15 +40,6 @@ def make_tree(root: Path, n: int, size: int) -> tuple[list[str], Path]:
         lines.append(f"{rel} {coords}")
     (root / "landmarks.txt").write_text("\n".join(lines) + "\n")
     return rels, root / "landmarks.txt"
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def main() -> None:

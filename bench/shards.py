@@ -17,10 +17,10 @@ import io
 import os
 import tarfile
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
+from timing import best
 
 
 def _images(n: int, size: int) -> list[bytes]:
@@ -34,15 +34,6 @@ def _images(n: int, size: int) -> list[bytes]:
         img[: size // 4] = (i * 37) % 256
         out.append(encode_image(img, "jpg", quality=90))
     return out
-
-
-def _best(fn, repeat: int) -> float:
-    times = []
-    for _ in range(repeat):
-        t = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - t)
-    return min(times)
 
 
 def main() -> None:
@@ -111,8 +102,8 @@ def main() -> None:
                             info.size = len(data)
                             tar.addfile(info, io.BytesIO(data))
 
-        t_plain_w = _best(plain_write, args.repeat)
-        t_ours_w = _best(ours_write, args.repeat)
+        t_plain_w = best(plain_write, args.repeat)[0]
+        t_ours_w = best(ours_write, args.repeat)[0]
         finalize_dataset(root / "ours", config={"bench": True})
         plain_files = sorted((root / "plain").glob("*.tar"))
 
@@ -135,11 +126,11 @@ def main() -> None:
             ds = ShardIndexDataset(root / "ours", decode=False)
             assert sum(1 for i in range(len(ds)) if ds[i]) == n
 
-        t_plain_r = _best(plain_read, args.repeat)
+        t_plain_r = best(plain_read, args.repeat)[0]
         results = {
-            "iter_samples": _best(ours_iter, args.repeat),
-            "make_webdataset": _best(ours_wds, args.repeat),
-            "ShardIndexDataset (index build + in-order reads)": _best(ours_index, args.repeat),
+            "iter_samples": best(ours_iter, args.repeat)[0],
+            "make_webdataset": best(ours_wds, args.repeat)[0],
+            "ShardIndexDataset (index build + in-order reads)": best(ours_index, args.repeat)[0],
         }
         size_mb = total_bytes / 1e6
         print(

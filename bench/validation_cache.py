@@ -30,6 +30,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import best
 
 
 def make_bin(path: Path, pairs: int, size: int, distinct: int) -> None:
@@ -48,15 +49,6 @@ def make_bin(path: Path, pairs: int, size: int, distinct: int) -> None:
         Image.fromarray(faces[i % distinct]).save(buf, "JPEG", quality=80 + i % 16)
         blobs.append(buf.getvalue())
     write_bin(path, blobs, [(i % 2 == 0) for i in range(pairs)])
-
-
-def best(fn, repeat: int) -> tuple[float, object]:
-    times, out = [], None
-    for _ in range(repeat):
-        t = time.perf_counter()
-        out = fn()
-        times.append(time.perf_counter() - t)
-    return min(times), out
 
 
 def main() -> None:
