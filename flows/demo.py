@@ -31,6 +31,7 @@ from pathlib import Path
 
 from synthface.flows.defaults import DEFAULT_CONFIG_REF, prepare_prefect_env
 from synthface.pipeline.paths import DATA_PACKAGE, config_source, home, package_dir
+from synthface.pipeline.termination import exit_on_sigterm
 
 # Under home(): $SYNTHFACE_HOME, else the current directory (the repo root for `make demo`).
 DEMO_DIR = Path("out") / "demo"
@@ -241,4 +242,6 @@ def run(
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    with exit_on_sigterm():
+        code = main()
+    sys.exit(code)

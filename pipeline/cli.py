@@ -26,6 +26,7 @@ from synthface.pipeline.limits import (
     PIXELS_ENV,
     set_max_image_pixels,
 )
+from synthface.pipeline.termination import exit_on_sigterm
 
 ENTRY_POINT_GROUP = "synthface.cli"
 COMMAND_ENTRY_POINT_GROUP = "synthface.cli.commands"
@@ -102,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.max_image_pixels is not None:
             set_max_image_pixels(args.max_image_pixels)
-        code = args.func(args)
+        with exit_on_sigterm():
+            code = args.func(args)
     except SynthfaceError as exc:
         if debug:
             raise
