@@ -237,6 +237,14 @@ def test_report_has_every_set_protocol_frcsyn_row_and_plot(runs):
     f = s["frcsyn"]["id3"]
     assert f["task1"]["subtask"] == "1.1" and s["frcsyn"]["real+id3"]["task1"]["subtask"] == "1.3"
     assert {"AVG", "SD", "TO"} <= set(f["task1"]["proposed"]) and "AVG" in f["task2"]["proposed"]
+    # FRCSyn's image-count rule sees the synthetic images of a real + synthetic row, not its
+    # real ones too
+    stages = Path(s["report"]["json"]).parents[1] / "stages" / "evaluation"
+    counts = {
+        m.parent.name.split("-seed")[0]: json.loads(m.read_text())["inputs"]["synthetic_images"]
+        for m in stages.glob("*-seed0-*/stage.json")
+    }
+    assert counts["real+id3"] == counts["id3"] == 18 and counts["real-all"] == 0
     assert Path(s["report"]["plot"]).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     on_disk = s["report_on_disk"]  # read before the fourth run rewrote the report
     assert on_disk["gap_to_real"] == s["gap_to_real"]
@@ -465,7 +473,11 @@ def test_scaling_picks_the_best_set_that_passes_the_gate():
                              "c": {"verdict": "faces"}}}  # fmt: skip
     assert best_generator(run) == ("c", "best mean accuracy among sets that pass the face gate")
     run.distance = {"sets": {g: {"verdict": "not faces"} for g in "abc"}}
-    assert best_generator(run)[0] == "a"
+    assert best_generator(run) == ("a", "best mean accuracy (no set passes the face gate)")
+    run.distance = {"sets": {"a": {"verdict": "undecided"}, "b": {"verdict": "faces"}}}
+    assert best_generator(run)[1].endswith("(undecided, counted as passing: a, c)")
+    run.distance = None  # distance.enabled: false: no gate ran, and the reason says so
+    assert best_generator(run) == ("a", "best mean accuracy (no face gate)")
 
 
 def test_frechet_distance_equals_the_direct_formula_on_known_gaussians():
@@ -504,6 +516,22 @@ def _write_images(out: Path, images: np.ndarray, per_identity: int = 4) -> str:
                               "png", {}))  # fmt: skip
         writer.close()
     return str(out)
+
+
+def test_the_texture_control_keeps_each_images_mean_colour():
+    """The control is the real floor's images with their phases scrambled: same colour and
+    spectrum, no face. A flipped DC phase blackened about half of them (mean -> -mean,
+    clipped), which made the control too easy to beat and the gate lenient."""
+    from synthface.generators.benchmark.distance import phase_scramble
+
+    rng = np.random.default_rng(0)
+    images = np.clip(rng.normal(128, 25, (64, 32, 32, 3)), 0, 255).astype(np.uint8)
+    images[:, 8:24, 8:24] = rng.integers(60, 200, (64, 1, 1, 3))  # a "face" block each
+    out = phase_scramble(images, seed=3)
+    mean_in = images.reshape(64, -1, 3).mean(1)
+    mean_out = out.reshape(64, -1, 3).mean(1)
+    assert np.abs(mean_out - mean_in).max() < 3.0, np.abs(mean_out - mean_in).max()
+    assert not np.array_equal(out, images)  # scrambled, not copied
 
 
 def test_the_gate_fails_texture_and_noise_sets_and_passes_real_faces(tmp_path):

@@ -75,6 +75,9 @@ def phase_scramble(images: np.ndarray, seed: int = 0) -> np.ndarray:
     h, w = x.shape[1:3]
     for i, im in enumerate(x):
         phase = np.angle(np.fft.fft2(rng.standard_normal((h, w))))  # Hermitian-symmetric
+        # The DC phase of real noise is 0 or pi (its sum's sign): pi would turn the mean
+        # colour negative and the clip below would blacken about half the control set.
+        phase[0, 0] = 0.0
         for c in range(x.shape[3]):
             f = np.fft.fft2(im[..., c])
             out[i, ..., c] = np.real(np.fft.ifft2(np.abs(f) * np.exp(1j * (np.angle(f) + phase))))
