@@ -122,7 +122,8 @@ def read_generator_config(path: str | Path) -> GeneratorConfig:
     except (OSError, json.JSONDecodeError) as exc:
         raise InputError(f"{file}: unreadable ({exc})") from None
     if not isinstance(data, dict) or data.get("format") != FORMAT:
-        raise InputError(f"{file}: not a {FORMAT} config (format={data.get('format')!r})")
+        found = data.get("format") if isinstance(data, dict) else f"a JSON {type(data).__name__}"
+        raise InputError(f"{file}: not a {FORMAT} config (format={found!r})")
     if data.get("version") != FORMAT_VERSION:
         raise InputError(
             f"{file}: format version {data.get('version')} is not supported "

@@ -74,6 +74,50 @@ def test_a_failing_post_stage_fails_the_shard_and_writes_nothing(models, tmp_pat
     assert calls[1].startswith("shard-post")
 
 
+def test_a_worker_whose_checkpoint_differs_from_the_plan_refuses(models, tmp_path):
+    """Another copy at the same path on a remote host, or weights overwritten between the
+    plan and a shard: the shard is refused, not written from other weights."""
+    import shutil
+
+    from synthface.pipeline.errors import InputError
+
+    gen_dir, _ = make_tiny_models(models)
+    ckpt = tmp_path / "ckpt"
+    shutil.copytree(gen_dir, ckpt)
+    cfg = tiny_config(models, tmp_path / "ds", generator={"checkpoint": str(ckpt)})
+    prepared = prepare_generation(cfg)
+    weights = ckpt / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(InputError, match=r"hashes to \w+, but .* was planned with"):
+        produce_shard(cfg, prepared.work[0])
+    assert not list((Path(cfg.output.dir) / "shards").glob("*.tar"))
+
+
+def test_the_pool_holds_the_models_of_one_key_only(models, tmp_path):
+    """A process that moves on to other models (a benchmark's generators in turn) does not
+    keep the earlier ones loaded."""
+    import shutil
+
+    gen_dir, _ = make_tiny_models(models)
+    shutil.copytree(gen_dir, tmp_path / "other")
+    (tmp_path / "other" / "config.json").touch()  # same bytes, its own path: another key
+    a = tiny_config(models, tmp_path / "a")
+    b = tiny_config(models, tmp_path / "b", generator={"checkpoint": str(tmp_path / "other")})
+    producer_pool.clear_producer_cache()
+    try:
+        first = producer_pool.borrow_producer(a, "cpu")
+        producer_pool.return_producer(first)
+        assert producer_pool.borrow_producer(a, "cpu") is first  # reused
+        producer_pool.return_producer(first)
+        second = producer_pool.borrow_producer(b, "cpu")
+        producer_pool.return_producer(second)
+        assert list(producer_pool._IDLE) == [second.key]  # a's model was let go
+    finally:
+        producer_pool.clear_producer_cache()
+
+
 def test_batches_are_whole_identities_sized_for_the_device():
     work = ShardWork(0, 10, 19, 50, 0, "train")
     cfg = GenerateConfig.model_validate({"generator": {"checkpoint": "x"}})
@@ -113,6 +157,24 @@ def test_checkpoint_is_hashed_once_per_process_until_it_changes(models, monkeypa
     os.utime(config, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
     assert checks.checkpoint_sha256(gen_dir) == first  # same bytes, hashed again
     assert [r for r in reads if r.endswith("model.safetensors")]
+
+
+def test_a_latent_checkpoints_decoder_is_part_of_its_hash(models, tmp_path):
+    """A latent generator's images come from its autoencoder/ folder too: other decoder
+    weights are another dataset, never a resume of this one."""
+    import shutil
+
+    gen_dir, _ = make_tiny_models(models)
+    ckpt = tmp_path / "latent"
+    shutil.copytree(gen_dir, ckpt)
+    before = checks.checkpoint_sha256(ckpt)
+    weights = ckpt / "autoencoder" / "diffusion_pytorch_model.safetensors"
+    weights.parent.mkdir()
+    weights.write_bytes(b"decoder one")
+    with_decoder = checks.checkpoint_sha256(ckpt)
+    weights.write_bytes(b"decoder two")  # same size, new bytes
+    assert len({before, with_decoder, checks.checkpoint_sha256(ckpt)}) == 3
+    assert checks.checkpoint_sha256(gen_dir) == before  # a pixel checkpoint hashes as before
 
 
 def test_compile_option_runs_the_denoiser_through_torch_compile(models, tmp_path, monkeypatch):

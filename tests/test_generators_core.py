@@ -151,6 +151,9 @@ def test_incompatible_checkpoint_is_a_clear_error(tmp_path):
     (path / "config.json").write_text(json.dumps(cfg))
     with pytest.raises(InputError, match="not a synthface-generator config"):
         load_generator(path)
+    (path / "config.json").write_text("[]")  # valid JSON, not an object: still one line
+    with pytest.raises(InputError, match=r"not a synthface-generator config .*a JSON list"):
+        load_generator(path)
     with pytest.raises(InputError, match=r"no config\.json"):
         load_generator(tmp_path / "missing")
 

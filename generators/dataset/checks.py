@@ -38,27 +38,36 @@ def _hashed_files(path: Path) -> list[Path]:
     reg = _generators()
     extra = sorted({f for name in reg.names() for f in reg.get(name).extra_files})
     names = ("config.json", "model.safetensors", "attribute_prior.json", REGION_FILE, *extra)
-    return [path / n for n in names if (path / n).is_file()]
+    files = [path / n for n in names if (path / n).is_file()]
+    # a latent generator decodes with autoencoder/ (diffusers' folder): its weights make
+    # the images as much as the denoiser's do
+    decoder = path / "autoencoder"
+    return files + sorted(f for f in decoder.rglob("*") if f.is_file())
 
 
-# (resolved directory, (name, size, mtime_ns) of each hashed file) -> sha256. A worker
-# hashes a checkpoint once, not once per shard (UIFace's is ~865 MB); a file rewritten in
-# place changes its size or mtime and is hashed again.
+# (resolved directory, (relative name, size, mtime_ns, ctime_ns, inode) of each hashed
+# file) -> sha256. A worker hashes a checkpoint once, not once per shard (UIFace's is
+# ~865 MB); a file rewritten or replaced changes one of those and is hashed again.
 _HASHES: dict[tuple, str] = {}
 _HASH_LOCK = threading.Lock()
 
 
 def checkpoint_sha256(path: str | Path) -> str:
-    """Hash of a generator checkpoint's config, weights and fitted files (not its path)."""
+    """Hash of a generator checkpoint's config, weights (its autoencoder's too) and fitted
+    files, not its path."""
     path = Path(path).resolve()
     files = _hashed_files(path)
-    key = (str(path), tuple((f.name, f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+    stats = [(f.relative_to(path).as_posix(), f.stat()) for f in files]
+    key = (
+        str(path),
+        tuple((n, st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino) for n, st in stats),
+    )
     with _HASH_LOCK:
         if key in _HASHES:
             return _HASHES[key]
     h = hashlib.sha256()
-    for f in files:
-        h.update(f.name.encode())
+    for f, (name, _) in zip(files, stats):
+        h.update(name.encode())
         with open(f, "rb") as fh:
             while block := fh.read(1 << 20):
                 h.update(block)

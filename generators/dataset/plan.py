@@ -145,6 +145,7 @@ def novelty_path(dataset_dir: str | Path) -> Path:
 def write_plan(dataset_dir: str | Path, dataset_cfg: dict, work: list[ShardWork]) -> None:
     doc = {
         "config_hash": config_hash(dataset_cfg),
+        "checkpoint_sha256": dataset_cfg["generator"]["checkpoint_sha256"],
         "shards": [w.to_dict() for w in work],
     }
     path = plan_path(dataset_dir)
@@ -158,6 +159,14 @@ def read_plan(dataset_dir: str | Path) -> tuple[str, list[ShardWork]] | None:
         doc = json.loads(plan_path(dataset_dir).read_text())
         return doc["config_hash"], [ShardWork.from_dict(d) for d in doc["shards"]]
     except (OSError, ValueError, KeyError, TypeError):
+        return None
+
+
+def planned_checkpoint_sha256(dataset_dir: str | Path) -> str | None:
+    """The generator checkpoint hash the plan was made with (``None``: a plan without it)."""
+    try:
+        return json.loads(plan_path(dataset_dir).read_text()).get("checkpoint_sha256")
+    except (OSError, ValueError, AttributeError):
         return None
 
 

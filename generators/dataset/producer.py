@@ -2,7 +2,9 @@
 
 Models are loaded once per concurrently running shard, not once per shard: threads never
 share a model, because some generators (UIFace) swap the UNet's attention processors
-while sampling. A long-lived ``flows serve`` process loads them once, not once per run.
+while sampling. A process that generates again with the same models (the next run of a
+notebook, resumed shards) reuses them; one that moves on to other models (a benchmark's
+generators, one after the other) drops the idle ones first, so only one set is held.
 """
 
 from __future__ import annotations
@@ -36,9 +38,10 @@ class Producer:
 
 # Idle producers by key. A shard borrows one for its duration, so two threads never
 # sample with one model (UIFace swaps the attention processors of its UNet while
-# sampling), and a model outlives the thread pool of a run (a long-lived `flows serve`
-# process loads it once, not once per run). There are at most as many copies as shards
-# ever ran at once in this process; one whose shard raised is dropped, not reused.
+# sampling), and a model outlives the thread pool of a run. There are at most as many
+# copies as shards ever ran at once in this process, all of one key (borrowing for a new
+# key drops the others: GPU memory is not kept for models no shard will ask for again);
+# one whose shard raised is dropped, not reused.
 _IDLE: dict[tuple, list[Producer]] = {}
 _LOCK = threading.Lock()
 
@@ -105,6 +108,8 @@ def borrow_producer(cfg: GenerateConfig, device: str) -> Producer:
     it to itself until ``return_producer``."""
     key = _producer_key(cfg, device)
     with _LOCK:
+        for other in [k for k in _IDLE if k != key]:
+            del _IDLE[other]
         idle = _IDLE.get(key)
         if idle:
             return idle.pop()

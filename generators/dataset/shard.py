@@ -26,9 +26,10 @@ import numpy as np
 from synthface.generators.dataset import stages
 from synthface.generators.dataset.config import GenerateConfig
 from synthface.generators.dataset.placement import Placement, worker_placement, write_provenance
-from synthface.generators.dataset.plan import ShardWork, anchors_path
+from synthface.generators.dataset.plan import ShardWork, anchors_path, planned_checkpoint_sha256
 from synthface.generators.dataset.producer import Producer, borrow_producer, return_producer
 from synthface.pipeline.atomic import file_sha256
+from synthface.pipeline.errors import InputError
 from synthface.pipeline.qc import read_shard_qc
 from synthface.pipeline.shards.writer import SHARDS_DIR, ShardRecord, read_record, record_path
 
@@ -114,6 +115,19 @@ class _InOrder:
             self.pool.shutdown(wait=True, cancel_futures=True)
 
 
+def _check_planned_checkpoint(dataset_dir: Path, cfg, worker_sha: str, placement) -> None:
+    """A worker whose checkpoint differs from the plan's (another copy at the same path on
+    a remote host, weights overwritten after the plan) would write shards of another
+    model into this dataset: refuse instead."""
+    planned = planned_checkpoint_sha256(dataset_dir)
+    if planned is not None and planned != worker_sha:
+        raise InputError(
+            f"generator.checkpoint: {cfg.generator.checkpoint} on {placement.host} hashes to "
+            f"{worker_sha[:12]}, but {dataset_dir} was planned with {planned[:12]}: the "
+            "checkpoint changed after the plan, or this host has another copy"
+        )
+
+
 def produce_shard(
     cfg: GenerateConfig,
     work: ShardWork,
@@ -139,6 +153,12 @@ def produce_shard(
     borrowed = producer is None
     if borrowed:
         producer = borrow_producer(cfg, placement.device)
+        _check_planned_checkpoint(dataset_dir, cfg, producer.key[1], placement)
+    import torch
+
+    # a pooled model may come back after another caller changed the thread count, and
+    # the thread count can change float results: every shard samples at the configured one
+    torch.set_num_threads(cfg.runner.torch_threads)
     gen = producer.generator
     anchors = np.load(anchors_path(dataset_dir), mmap_mode="r", allow_pickle=False)
     qc_anchors = anchors if producer.anchors_comparable else None
