@@ -5,7 +5,7 @@ Only orchestration lives here. The work is ``synthface.generators.dataset``'s
 same without Prefect (``generate_dataset``).
 
 Resume does not rely on Prefect's result cache: the dataset directory is the cache.
-Every shard task first asks ``completed_shards`` whether its tar and sidecar are
+Every shard task first asks ``shard_complete`` whether its tar and sidecar are
 complete and consistent, so retries, re-runs and runs after a crash only redo missing or
 corrupt shards, and task inputs are never hashed or persisted (``NO_CACHE``).
 """

@@ -26,6 +26,8 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
+from synthface.pipeline.errors import InputError
+
 
 def fsync_dir(path: str | Path) -> None:
     """fsync a directory so that a rename inside it survives a power loss (best effort)."""
@@ -197,3 +199,17 @@ def file_sha256(path: str | Path, chunk: int = 1 << 20) -> tuple[str, int]:
             h.update(block)
             size += len(block)
     return h.hexdigest(), size
+
+
+def model_digest(path: str | Path) -> str:
+    """sha256 of a model file, or of a checkpoint directory's files (names and contents):
+    what a model is, wherever it lies."""
+    p = Path(path)
+    if p.is_file():
+        return file_sha256(p)[0]
+    if not p.is_dir():
+        raise InputError(f"{p}: no such model file or directory")
+    h = hashlib.sha256()
+    for f in sorted(q for q in p.rglob("*") if q.is_file()):
+        h.update(f"{f.relative_to(p).as_posix()}\0{file_sha256(f)[0]}\n".encode())
+    return h.hexdigest()

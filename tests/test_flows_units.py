@@ -145,6 +145,27 @@ def test_output_dir_holding_another_dataset(models, tmp_path):
         prepare_generation(tiny_config(models, foreign))
 
 
+def test_the_qc_recognizer_enters_the_dataset_identity_by_its_weights(models, tmp_path):
+    """A recognizer moved elsewhere (same bytes) resumes the dataset; one whose weights
+    were swapped in place is another dataset (its .npy members and QC would change)."""
+    import shutil
+
+    rec = tmp_path / "rec"
+    shutil.copytree(models / "recognizer", rec)
+    out = tmp_path / "ds"
+    generate_dataset(tiny_config(models, out, qc={"recognizer": str(rec)}))
+    moved = tmp_path / "elsewhere" / "rec"
+    shutil.copytree(rec, moved)
+    prepare_generation(tiny_config(models, out, qc={"recognizer": str(moved)}))  # resumes
+    prepare_generation(tiny_config(models, out, qc={"recognizer": str(rec), "block": 7}))
+    weights = moved / "model.safetensors"
+    data = bytearray(weights.read_bytes())
+    data[-1] ^= 1
+    weights.write_bytes(bytes(data))
+    with pytest.raises(ShardError, match="already holds a different 'train' dataset"):
+        prepare_generation(tiny_config(models, out, qc={"recognizer": str(moved)}))
+
+
 def test_leaked_identity_is_dropped_from_the_view(models, tmp_path):
     ref = tmp_path / "ref"
     generate_dataset(tiny_config(models, ref))
@@ -163,6 +184,14 @@ def test_leaked_identity_is_dropped_from_the_view(models, tmp_path):
     assert view["excluded_identities"]["2"] == ["leak"]
     assert 2 not in view["identities"] and summary["qc"]["flagged_identities"]["leak"] >= 1
     _check_dataset_card(out, summary, view)
+    # the manifest keeps the gallery's hash, not its path: a re-audit asks for it again
+    from synthface.pipeline.cli import main
+
+    assert main(["qc", "view", str(out), "--name", "again"]) == 1
+    gallery = ["--gallery", str(tmp_path / "gallery.npy")]
+    assert main(["qc", "view", str(out), "--name", "again", *gallery]) == 0
+    again = json.loads((out / "views" / "again.json").read_text())
+    assert again["excluded_identities"]["2"] == ["leak"]
 
 
 def _check_dataset_card(out: Path, summary: dict, view: dict) -> None:

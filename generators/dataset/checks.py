@@ -13,7 +13,7 @@ from pathlib import Path
 
 from synthface.generators.dataset.config import GenerateConfig
 from synthface.generators.region import REGION_FILE
-from synthface.pipeline.atomic import file_sha256
+from synthface.pipeline.atomic import file_sha256, model_digest
 from synthface.pipeline.errors import ConfigError, InputError
 
 
@@ -132,6 +132,19 @@ def check_sampler_options(cfg: GenerateConfig, ckpt_cfg, name: str) -> None:
         _generators().get(name).validate_sampler_options(ckpt_cfg, cfg.generator.sampler_options)
     except InputError as exc:
         raise ConfigError(f"generator.sampler_options: {exc}") from None
+
+
+def model_digests(cfg: GenerateConfig, ckpt_cfg, name: str) -> dict[str, str]:
+    """The hashes of the models besides the generator that shape the dataset's bytes: the
+    identity encoder when it guides sampling, the QC recognizer (the encoder itself when
+    ``qc.recognizer`` is unset), the leak gallery and the quality model."""
+    out = {"qc.recognizer": model_digest(qc_recognizer_path(cfg, ckpt_cfg))}
+    if uses_guidance(cfg, ckpt_cfg, name):
+        out["encoder"] = model_digest(encoder_path(cfg, ckpt_cfg))
+    for key in ("gallery", "quality_model"):
+        if getattr(cfg.qc, key) is not None:
+            out[f"qc.{key}"] = model_digest(getattr(cfg.qc, key))
+    return out
 
 
 def weights_sha256(path: str | Path) -> str | None:

@@ -31,14 +31,18 @@ def dataset_config(
     anchors_sha256: str | None = None,
     anchor_region: str = "sphere",
     novelty_guard: bool = False,
+    model_digests: dict[str, str] | None = None,
 ) -> dict:
     """The part of the config that determines the dataset's bytes (its identity).
 
     Paths, runner and schedule are left out: moving the checkpoint or adding workers
     must not make a resumed run look like "another dataset". The checkpoint enters
-    through its weights' hash instead, and a given anchors file through the hash of the
-    anchors taken from it.
+    through its weights' hash instead, a given anchors file through the hash of the
+    anchors taken from it, and the other models (``model_digests``: the identity encoder
+    when it guides sampling, the QC recognizer, gallery and quality model) through their
+    files' hashes, so a model swapped in place is another dataset and a moved one is not.
     """
+    digests = dict(model_digests or {})
     gen = cfg.generator.model_dump(mode="json")
     for key in ("checkpoint", "encoder", "device", "allow_cpu_fallback"):
         gen.pop(key)
@@ -50,11 +54,18 @@ def dataset_config(
         gen.pop("compile")
     gen["name"] = generator_name
     gen["checkpoint_sha256"] = checkpoint_sha256
+    if digests.get("encoder"):
+        gen["encoder_sha256"] = digests["encoder"]
     out = cfg.output.model_dump(mode="json")
     out.pop("dir")
     if out["image_size"] is None:  # absent = the generator's size: older datasets keep their hash
         out.pop("image_size")
     qc = cfg.qc.model_dump(mode="json")
+    qc.pop("block")  # a memory knob: the scores are the same
+    for key in ("recognizer", "gallery", "quality_model"):
+        qc.pop(key)
+        if digests.get(f"qc.{key}"):
+            qc[f"{key}_sha256"] = digests[f"qc.{key}"]
     ids = cfg.identities.model_dump(mode="json")
     if ids.pop("anchors") is not None:
         for key in ("anchor_iterations", "anchor_region", "region_variance", "novelty_max_cos"):

@@ -29,6 +29,7 @@ from synthface.generators.dataset.checks import (
     checkpoint_sha256,
     encoder_path,
     generator_name,
+    model_digests,
     qc_recognizer_path,
     qc_uses_conditioning_encoder,
     uses_guidance,
@@ -183,6 +184,7 @@ def prepare_generation(cfg: GenerateConfig, *, progress=None) -> Prepared:
         anchors_sha256=None if given is None else anchors_sha256(given),
         anchor_region=mode,
         novelty_guard=guard,
+        model_digests=model_digests(cfg, ckpt_cfg, name),
     )
     begin_dataset(dataset_dir, config=dcfg, split=cfg.output.split)
     work = plan_generation(cfg)

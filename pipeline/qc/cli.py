@@ -9,15 +9,24 @@ from synthface.pipeline.cli import add_group, add_json_flag, emit
 
 def cmd_view(args: argparse.Namespace) -> int:
     from synthface.pipeline.config import apply_overrides, validate_config
+    from synthface.pipeline.errors import ConfigError
     from synthface.pipeline.qc.config import QCConfig
     from synthface.pipeline.qc.refilter import write_filtered_view
     from synthface.pipeline.shards import split_manifest
 
     entry = split_manifest(args.dataset, args.split)
-    data = dict(entry["config"].get("qc") or {})  # the thresholds the dataset was made with
+    made_with = dict(entry["config"].get("qc") or {})  # the thresholds the dataset was made with
+    # the models it was made with are recorded by hash (``*_sha256``), not by path
+    data = {k: v for k, v in made_with.items() if not k.endswith("_sha256")}
     data["view"] = args.name
     if args.gallery:
         data["gallery"] = args.gallery
+    elif made_with.get("gallery_sha256") and not data.get("gallery"):
+        raise ConfigError(
+            f"{args.dataset}: made with a leak gallery (sha256 "
+            f"{made_with['gallery_sha256'][:12]}); pass it again with --gallery so the "
+            "re-audit checks leaks too"
+        )
     qc = validate_config(apply_overrides(data, args.set), QCConfig, "qc", overrides=args.set)
     out = write_filtered_view(args.dataset, qc, split=args.split)
     text = (

@@ -22,7 +22,6 @@ run writes the bytes an uninterrupted one does.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import os
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field
@@ -31,7 +30,7 @@ from typing import Any
 
 import numpy as np
 
-from synthface.pipeline.atomic import file_sha256
+from synthface.pipeline.atomic import model_digest
 from synthface.pipeline.errors import InputError
 from synthface.pipeline.output_paths import check_output_outside
 from synthface.pipeline.shards import (
@@ -51,19 +50,6 @@ POSE = ("yaw", "pitch", "roll")
 DECIMALS = 3  # attribute values as written: stable JSON, far below any model's accuracy
 
 Estimator = Callable[[Sequence[np.ndarray]], dict[str, np.ndarray]]
-
-
-def model_digest(path: str | Path) -> str:
-    """sha256 of a model file, or of a checkpoint directory's files (names and contents)."""
-    p = Path(path)
-    if p.is_file():
-        return file_sha256(p)[0]
-    if not p.is_dir():
-        raise InputError(f"{p}: no such model file or directory")
-    h = hashlib.sha256()
-    for f in sorted(q for q in p.rglob("*") if q.is_file()):
-        h.update(f"{f.relative_to(p).as_posix()}\0{file_sha256(f)[0]}\n".encode())
-    return h.hexdigest()
 
 
 @dataclass
