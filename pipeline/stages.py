@@ -10,7 +10,10 @@ a stage leaves no marker and the next run redoes (or, when the work function its
 resumes, continues) exactly that stage.
 
 Keys never contain paths of the machine that ran them: callers hash config content and
-upstream keys, so moving ``ROOT`` or the inputs does not invalidate finished work.
+upstream keys, so moving ``ROOT`` or the inputs does not invalidate finished work. Paths
+*inside* ``ROOT`` that a stage returns (its data, its model) are stored relative to it
+(``@root/...``) and read back under the root of the run that reads them, so a moved or
+copied store reads its own files, not the old location's.
 """
 
 from __future__ import annotations
@@ -84,6 +87,43 @@ class Stage:
         return record
 
 
+ROOT_TOKEN = "@root"
+
+
+def _map_strings(value: Any, fn: Callable[[str], str]) -> Any:
+    if isinstance(value, str):
+        return fn(value)
+    if isinstance(value, Mapping):
+        return {k: _map_strings(v, fn) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_map_strings(v, fn) for v in value]
+    return value
+
+
+def portable_paths(value: Any, root: Path) -> Any:
+    """``value`` with every path under ``root`` written as ``@root/...``."""
+    prefixes = {str(Path(root)), str(Path(root).resolve())}
+
+    def rel(text: str) -> str:
+        for prefix in prefixes:
+            if text == prefix or text.startswith(prefix + "/"):
+                return ROOT_TOKEN + text[len(prefix) :]
+        return text
+
+    return _map_strings(value, rel)
+
+
+def local_paths(value: Any, root: Path) -> Any:
+    """``value`` with ``@root/...`` paths under this run's ``root``."""
+
+    def local(text: str) -> str:
+        if text == ROOT_TOKEN or text.startswith(ROOT_TOKEN + "/"):
+            return str(Path(root)) + text[len(ROOT_TOKEN) :]
+        return text
+
+    return _map_strings(value, local)
+
+
 def call_directly(label: str, work: Callable[[Path], Mapping[str, Any]], path: Path):
     return work(path)
 
@@ -127,12 +167,13 @@ class StageStore:
         if record is not None:
             self.skipped.append(label)
             self.seconds[label] = float(record.get("seconds", 0.0))
-            return {**record["result"], "key": stage.key, "dir": str(stage.path)}
+            result = local_paths(record["result"], self.root)
+            return {**result, "key": stage.key, "dir": str(stage.path)}
         stage.path.mkdir(parents=True, exist_ok=True)
         t0 = time.perf_counter()
         result = dict(self.execute(label, work, stage.path))
         seconds = time.perf_counter() - t0
-        stage.finish(result, inputs, seconds)
+        stage.finish(portable_paths(result, self.root), inputs, seconds)
         self.executed.append(label)
         self.seconds[label] = round(seconds, 3)
         return {**result, "key": stage.key, "dir": str(stage.path)}

@@ -295,8 +295,11 @@ def test_generated_anchors_lie_in_the_data_region_and_keep_the_margin(runs):
 
 
 def _marker(out: Path, kind: str, name: str) -> dict:
+    """A stage's marker, its ``@root/...`` paths under this run's stages folder."""
+    from synthface.pipeline.stages import local_paths
+
     (path,) = (out / "stages" / kind).glob(f"{name}-{'[0-9a-f]' * 12}/stage.json")
-    return json.loads(path.read_text())
+    return local_paths(json.loads(path.read_text()), out / "stages")
 
 
 def test_generated_sets_train_through_their_qc_view_by_default(runs):
