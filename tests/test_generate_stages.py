@@ -118,6 +118,25 @@ def test_the_pool_holds_the_models_of_one_key_only(models, tmp_path):
         producer_pool.clear_producer_cache()
 
 
+def test_precision_auto_never_mixes_bf16_and_fp32_shards(models, tmp_path):
+    """auto resolves per worker: a dataset begun on CPUs (fp32) and resumed on a GPU worker
+    (bf16) would hold both under one hash. The provenance says how each shard was made."""
+    from synthface.generators.dataset.placement import read_provenance
+    from synthface.pipeline.errors import ConfigError
+
+    cfg = tiny_config(models, tmp_path / "ds")
+    prepared = prepare_generation(cfg)
+    produce_shard(cfg, prepared.work[0])
+    assert [r["precision"] for r in read_provenance(cfg.output.dir)] == ["fp32"]
+    check = shard_module._check_one_precision
+    check(cfg, Path(cfg.output.dir), prepared.work[1], "fp32")  # the same: fine
+    with pytest.raises(ConfigError, match=r"auto is bf16 on this worker, but shard 0 .* fp32"):
+        check(cfg, Path(cfg.output.dir), prepared.work[1], "bf16")
+    check(cfg, Path(cfg.output.dir), prepared.work[0], "bf16")  # redoing shard 0 itself
+    explicit = tiny_config(models, tmp_path / "ds", generator={"precision": "fp32"})
+    check(explicit, Path(cfg.output.dir), prepared.work[1], "bf16")  # not auto: no clash
+
+
 def test_batches_are_whole_identities_sized_for_the_device():
     work = ShardWork(0, 10, 19, 50, 0, "train")
     cfg = GenerateConfig.model_validate({"generator": {"checkpoint": "x"}})

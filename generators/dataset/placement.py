@@ -126,6 +126,7 @@ def write_provenance(
     sha256: str,
     started: float,
     seconds: float,
+    precision: str | None = None,
 ) -> Path:
     """Record who produced shard ``index`` (after it is written; a retry overwrites it)."""
     path = provenance_path(dataset_dir, split, index)
@@ -136,6 +137,7 @@ def write_provenance(
         "num_samples": num_samples,
         "sha256": sha256,
         **placement.to_dict(),
+        **({"precision": precision} if precision else {}),
         "started": datetime.fromtimestamp(started, UTC).isoformat(timespec="milliseconds"),
         "seconds": round(seconds, 3),
         "images_per_s": round(num_samples / seconds, 3) if seconds > 0 else None,

@@ -25,11 +25,16 @@ import numpy as np
 
 from synthface.generators.dataset import stages
 from synthface.generators.dataset.config import GenerateConfig
-from synthface.generators.dataset.placement import Placement, worker_placement, write_provenance
+from synthface.generators.dataset.placement import (
+    Placement,
+    read_provenance,
+    worker_placement,
+    write_provenance,
+)
 from synthface.generators.dataset.plan import ShardWork, anchors_path, planned_checkpoint_sha256
 from synthface.generators.dataset.producer import Producer, borrow_producer, return_producer
 from synthface.pipeline.atomic import file_sha256
-from synthface.pipeline.errors import InputError
+from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.qc import read_shard_qc
 from synthface.pipeline.shards.writer import SHARDS_DIR, ShardRecord, read_record, record_path
 
@@ -128,6 +133,27 @@ def _check_planned_checkpoint(dataset_dir: Path, cfg, worker_sha: str, placement
         )
 
 
+def _check_one_precision(cfg, dataset_dir: Path, work: ShardWork, precision: str) -> None:
+    """``precision: auto`` resolves per worker (bf16 on a GPU, fp32 on the CPU): a dataset
+    resumed on another kind of device, or a Dask worker without a GPU, would mix the two
+    under one config hash. Refuse, naming the shards made the other way."""
+    if cfg.generator.precision != "auto":
+        return
+    others = {
+        r.get("precision"): r["shard"]
+        for r in read_provenance(dataset_dir, work.split)
+        if r.get("shard") != work.index and r.get("precision")
+    }
+    clash = {p: i for p, i in others.items() if p != precision}
+    if clash:
+        (other, shard), *_ = clash.items()
+        raise ConfigError(
+            f"generator.precision: auto is {precision} on this worker, but shard {shard} of "
+            f"{dataset_dir} was made in {other}: set generator.precision explicitly, or "
+            "resume on the kind of device that began the dataset"
+        )
+
+
 def produce_shard(
     cfg: GenerateConfig,
     work: ShardWork,
@@ -159,6 +185,8 @@ def produce_shard(
     # a pooled model may come back after another caller changed the thread count, and
     # the thread count can change float results: every shard samples at the configured one
     torch.set_num_threads(cfg.runner.torch_threads)
+    precision = stages.resolve_precision(cfg.generator.precision, placement.device)
+    _check_one_precision(cfg, dataset_dir, work, precision)
     gen = producer.generator
     anchors = np.load(anchors_path(dataset_dir), mmap_mode="r", allow_pickle=False)
     qc_anchors = anchors if producer.anchors_comparable else None
@@ -192,6 +220,7 @@ def produce_shard(
         sha256=record.sha256,
         started=started,
         seconds=seconds,
+        precision=precision,
     )
     if borrowed:  # only after success: a shard that raised may leave the model mid-swap
         return_producer(producer)
