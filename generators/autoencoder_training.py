@@ -21,7 +21,6 @@ where it stopped (``synthface.generators.data.training_batches``). The finished 
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -32,7 +31,11 @@ import torch
 import torch.nn.functional as F
 from pydantic import Field, model_validator
 
-from synthface.generators.checkpoint import find_resume_checkpoint
+from synthface.generators.checkpoint import (
+    find_resume_checkpoint,
+    prune_checkpoints,
+    refuse_old_checkpoints,
+)
 from synthface.pipeline.config import StrictModel, config_hash
 from synthface.pipeline.errors import ConfigError, InputError
 from synthface.pipeline.paths import InputPath, OutputPath
@@ -383,11 +386,6 @@ def _save_checkpoint(final: Path, cfg, model, ema, opt, step: int) -> None:
         atomic_write_json(tr / "state.json", {"step": step, "resume_hash": resume_hash(cfg)})
 
 
-def _prune(run_dir: Path, keep: int) -> None:
-    for old in sorted((run_dir / "checkpoints").glob("step-*"))[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def load_autoencoder(path: str | Path) -> torch.nn.Module:
     """A trained autoencoder directory (``final/`` or a checkpoint), its class from config.json."""
     import json
@@ -447,6 +445,8 @@ def train_autoencoder(
     total = min(steps or tc.steps, tc.steps)
     run_dir = Path(tc.output_dir)
     found = find_resume_checkpoint(run_dir, resume_allow_partial, AE_WEIGHTS) if resume else None
+    if not resume:
+        refuse_old_checkpoints(run_dir)
     dev = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     torch.manual_seed(tc.seed)
     model = build_model(cfg.model).to(dev)
@@ -498,7 +498,7 @@ def train_autoencoder(
             _save_checkpoint(
                 run_dir / "checkpoints" / f"step-{done:08d}", cfg, model, ema, opt, done
             )
-            _prune(run_dir, tc.keep_checkpoints)
+            prune_checkpoints(run_dir, tc.keep_checkpoints)
     final, report = None, None
     # A run killed between its last checkpoint and final/ resumes at the end: export then.
     if total == tc.steps and (start < total or not (run_dir / "final" / AE_WEIGHTS).is_file()):

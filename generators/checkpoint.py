@@ -22,7 +22,7 @@ from synthface.generators.config import GeneratorConfig
 from synthface.pipeline.atomic import atomic_write_bytes
 from synthface.pipeline.checkfiles import check_safetensors, check_zip, newest_intact
 from synthface.pipeline.config import validate_config
-from synthface.pipeline.errors import InputError
+from synthface.pipeline.errors import ConfigError, InputError
 
 FORMAT = "synthface-generator"
 FORMAT_VERSION = 1
@@ -196,3 +196,24 @@ def find_resume_checkpoint(
     return newest_intact(
         found, lambda ckpt: check_training_checkpoint(ckpt, weights), allow_partial
     )
+
+
+def prune_checkpoints(run_dir: Path, keep: int) -> None:
+    """Delete all but the newest ``keep`` ``checkpoints/step-*`` folders of a run."""
+    import shutil
+
+    for old in sorted((Path(run_dir) / "checkpoints").glob("step-*"))[:-keep]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def refuse_old_checkpoints(run_dir: Path) -> None:
+    """``--no-resume`` into a folder that holds another run's checkpoints would interleave
+    the two (pruning keeps the highest steps, so the new run's own checkpoints went first):
+    refuse rather than delete anything."""
+    old = sorted((Path(run_dir) / "checkpoints").glob("step-*"))
+    if old:
+        raise ConfigError(
+            f"{Path(run_dir) / 'checkpoints'}: holds {len(old)} checkpoint(s) of an earlier run "
+            f"(newest {old[-1].name}); to start over, delete that folder or set another "
+            "train.output_dir"
+        )

@@ -396,7 +396,7 @@ def _add_training_args(c: argparse.ArgumentParser, config_help: str) -> None:
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
     c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
-    c.add_argument("--no-resume", action="store_true", help="ignore existing checkpoints")
+    c.add_argument("--no-resume", action="store_true", help="start over (refused while train.output_dir holds checkpoints)")
     c.add_argument(
         "--resume-allow-partial",
         action="store_true",

@@ -44,7 +44,6 @@ the uninterrupted one without re-reading what was already used.
 from __future__ import annotations
 
 import math
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import nullcontext
@@ -62,6 +61,8 @@ from synthface.generators.checkpoint import (
     generator_config_json,
     load_tensors,
     load_weights,
+    prune_checkpoints,
+    refuse_old_checkpoints,
     save_tensors,
 )
 from synthface.generators.config import GeneratorConfig
@@ -247,12 +248,6 @@ def training_loss(
     return loss, parts
 
 
-def _prune(run_dir: Path, keep: int) -> None:
-    ckpts = sorted((run_dir / "checkpoints").glob("step-*"))
-    for old in ckpts[:-keep]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
 def _save_checkpoint(
     final: Path,
     cfg: GeneratorConfig,
@@ -335,6 +330,8 @@ def train_generator(
     run_dir = Path(tc.output_dir)
     # every file a resume loads is checked before anything is built
     found = find_resume_checkpoint(run_dir, resume_allow_partial) if resume else None
+    if not resume:
+        refuse_old_checkpoints(run_dir)
     # cpu=True on a machine without CUDA: otherwise accelerate starts no process group
     # and `accelerate launch --num_processes N` trains N unconnected copies. A precision
     # fixed by an earlier run in this process is reset (the process group is kept).
@@ -433,7 +430,7 @@ def train_generator(
                 done,
                 extras,
             )
-            _prune(run_dir, tc.keep_checkpoints)
+            prune_checkpoints(run_dir, tc.keep_checkpoints)
     final = None
     # A run killed between its last checkpoint and final/ resumes at the end: export then.
     unexported = not (run_dir / "final" / "model.safetensors").is_file()

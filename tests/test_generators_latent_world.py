@@ -127,6 +127,8 @@ def test_autoencoder_resume_is_exact(tmp_path, shards):
     shutil.rmtree(resumed["final"])
     again = train_autoencoder(cfg, data=data)
     assert again["history"] == [] and (again["final"] / name).read_bytes() == exported
+    with pytest.raises(ConfigError, match="of an earlier run"):  # --no-resume: refused
+        train_autoencoder(cfg, data=data, resume=False)
     # a changed model is refused, naming the checkpoint
     changed = ae_config(tmp_path / "b", shards, ema_decay=0.5)
     with pytest.raises(ConfigError, match="different config"):

@@ -146,6 +146,10 @@ def test_resume_is_exact(tmp_path):
     assert len(saves) == 1
     # and a finished run is not exported twice
     assert train_generator(resumed, data=data, encoder=enc)["final"] is None
+    # --no-resume into a run's folder is refused, nothing deleted
+    with pytest.raises(ConfigError, match=r"holds 2 checkpoint\(s\) of an earlier run"):
+        train_generator(resumed, data=data, encoder=enc, resume=False)
+    assert len(list((tmp_path / "b" / "run" / "checkpoints").iterdir())) == 2
 
 
 def test_resume_from_a_damaged_checkpoint_names_the_file(tmp_path, caplog):
