@@ -164,6 +164,10 @@ class StageStore:
         stage = self.stage(kind, name, inputs)
         label = f"{kind}/{name}"
         record = stage.record()
+        if record is None:
+            # the same inputs under another name (the benchmark's conditioning encoder is
+            # the real-all row's seed-0 recognizer): the same work, done once
+            stage, record = self._twin(stage)
         if record is not None:
             self.skipped.append(label)
             self.seconds[label] = float(record.get("seconds", 0.0))
@@ -177,3 +181,14 @@ class StageStore:
         self.executed.append(label)
         self.seconds[label] = round(seconds, 3)
         return {**result, "key": stage.key, "dir": str(stage.path)}
+
+    def _twin(self, stage: Stage) -> tuple[Stage, dict | None]:
+        """A completed stage of the same kind and key under another name, if any."""
+        for path in sorted((Path(self.root) / stage.kind).glob(f"*-{stage.key[:12]}")):
+            if path == stage.path:
+                continue
+            twin = Stage(stage.kind, path.name[: -len(stage.key[:12]) - 1], stage.key, path)
+            record = twin.record()
+            if record is not None:
+                return twin, record
+        return stage, None

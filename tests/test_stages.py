@@ -28,3 +28,20 @@ def test_a_moved_store_skips_finished_stages_and_reads_its_own_files(tmp_path):
     assert again["path"].startswith(str(tmp_path / "b"))
     assert Path(again["path"]).read_text() == "payload" and again["files"] == [again["path"]]
     assert (again["n"], again["note"]) == (3, "x")
+
+
+def test_the_same_inputs_under_another_name_run_once(tmp_path):
+    """The benchmark's conditioning encoder is the real-all row's seed-0 recognizer: the
+    same recipe on the same data, trained once."""
+    store = StageStore(tmp_path)
+    calls = []
+
+    def work(d):
+        calls.append(d.name)
+        return _work(d)
+
+    a = store.run("recognizer", "encoder", {"recipe": "r", "data": "k"}, work)
+    b = store.run("recognizer", "real-all-seed0", {"recipe": "r", "data": "k"}, work)
+    c = store.run("recognizer", "real-all-seed1", {"recipe": "r", "data": "k", "seed": 1}, work)
+    assert len(calls) == 2 and b["path"] == a["path"] and b["key"] == a["key"]
+    assert store.skipped == ["recognizer/real-all-seed0"] and c["path"] != a["path"]
