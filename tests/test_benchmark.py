@@ -573,3 +573,16 @@ def test_the_gate_fails_texture_and_noise_sets_and_passes_real_faces(tmp_path):
     assert verdict["texture"]["verdict"] == "not faces", verdict
     assert verdict["noise"]["verdict"] == "not faces", verdict
     assert verdict["faces"]["fd"] < verdict["texture"]["fd"]
+
+
+def test_a_user_dataset_enters_a_key_by_its_shards_bytes(tmp_path):
+    """Photos re-ingested with the same options (same manifest config hash and counts) are
+    another real set: every stage that reads it must run again."""
+    from synthface.generators.benchmark.data import dataset_identity
+
+    rng = np.random.default_rng(0)
+    a = _write_images(tmp_path / "a", rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8))
+    b = _write_images(tmp_path / "b", rng.integers(0, 256, (8, 16, 16, 3)).astype(np.uint8))
+    ia, ib = dataset_identity(a), dataset_identity(b)
+    assert ia["config_hash"] == ib["config_hash"] and ia["num_samples"] == ib["num_samples"]
+    assert ia != ib and ia == dataset_identity(a)

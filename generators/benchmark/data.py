@@ -19,14 +19,19 @@ EVAL_DIR = "protocols"
 
 
 def dataset_identity(path: str | Path, split: str = "train") -> dict:
-    """What a finished dataset *is* (manifest hash and counts), independent of its path."""
+    """What a finished dataset *is*, independent of its path: its manifest hash, counts and
+    the sha256 of its shards (photos re-ingested with the same options are another set)."""
+    import hashlib
+
     from synthface.pipeline.shards import split_manifest
 
     entry = split_manifest(path, split)
+    shards = "\n".join(str(s.get("sha256")) for s in entry.get("shards", []))
     return {
         "config_hash": entry.get("config_hash"),
         "num_identities": int(entry.get("num_identities", 0)),
         "num_samples": int(entry.get("num_samples", 0)),
+        "shards_sha256": hashlib.sha256(shards.encode()).hexdigest(),
     }
 
 
