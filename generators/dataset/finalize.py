@@ -16,7 +16,7 @@ from synthface.generators.dataset.plan import ShardWork, anchors_path, read_nove
 from synthface.pipeline.dataset_card import write_dataset_card
 from synthface.pipeline.embedding_space import read_space_record
 from synthface.pipeline.errors import ShardError
-from synthface.pipeline.qc import audit, gather_identity_table, load_gallery, write_view
+from synthface.pipeline.qc.refilter import audit_and_write_view
 from synthface.pipeline.shards import completed_shards, finalize_dataset
 from synthface.pipeline.shards.manifest import config_hash
 
@@ -40,13 +40,15 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
         raise ShardError(
             f"{dataset_dir}: shards not complete yet ({listed}); re-run to produce them"
         )
-    table = gather_identity_table(
-        dataset_dir, split, [(w.index, w.first_identity, w.last_identity) for w in work]
+    # the view first: the manifest below is published last, so a dataset with a manifest
+    # always has its view
+    result, view = audit_and_write_view(
+        dataset_dir,
+        cfg.qc,
+        split=split,
+        ranges=[(w.index, w.first_identity, w.last_identity) for w in work],
+        config_hash=config_hash(dataset_cfg),
     )
-    gallery = None
-    if cfg.qc.gallery is not None:
-        gallery = load_gallery(cfg.qc.gallery, table.centroids.shape[1])
-    result = audit(table, cfg.qc, gallery=gallery)
     anchors = np.load(anchors_path(dataset_dir), allow_pickle=False)
     extra = {"qc": result.summary}
     novelty = read_novelty(dataset_dir)
@@ -62,20 +64,6 @@ def finalize_generation(cfg: GenerateConfig, dataset_cfg: dict, work: list[Shard
         identity_arrays={"anchors": anchors, **result.arrays},
         split=split,
         extra=extra,
-    )
-    view = write_view(
-        dataset_dir,
-        cfg.qc.view,
-        split=split,
-        config_hash=config_hash(dataset_cfg),
-        num_identities=table.num_identities,
-        identity_counts=table.num_samples.tolist(),
-        excluded_identities=result.excluded_identities,
-        excluded_samples=result.excluded_samples,
-        criteria={
-            "drop_identities": sorted(cfg.qc.identity_drop_set()),
-            "drop_samples": sorted(cfg.qc.drop_samples),
-        },
     )
     card = write_dataset_card(dataset_dir, split=split, checkpoint=str(cfg.generator.checkpoint))
     out = {
