@@ -7,7 +7,10 @@ stays fast.
 from __future__ import annotations
 
 import argparse
+import contextlib
+import json
 import sys
+from pathlib import Path
 
 from synthface.pipeline.cli import add_group, add_json_flag, emit
 from synthface.pipeline.errors import InputError
@@ -55,15 +58,21 @@ def cmd_train(args: argparse.Namespace) -> int:
 
     if not PartialState().is_main_process:  # under `accelerate launch`: rank 0 reports
         return 0
-    summary = {
-        "step": result["step"],
-        "final": str(result["final"]) if result["final"] else None,
-        "output_dir": cfg.train.output_dir,
-    }
-    emit(
-        args, summary, f"trained to step {summary['step']}; generator: {summary['final'] or 'n/a'}"
-    )
+    summary, final_text = _finished(result, cfg.train)
+    emit(args, summary, f"trained to step {summary['step']}; generator: {final_text}")
     return 0
+
+
+def _finished(result: dict, train) -> tuple[dict, str]:
+    """The run's summary and how to print its model; a rerun of a finished run names its
+    existing ``final/`` instead of "n/a"."""
+    final = result["final"]
+    done_before = final is None and result["step"] >= train.steps
+    if done_before and (Path(train.output_dir) / "final").is_dir():
+        final = Path(train.output_dir) / "final"
+    text = "n/a" if final is None else str(final) + (" (finished before)" if done_before else "")
+    summary = {"step": result["step"], "final": str(final) if final else None}
+    return {**summary, "output_dir": train.output_dir}, text
 
 
 def cmd_train_autoencoder(args: argparse.Namespace) -> int:
@@ -85,14 +94,13 @@ def cmd_train_autoencoder(args: argparse.Namespace) -> int:
         device=args.device,
         resume_allow_partial=args.resume_allow_partial,
     )
+    summary, final_text = _finished(result, cfg.train)
     q = result["quality"]
-    summary = {
-        "step": result["step"],
-        "final": str(result["final"]) if result["final"] else None,
-        "output_dir": cfg.train.output_dir,
-        "quality": q,
-    }
-    text = f"trained to step {summary['step']}; autoencoder: {summary['final'] or 'n/a'}"
+    if q is None and summary["final"] is not None:  # finished before: its stored report
+        with contextlib.suppress(OSError, ValueError):
+            q = json.loads((Path(summary["final"]) / "quality.json").read_text())
+    summary["quality"] = q
+    text = f"trained to step {summary['step']}; autoencoder: {final_text}"
     if q:
         text += f"\n  held-out: PSNR {q['psnr_db']:.2f} dB, SSIM {q['ssim']:.3f}, L1 {q['l1']:.4f} ({q['images']} images)"
     emit(args, summary, text)
@@ -396,7 +404,11 @@ def _add_training_args(c: argparse.ArgumentParser, config_help: str) -> None:
         "--set", action="append", metavar="KEY=VALUE", help="config override (repeatable)"
     )
     c.add_argument("--steps", type=_positive, help="stop at this global step (resume later)")
-    c.add_argument("--no-resume", action="store_true", help="start over (refused while train.output_dir holds checkpoints)")
+    c.add_argument(
+        "--no-resume",
+        action="store_true",
+        help="start over (refused while train.output_dir holds checkpoints)",
+    )
     c.add_argument(
         "--resume-allow-partial",
         action="store_true",

@@ -152,6 +152,10 @@ def test_train_autoencoder_command(tmp_path, shards, capsys):
     out = json.loads(capsys.readouterr().out)
     assert out["step"] == 2 and out["quality"]["images"] == 4
     assert (Path(out["final"]) / "config.json").is_file()
+    # a rerun of the finished run names its model and report, not "n/a"
+    assert main(["generator", "train-autoencoder", str(cfg)]) == 0
+    text = capsys.readouterr().out
+    assert f"autoencoder: {out['final']} (finished before)" in text and "PSNR" in text
     cfg.write_text(cfg.read_text() + "bogus: 1\n")
     assert main(["generator", "train-autoencoder", str(cfg)]) != 0
     assert "bogus" in capsys.readouterr().err
