@@ -142,6 +142,14 @@ def build_autoencoder(cfg: AutoencoderConfig, path: str | Path | None = None) ->
     src = path or cfg.path
     if src is not None:
         src = Path(src)
+        if (src / "training" / "state.json").is_file():
+            # its latent scale is measured only when final/ is exported: a generator
+            # trained in this one's latents would use the placeholder 1.0
+            raise InputError(
+                f"autoencoder.path: {src} is a training checkpoint of "
+                "`synthface generator train-autoencoder`, whose latent scale is not measured "
+                f"yet; use the run's final/ ({src.parent.parent / 'final'})"
+            )
         _check_class(src, cls.__name__, cfg.kind)
         model = cls.from_pretrained(src, use_safetensors=True)
         adopt_geometry(cfg, model_geometry(cfg.kind, model.config), src)

@@ -23,7 +23,7 @@ from synthface.generators.config import AutoencoderConfig, GeneratorConfig
 from synthface.generators.sampling import make_scheduler
 from synthface.generators.training import make_batch, resume_hash, training_loss
 from synthface.pipeline.config import load_config, validate_config
-from synthface.pipeline.errors import ConfigError
+from synthface.pipeline.errors import ConfigError, InputError
 from tests.generators_helpers import tiny_config, tiny_encoder, toy_samples, toy_shards
 
 torch.set_num_threads(1)
@@ -65,6 +65,10 @@ def test_saved_autoencoder_loads_equal_as_generator_latent_space(tmp_path, shard
     with Image.open(final / "contact_sheet.png") as im:  # 4 originals over 4 reconstructions
         assert im.size[1] == 2 * 16 + 4 and im.size[0] >= 4 * 16
     model = load_autoencoder(final)
+    # a training checkpoint (latent scale not measured yet) is refused as a latent space
+    (ckpt,) = sorted((final.parent / "checkpoints").glob("step-*"))[-1:]
+    with pytest.raises(InputError, match="training checkpoint .* use the run's final/"):
+        build_autoencoder(AutoencoderConfig(kind="vq", path=str(ckpt)))
     # what a generator config's autoencoder.path loads: the same tensors, its geometry
     ae_cfg = AutoencoderConfig(kind="vq", path=str(final))
     adapter = build_autoencoder(ae_cfg)
