@@ -67,7 +67,7 @@ def test_saved_autoencoder_loads_equal_as_generator_latent_space(tmp_path, shard
     model = load_autoencoder(final)
     # a training checkpoint (latent scale not measured yet) is refused as a latent space
     (ckpt,) = sorted((final.parent / "checkpoints").glob("step-*"))[-1:]
-    with pytest.raises(InputError, match="training checkpoint .* use the run's final/"):
+    with pytest.raises(InputError, match=r"training checkpoint .* use the run's final/"):
         build_autoencoder(AutoencoderConfig(kind="vq", path=str(ckpt)))
     # what a generator config's autoencoder.path loads: the same tensors, its geometry
     ae_cfg = AutoencoderConfig(kind="vq", path=str(final))
