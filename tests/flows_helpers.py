@@ -154,3 +154,35 @@ def stop_group(proc: subprocess.Popen, grace: float = 20) -> None:
             with contextlib.suppress(ProcessLookupError):
                 os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+def start_flow_on_temporary_server(cfg: GenerateConfig, tmp_path: Path) -> subprocess.Popen:
+    """``synthface flows run generate`` for ``cfg`` in its own session, with no API URL (so
+    it starts a temporary Prefect server of its own); output in ``tmp_path/run.log``."""
+    import yaml
+
+    config = tmp_path / "flow.yaml"
+    config.write_text(yaml.safe_dump({"kind": "generate", **cfg.model_dump(mode="json")}))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(tmp_path / "prefect-home"),
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
+        OMP_NUM_THREADS="1",
+    )
+    with open(tmp_path / "run.log", "wb") as fh:
+        return subprocess.Popen(
+            [Path(sys.executable).parent / "synthface", "flows", "run", "generate",
+             "--config", config],
+            env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path, start_new_session=True,
+        )  # fmt: skip
+
+
+def cmdline(p) -> str:
+    """A psutil process's command line, or "" once it is gone."""
+    import psutil
+
+    try:
+        return " ".join(p.cmdline())
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return ""

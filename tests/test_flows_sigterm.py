@@ -10,47 +10,20 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import subprocess
-import sys
 import time
-from pathlib import Path
 
 import psutil
 import pytest
-import yaml
 
-from tests.flows_helpers import tiny_config
-
-BIN = Path(sys.executable).parent
-
-
-def _cmd(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return ""
+from tests.flows_helpers import cmdline, start_flow_on_temporary_server, tiny_config
 
 
 @pytest.mark.slow
 def test_sigterm_to_a_flow_run_leaves_no_prefect_server_behind(tmp_path):
     out = tmp_path / "ds"
     cfg = tiny_config(tmp_path / "models", out, identities={"count": 200}, generator={"steps": 50})
-    config = tmp_path / "tiny.yaml"
-    config.write_text(yaml.safe_dump({"kind": "generate", **cfg.model_dump(mode="json")}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),  # no API URL: a temporary server
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
-        OMP_NUM_THREADS="1",
-    )
+    proc = start_flow_on_temporary_server(cfg, tmp_path)
     log = tmp_path / "run.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [BIN / "synthface", "flows", "run", "generate", "--config", config],
-            env=env, stdout=fh, stderr=subprocess.STDOUT, cwd=tmp_path,
-            start_new_session=True,
-        )  # fmt: skip
     root = psutil.Process(proc.pid)
     started: dict[int, float] = {}
     server = False
@@ -61,7 +34,7 @@ def test_sigterm_to_a_flow_run_leaves_no_prefect_server_behind(tmp_path):
             with contextlib.suppress(psutil.NoSuchProcess):
                 for p in [root, *root.children(recursive=True)]:
                     started.setdefault(p.pid, p.create_time())
-                    server = server or "uvicorn" in _cmd(p)
+                    server = server or "uvicorn" in cmdline(p)
             if server and list(out.glob("shards/*.tar")):
                 break
             time.sleep(0.1)
@@ -75,7 +48,7 @@ def test_sigterm_to_a_flow_run_leaves_no_prefect_server_behind(tmp_path):
             with contextlib.suppress(psutil.NoSuchProcess):
                 p = psutil.Process(pid)
                 if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                    alive.append(f"{pid} {_cmd(p)[:80]}")
+                    alive.append(f"{pid} {cmdline(p)[:80]}")
         assert not alive, f"left running after SIGTERM: {alive}"
         assert code == 128 + signal.SIGTERM  # unwound through SystemExit, not killed
     finally:  # whatever the outcome, nothing of the test's outlives it

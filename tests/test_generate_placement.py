@@ -11,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import os
 import re
-import subprocess
 import sys
 import threading
 import time
@@ -21,7 +20,6 @@ from pathlib import Path
 import psutil
 import pytest
 import torch
-import yaml
 
 from synthface.generators.dataset import (
     finalize_generation,
@@ -36,7 +34,12 @@ from synthface.generators.dataset.placement import (
     worker_placement,
 )
 from synthface.pipeline.errors import ConfigError
-from tests.flows_helpers import make_tiny_models, tiny_config
+from tests.flows_helpers import (
+    cmdline,
+    make_tiny_models,
+    start_flow_on_temporary_server,
+    tiny_config,
+)
 from tests.test_flows_units import tree_hashes
 
 BIN = Path(sys.executable).parent
@@ -158,13 +161,6 @@ def _tree(proc: psutil.Process) -> list[psutil.Process]:
         return []
 
 
-def _cmd(p: psutil.Process) -> str:
-    try:
-        return " ".join(p.cmdline())
-    except (psutil.NoSuchProcess, psutil.AccessDenied):
-        return ""
-
-
 @pytest.mark.slow
 def test_two_logical_gpus_a_killed_worker_and_no_stray_servers(models, reference, tmp_path):
     """The flow on its temporary Prefect API, a local Dask cluster of two logical GPUs.
@@ -179,25 +175,8 @@ def test_two_logical_gpus_a_killed_worker_and_no_stray_servers(models, reference
     cfg = tiny_config(
         models, out, runner={"kind": "dask", "dask_workers": 2, "logical_gpus": True}, **SECTIONS
     )
-    config = tmp_path / "dask.yaml"
-    config.write_text(yaml.safe_dump({"kind": "generate", **cfg.model_dump(mode="json")}))
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(tmp_path / "prefect-home"),  # no API URL: a temporary server
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS="180",
-        OMP_NUM_THREADS="1",
-    )
+    proc = start_flow_on_temporary_server(cfg, tmp_path)
     log = tmp_path / "run.log"
-    with open(log, "wb") as fh:
-        proc = subprocess.Popen(
-            [BIN / "synthface", "flows", "run", "generate", "--config", config],
-            env=env,
-            stdout=fh,
-            stderr=subprocess.STDOUT,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
     root = psutil.Process(proc.pid)
     started: dict[int, float] = {}  # every process the run started: pid -> create time
     max_servers = 0
@@ -208,7 +187,7 @@ def test_two_logical_gpus_a_killed_worker_and_no_stray_servers(models, reference
         for p in tree:
             with contextlib.suppress(psutil.NoSuchProcess):
                 started.setdefault(p.pid, p.create_time())
-        max_servers = max(max_servers, sum("uvicorn" in _cmd(p) for p in tree))
+        max_servers = max(max_servers, sum("uvicorn" in cmdline(p) for p in tree))
         if killed is None:
             records = read_provenance(out)
             finished = {r["shard"] for r in records}
@@ -246,7 +225,7 @@ def test_two_logical_gpus_a_killed_worker_and_no_stray_servers(models, reference
         try:
             p = psutil.Process(pid)
             if p.create_time() == created and p.status() != psutil.STATUS_ZOMBIE:
-                alive.append(f"{pid} {_cmd(p)[:80]}")
+                alive.append(f"{pid} {cmdline(p)[:80]}")
         except psutil.NoSuchProcess:
             pass
     assert not alive, f"left running after the run: {alive}"
