@@ -24,6 +24,7 @@ steps, far too few for faces (the QC report flags most identities as not separat
 from __future__ import annotations
 
 import argparse
+import logging
 import shutil
 import sys
 import time
@@ -135,6 +136,29 @@ def _stage(name: str, t0: float) -> None:
     print(f"demo: {name} done ({time.perf_counter() - t0:.0f}s)", flush=True)
 
 
+def _replace_stale_dataset(cfg, root: Path) -> None:
+    """The demo's dataset folder is its own: one made by another version or other models
+    (its identity differs) is replaced, where a user's dataset would be refused."""
+    from synthface.generators.dataset import prepare_generation
+    from synthface.pipeline.errors import ShardError
+
+    out = Path(cfg.output.dir)
+    if not out.is_dir() or not out.resolve().is_relative_to(root.resolve()):
+        return
+    quiet = logging.getLogger("synthface.generators.dataset.prepare")
+    level = quiet.level
+    quiet.setLevel(logging.ERROR)  # its warnings come again from the flow's plan step
+    try:
+        prepare_generation(cfg)  # the flow's plan step repeats it and resumes
+    except ShardError as exc:
+        if "already holds a different" not in str(exc):
+            raise
+        print(f"demo: {out} holds an older demo dataset; generating it again", flush=True)
+        shutil.rmtree(out)
+    finally:
+        quiet.setLevel(level)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m synthface.flows.demo", description=__doc__.splitlines()[0]
@@ -221,6 +245,7 @@ def run(
     _stage(f"ID³ generator: {gen_dir}", t0)
 
     t0 = time.perf_counter()
+    _replace_stale_dataset(cfg, root)
     summary = generate_synthetic(config=cfg)
     _stage("generate-synthetic", t0)
     report = summary.get("report", {})

@@ -309,3 +309,21 @@ def test_qc_view_cli_refilters_without_touching_shards(models, tmp_path):
 
     assert main(["qc", "view", str(out), "--name", "qc"]) == 0
     assert tree_hashes(out)["views/qc.json"] == before["views/qc.json"]
+
+
+def test_the_demo_replaces_its_own_stale_dataset_and_nothing_else(models, tmp_path):
+    """`make demo` after an upgrade that changed the dataset identity (or after the demo
+    models changed) regenerates its own dataset, where a user's run would be refused."""
+    from synthface.flows.demo import _replace_stale_dataset
+
+    root = tmp_path / "demo"
+    out = root / "dataset"
+    generate_dataset(tiny_config(models, out))
+    _replace_stale_dataset(tiny_config(models, out), root)  # the same dataset: kept
+    assert (out / "dataset.json").is_file()
+    _replace_stale_dataset(tiny_config(models, out, identities={"seed": 5}), root)
+    assert not out.exists()  # another dataset in the demo's own folder: replaced
+    elsewhere = tmp_path / "mine"
+    generate_dataset(tiny_config(models, elsewhere))
+    _replace_stale_dataset(tiny_config(models, elsewhere, identities={"seed": 5}), root)
+    assert (elsewhere / "dataset.json").is_file()  # outside the demo folder: untouched
