@@ -575,6 +575,25 @@ def test_the_gate_fails_texture_and_noise_sets_and_passes_real_faces(tmp_path):
     assert verdict["faces"]["fd"] < verdict["texture"]["fd"]
 
 
+def test_distance_images_spread_over_identities(tmp_path):
+    """A world set stores each identity's images together: the first n in shard order are
+    a handful of identities, whose clusters then dominate the Gaussian (the table's real
+    floor rose to the texture control's distance). The distance takes one image of every
+    identity before a second of any."""
+    from synthface.generators.benchmark.distance import _images, spread_quota
+
+    assert spread_quota({0: 3, 1: 1, 2: 3}, 5) == {0: 2, 1: 1, 2: 2}
+    assert spread_quota({0: 3, 1: 1, 2: 3}, 2) == {0: 1, 1: 1, 2: 0}  # label order
+    assert spread_quota({0: 2, 1: 1}, 10) == {0: 2, 1: 1}  # fewer images than asked
+    images = np.zeros((40, 8, 8, 3), np.uint8)
+    images[:, 0, 0, 0] = np.arange(40) // 4  # identity in a pixel: 10 identities x 4
+    path = _write_images(tmp_path / "set", images, per_identity=4)
+    picked = _images(path, 8)[:, 0, 0, 0]
+    assert sorted(picked.tolist()) == list(range(8))  # 8 identities, not 2
+    even = _images(path, 8, lambda k: k % 2 == 0)[:, 0, 0, 0]
+    assert sorted(even.tolist()) == [0, 0, 2, 2, 4, 4, 6, 8]  # second round: 0, 2, 4
+
+
 def test_a_user_dataset_enters_a_key_by_its_shards_bytes(tmp_path):
     """Photos re-ingested with the same options (same manifest config hash and counts) are
     another real set: every stage that reads it must run again."""

@@ -7,8 +7,8 @@ on other identities and conditions no generator, so it cannot be fooled the way 
 generator's own encoder can), and a gate that flags sets whose samples are not faces.
 
 The gate's criterion, on the judge's 2-Wasserstein scale ``W = sqrt(FD)`` between the
-Gaussians fitted to the embeddings, all sets of the same size ``n`` against one real
-reference set ``A``:
+Gaussians fitted to the embeddings, all sets of the same size ``n`` (each spread over as
+many of its identities as ``n`` allows) against one real reference set ``A``:
 
 * ``W_floor``: real images of *other* real identities (``B``) against ``A`` — what a
   perfect generator would score at this sample size (FD is biased upwards at small ``n``);
@@ -103,15 +103,45 @@ def embed(judge, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
     return judge.embed(resize(images, judge.input_size), batch_size=batch_size)
 
 
-def _images(path: str | Path, limit: int | None = None, labels=None) -> np.ndarray:
-    """Up to ``limit`` images of a dataset in shard order (of ``labels``' identities only)."""
+def spread_quota(counts: dict[int, int], n: int) -> dict[int, int]:
+    """How many images of each identity to take so that ``n`` images span as many
+    identities as possible: one of each in label order, then a second of each, and so on
+    (identities with fewer images drop out of later rounds)."""
+    quota = dict.fromkeys(counts, 0)
+    left = n
+    while left > 0:
+        round_ = [k for k in sorted(counts) if counts[k] > quota[k]]
+        if not round_:
+            break
+        for k in round_[:left]:
+            quota[k] += 1
+        left -= min(left, len(round_))
+    return quota
+
+
+def _images(path: str | Path, limit: int, labels=None) -> np.ndarray:
+    """``limit`` images of a dataset spread over its identities (``spread_quota``; of
+    ``labels``' identities only), each identity's in shard order.
+
+    Spread, not the first ``limit`` in shard order: a world set stores its identities'
+    images together, so 128 images in shard order are ~11 identities, and the Gaussian
+    then describes those identities' clusters more than what faces look like (the real
+    floor rose to the texture control's distance and the gate stopped separating;
+    docs/benchmarks.md, "The face gate"). Two passes over the labels and then the kept
+    images, so memory holds ``limit`` images whatever the dataset's size."""
     from synthface.pipeline.shards import iter_samples
 
+    counts: dict[int, int] = {}
+    for s in iter_samples(path, decode=False):
+        k = int(s["label"])
+        if labels is None or labels(k):
+            counts[k] = counts.get(k, 0) + 1
+    quota = spread_quota(counts, limit)
     out = []
     for s in iter_samples(path):
-        if limit is not None and len(out) >= limit:
-            break
-        if labels is None or labels(int(s["label"])):
+        k = int(s["label"])
+        if quota.get(k, 0) > 0:
+            quota[k] -= 1
             out.append(s["image"])
     if not out:
         raise InputError(f"{path}: no images for the Fréchet distance")

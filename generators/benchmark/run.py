@@ -287,6 +287,7 @@ def synthetic_sets(run: BenchmarkRun) -> None:
             "images": n,
             "seed": dc.seed,
             "texture_control": 2,  # 2: the DC phase kept (1 flipped it for half the images)
+            "selection": "spread",  # images spread over identities (distance._images)
         },
         lambda d: real_reference(
             d, judge["model"], run.real["path"], images=n, device=run.device, seed=dc.seed
