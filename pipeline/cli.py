@@ -89,6 +89,18 @@ def add_json_flag(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="machine-readable JSON output")
 
 
+def _leave_process_group() -> None:
+    """Shut down a torch.distributed group a command joined (``accelerate launch``).
+
+    Left to interpreter exit, gloo's teardown can race the other ranks' and abort a
+    finished rank with SIGABRT ("terminate called without an active exception"), which
+    fails the whole launch. No barrier here: after an error the other ranks may be gone.
+    """
+    dist = sys.modules.get("torch.distributed")  # never import torch just for this
+    if dist is not None and dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
 def main(argv: list[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in argv
@@ -104,7 +116,10 @@ def main(argv: list[str] | None = None) -> int:
         if args.max_image_pixels is not None:
             set_max_image_pixels(args.max_image_pixels)
         with exit_on_sigterm():
-            code = args.func(args)
+            try:
+                code = args.func(args)
+            finally:
+                _leave_process_group()
     except SynthfaceError as exc:
         if debug:
             raise

@@ -39,6 +39,10 @@ def main(out: Path, bin_path: Path) -> None:
         open_sets(_cfg(out, [bad]), acc)
     except InputError as exc:
         (out / f"error-{rank}.txt").write_text(str(exc))
+    # Left to interpreter exit, gloo's teardown can race the other rank and abort this
+    # one ("terminate called without an active exception", SIGABRT: a CI failure).
+    acc.wait_for_everyone()
+    torch.distributed.destroy_process_group()
 
 
 if __name__ == "__main__":
