@@ -10,7 +10,7 @@ the RMS change of the predicted noise when one condition changes and the rest st
 * ``null``: the unconditional (dropped) tokens instead of both.
 
 A model that follows yaw moves its prediction about as much for a mirrored yaw as for
-another age (the shipped demo: 0.025 vs 0.015 at t = 400); one that ignores it barely
+another age (the shipped demo: 0.023 vs 0.016 at t = 400); one that ignores it barely
 moves (docs/benchmarks.md, "The pose condition"). One shard dataset of world images with
 ``attributes`` in its metadata, any number of checkpoints:
 
