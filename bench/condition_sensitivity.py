@@ -36,21 +36,15 @@ def main() -> None:
     import torch
 
     from synthface.generators.base import load_generator
-    from synthface.generators.benchmark.distance import spread_quota
+    from synthface.generators.benchmark.distance import spread_samples
     from synthface.generators.encoder import load_identity_encoder
     from synthface.generators.sampling import make_scheduler
-    from synthface.pipeline.shards import iter_samples
 
     torch.set_num_threads(1)
-    counts: dict[int, int] = {}
-    for s in iter_samples(args.world, decode=False):
-        counts[int(s["label"])] = counts.get(int(s["label"]), 0) + 1
-    quota = spread_quota(counts, args.images)  # spread over identities
-    rows = []
-    for s in iter_samples(args.world):
-        if quota[int(s["label"])] > 0:
-            quota[int(s["label"])] -= 1
-            rows.append((s["image"], s["meta"]["attributes"]))
+    rows = [
+        (s["image"], s["meta"]["attributes"])
+        for s in spread_samples(args.world, args.images)  # spread over identities
+    ]
     x0 = torch.from_numpy(np.stack([r[0] for r in rows])).permute(0, 3, 1, 2).float() / 127.5 - 1
     noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
     for path in args.checkpoints:

@@ -119,16 +119,16 @@ def spread_quota(counts: dict[int, int], n: int) -> dict[int, int]:
     return quota
 
 
-def _images(path: str | Path, limit: int, labels=None) -> np.ndarray:
-    """``limit`` images of a dataset spread over its identities (``spread_quota``; of
-    ``labels``' identities only), each identity's in shard order.
+def spread_samples(path: str | Path, limit: int, labels=None) -> list[dict]:
+    """``limit`` decoded samples of a dataset spread over its identities (``spread_quota``;
+    of ``labels``' identities only), each identity's in shard order.
 
     Spread, not the first ``limit`` in shard order: a world set stores its identities'
     images together, so 128 images in shard order are ~11 identities, and the Gaussian
     then describes those identities' clusters more than what faces look like (the real
     floor rose to the texture control's distance and the gate stopped separating;
-    docs/benchmarks.md, "The face gate"). Two passes over the labels and then the kept
-    images, so memory holds ``limit`` images whatever the dataset's size."""
+    docs/benchmarks.md, "The face gate"). Two passes, over the labels and then the kept
+    samples, so memory holds ``limit`` samples whatever the dataset's size."""
     from synthface.pipeline.shards import iter_samples
 
     counts: dict[int, int] = {}
@@ -142,7 +142,13 @@ def _images(path: str | Path, limit: int, labels=None) -> np.ndarray:
         k = int(s["label"])
         if quota.get(k, 0) > 0:
             quota[k] -= 1
-            out.append(s["image"])
+            out.append(s)
+    return out
+
+
+def _images(path: str | Path, limit: int, labels=None) -> np.ndarray:
+    """The images of ``spread_samples``."""
+    out = [s["image"] for s in spread_samples(path, limit, labels)]
     if not out:
         raise InputError(f"{path}: no images for the Fréchet distance")
     return np.stack(out)
