@@ -91,7 +91,9 @@ def main() -> None:
             if ok.sum() > 2 and asked[ok, k].std() > 0:
                 follow[a] = round(float(np.corrcoef(asked[ok, k], pred[ok, k])[0, 1]), 3)
         result["sets"][dataset] = {
-            "distance": set_distance(out, args.judge, dataset, reference, device="cpu"),
+            "distance": set_distance(
+                out, args.judge, dataset, reference, real=args.real, device="cpu"
+            ),
             "spread": measure_set(str(out), dataset, max_identities=10**9),
             "asked_vs_predicted_corr": follow,
         }

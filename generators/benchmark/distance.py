@@ -7,20 +7,29 @@ on other identities and conditions no generator, so it cannot be fooled the way 
 generator's own encoder can), and a gate that flags sets whose samples are not faces.
 
 The gate's criterion, on the judge's 2-Wasserstein scale ``W = sqrt(FD)`` between the
-Gaussians fitted to the embeddings, all sets of the same size ``n`` (each spread over as
-many of its identities as ``n`` allows) against one real reference set ``A``:
+Gaussians fitted to the embeddings, against one real reference set ``A`` (half of the real
+identities, ``half_of``; ``n`` images spread over as many of them as ``n`` allows):
 
-* ``W_floor``: real images of *other* real identities (``B``) against ``A`` — what a
-  perfect generator would score at this sample size (FD is biased upwards at small ``n``);
-* ``W_texture``: the same ``B`` images phase-scrambled — each image keeps its Fourier
+* ``W_set``: the generated set's ``n`` images, spread over its identities;
+* ``W_floor``: real images of the *other* half's identities drawn with the set's own
+  identity structure (as many identities, as many images of each) — what a perfect
+  generator of that many identities would score. Matching the structure matters: FD is
+  biased upwards at small ``n``, and a set of 16 identities sits further from a
+  100-identity reference than one of 100 does, whatever it draws (a floor spread over
+  100 identities put clearly drawn heads of 16 identities under the threshold:
+  docs/benchmarks.md, "The face gate");
+* ``W_texture``: the same floor images phase-scrambled — each image keeps its Fourier
   amplitude spectrum (colour, contrast, texture statistics) and loses its structure, the
   classic non-face control of vision science, and exactly what an undertrained generator
   produces;
-* ``face_score = (W_texture - W_gen) / (W_texture - W_floor)``: 1 = as close to real as
+* ``face_score = (W_texture - W_set) / (W_texture - W_floor)``: 1 = as close to real as
   real faces are, 0 = as far as textures with real images' statistics. A set **passes**
   when ``face_score >= 0.5`` (closer to the real floor than to the texture control). If
   the judge cannot tell scrambled images from real (``W_texture <= W_floor``), the gate
   says ``undecided`` rather than guessing.
+
+The reference stage also reports one floor and texture control spread over ``n``
+identities: the scale of the judge's space, for the report.
 """
 
 from __future__ import annotations
@@ -129,6 +138,38 @@ def spread_samples(path: str | Path, limit: int, labels=None) -> list[dict]:
     floor rose to the texture control's distance and the gate stopped separating;
     docs/benchmarks.md, "The face gate"). Two passes, over the labels and then the kept
     samples, so memory holds ``limit`` samples whatever the dataset's size."""
+    return _collect(path, lambda counts: spread_quota(counts, limit), labels)
+
+
+def matched_quota(counts: dict[int, int], profile: list[int]) -> dict[int, int]:
+    """Per-identity quotas that give ``profile``'s structure (one identity per entry, that
+    many images of it): entries largest first, each to the first unused identity (in a
+    hashed order, so no run of labels — one demographic group, one folder prefix — is
+    favoured) with enough images, else to the unused one with most (taking what it has).
+    Images an identity could not give are then taken from further unused identities, so
+    the total stays ``sum(profile)`` where the dataset allows: a floor of fewer images
+    would be biased upwards, which would let sets pass too easily; more identities bias it
+    the safe way (a harder floor)."""
+    free, quota = sorted(counts, key=_mixed), {}
+    for want in sorted(profile, reverse=True)[: len(free)]:
+        k = next((k for k in free if counts[k] >= want), max(free, key=lambda k: counts[k]))
+        free.remove(k)
+        quota[k] = min(want, counts[k])
+    missing = sum(profile) - sum(quota.values())
+    extra = spread_quota({k: counts[k] for k in free}, missing) if missing > 0 else {}
+    return quota | {k: q for k, q in extra.items() if q}
+
+
+def _mixed(label: int) -> bytes:
+    """A label's place in an order that no run of labels survives (a hash of it)."""
+    import hashlib
+
+    return hashlib.blake2b(str(int(label)).encode(), digest_size=8).digest()
+
+
+def _collect(path: str | Path, quota_of, labels) -> list[dict]:
+    """Two streaming passes: count each identity's images (of ``labels``' identities), then
+    keep each identity's first ``quota_of(counts)[k]`` in shard order."""
     from synthface.pipeline.shards import iter_samples
 
     counts: dict[int, int] = {}
@@ -136,7 +177,7 @@ def spread_samples(path: str | Path, limit: int, labels=None) -> list[dict]:
         k = int(s["label"])
         if labels is None or labels(k):
             counts[k] = counts.get(k, 0) + 1
-    quota = spread_quota(counts, limit)
+    quota = quota_of(counts)
     out = []
     for s in iter_samples(path):
         k = int(s["label"])
@@ -146,12 +187,28 @@ def spread_samples(path: str | Path, limit: int, labels=None) -> list[dict]:
     return out
 
 
+def matched_samples(path: str | Path, profile: list[int], labels=None) -> list[dict]:
+    """Decoded samples of a dataset with a given identity structure (``matched_quota``)."""
+    return _collect(path, lambda counts: matched_quota(counts, profile), labels)
+
+
+def identity_profile(samples: list[dict]) -> list[int]:
+    """How many of ``samples`` each identity has, largest first."""
+    counts: dict[int, int] = {}
+    for s in samples:
+        counts[int(s["label"])] = counts.get(int(s["label"]), 0) + 1
+    return sorted(counts.values(), reverse=True)
+
+
+def _stack(path: str | Path, samples: list[dict]) -> np.ndarray:
+    if not samples:
+        raise InputError(f"{path}: no images for the Fréchet distance")
+    return np.stack([s["image"] for s in samples])
+
+
 def _images(path: str | Path, limit: int, labels=None) -> np.ndarray:
     """The images of ``spread_samples``."""
-    out = [s["image"] for s in spread_samples(path, limit, labels)]
-    if not out:
-        raise InputError(f"{path}: no images for the Fréchet distance")
-    return np.stack(out)
+    return _stack(path, spread_samples(path, limit, labels))
 
 
 def _save(path: Path, array: np.ndarray) -> None:
@@ -159,16 +216,36 @@ def _save(path: Path, array: np.ndarray) -> None:
         np.save(f, array, allow_pickle=False)
 
 
+def half_of(label: int) -> int:
+    """Which half of the real identities an identity belongs to: 0 (the reference) or 1
+    (the floors), by a hash of its label.
+
+    Not by parity: the world assigns demographic groups round-robin (``label % 4``), so
+    even and odd identities were two different pairs of groups, and the floor measured a
+    demographic shift (its FD was above that of real faces of other worlds, which cover
+    all groups). A user's labels may carry any order too (folder names sorted)."""
+    return _mixed(label)[0] & 1
+
+
+def _reference_side(k: int) -> bool:
+    return half_of(k) == 0
+
+
+def _floor_side(k: int) -> bool:
+    return half_of(k) == 1
+
+
 def real_reference(
     stage_dir: Path, judge: str, real: str, *, images: int, device: str, seed: int = 0
 ) -> dict:
-    """The real reference ``A`` (even identities), its floor ``B`` (odd identities) and
-    the texture control (``B`` phase-scrambled), ``n`` images each, in the judge's space."""
+    """The real reference ``A`` (one half of the identities: ``half_of``), its floor ``B``
+    (the other half) and the texture control (``B`` phase-scrambled), ``n`` images each,
+    spread over their identities, in the judge's space."""
     from synthface.recognition import load_embedder
 
     emb = load_embedder(judge, device=device)
-    a = _images(real, images, lambda k: k % 2 == 0)
-    b = _images(real, images, lambda k: k % 2 == 1)
+    a = _images(real, images, _reference_side)
+    b = _images(real, images, _floor_side)
     n = min(len(a), len(b), images)
     if n < 2:
         raise InputError(f"{real}: too few images for the Fréchet reference ({n})")
@@ -190,18 +267,33 @@ def real_reference(
 
 
 def set_distance(
-    stage_dir: Path, judge: str, dataset: str, reference: dict, *, device: str
+    stage_dir: Path,
+    judge: str,
+    dataset: str,
+    reference: dict,
+    *,
+    real: str,
+    device: str,
+    seed: int = 0,
 ) -> dict:
-    """FD of a generated set's first ``n`` images (every generated image, before QC) to the
-    real reference, and the gate's verdict."""
+    """FD of a generated set's ``n`` images (every generated image, before QC; spread over
+    its identities) to the real reference, its own floor and texture control (the floor
+    half's identities with the set's identity structure: module doc) and the gate's verdict."""
     from synthface.recognition import load_embedder
 
     emb = load_embedder(judge, device=device)
-    e = embed(emb, _images(dataset, int(reference["images"])))
+    samples = spread_samples(dataset, int(reference["images"]))
+    profile = identity_profile(samples)
+    floor = _stack(real, matched_samples(real, profile, _floor_side))
+    e, ef = embed(emb, _stack(dataset, samples)), embed(emb, floor)
+    et = embed(emb, phase_scramble(floor, seed=seed))
     mu, cov = np.load(reference["mean"]), np.load(reference["cov"])
-    fd = frechet_distance(*gaussian(e), mu, cov)
+    fd, fd_floor, fd_texture = (frechet_distance(*gaussian(x), mu, cov) for x in (e, ef, et))
     return {
         "fd": round(fd, 4),
         "images": len(e),
-        **gate(fd, reference["fd_real_floor"], reference["fd_texture"]),
+        "identities": len(profile),
+        "fd_floor": round(fd_floor, 4),
+        "fd_texture": round(fd_texture, 4),
+        **gate(fd, fd_floor, fd_texture),
     }

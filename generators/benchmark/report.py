@@ -139,20 +139,29 @@ def markdown(s: dict) -> str:
         lines += [
             "## Distance to real faces and the face gate (the judge's embedding space)",
             "",
-            f"All sets are compared at n = {ref['images']} images with one real reference "
-            "(even real identities). W = sqrt(FD). **Real floor**: odd real identities, "
-            f"FD {_f(ref['fd_real_floor'], 3)} (what a perfect generator scores at this n). "
-            "**Texture control**: the same images phase-scrambled (amplitude spectrum kept, "
-            f"structure lost), FD {_f(ref['fd_texture'], 3)}. Face score = (W_texture - W_set) "
-            "/ (W_texture - W_floor): 1 = as close as real faces, 0 = as far as textures; a "
-            "set passes (faces) at >= 0.5, i.e. closer to real faces than to textures.",
+            f"All sets are compared at n = {ref['images']} images (spread over their "
+            "identities) with one real reference (half of the real identities). W = sqrt(FD). "
+            "**Floor**: real images of the other half's identities with the set's own structure "
+            "(as many identities, as many images of each): what a perfect generator of "
+            "that many identities scores. **Texture**: the floor's images phase-scrambled "
+            "(amplitude spectrum kept, structure lost). Face score = (W_texture - W_set) / "
+            "(W_texture - W_floor): 1 = as close as real faces, 0 = as far as textures; a "
+            "set passes (faces) at >= 0.5, i.e. closer to real faces than to textures. "
+            f"The judge's scale, spread over {ref['images']} real images: floor FD "
+            f"{_f(ref['fd_real_floor'], 3)}, texture FD {_f(ref['fd_texture'], 3)}.",
             "",
         ]
         rows = [
-            [_name(s, g), str(d["images"]), _f(d["fd"], 3), _f(d.get("face_score")), d["verdict"]]
+            [_name(s, g), str(d["images"]), str(d.get("identities", "—")), _f(d["fd"], 3),
+             _f(d.get("fd_floor"), 3), _f(d.get("fd_texture"), 3), _f(d.get("face_score")),
+             d["verdict"]]
             for g, d in dist["sets"].items()
-        ]
-        lines += _table(["generator", "images", "FD to real", "face score", "gate"], rows)
+        ]  # fmt: skip
+        lines += _table(
+            ["generator", "images", "identities", "FD to real", "floor", "texture",
+             "face score", "gate"],
+            rows,
+        )  # fmt: skip
     sc = s.get("scaling")
     if sc:
         lines += [

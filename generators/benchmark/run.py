@@ -288,6 +288,7 @@ def synthetic_sets(run: BenchmarkRun) -> None:
             "seed": dc.seed,
             "texture_control": 2,  # 2: the DC phase kept (1 flipped it for half the images)
             "selection": "spread",  # images spread over identities (distance._images)
+            "halves": "hashed",  # reference and floor identities: distance.half_of
         },
         lambda d: real_reference(
             d, judge["model"], run.real["path"], images=n, device=run.device, seed=dc.seed
@@ -297,17 +298,27 @@ def synthetic_sets(run: BenchmarkRun) -> None:
         g: run.store.run(
             "distance",
             g,
-            {"reference": ref["key"], "synthetic": syn["key"]},
-            lambda d, syn=syn: set_distance(d, judge["model"], syn["path"], ref, device=run.device),
+            # floor: each set's own floor and texture control, with its identity structure
+            {"reference": ref["key"], "synthetic": syn["key"], "floor": "matched"},
+            lambda d, syn=syn: set_distance(
+                d,
+                judge["model"],
+                syn["path"],
+                ref,
+                real=run.real["path"],
+                device=run.device,
+                seed=dc.seed,
+            ),
         )
         for g, syn in run.synthetic.items()
     }
     run.distance = {
         "reference": {k: ref[k] for k in ("images", "fd_real_floor", "fd_texture", "gate")},
-        "sets": {
-            g: {k: v[k] for k in ("fd", "images", "face_score", "verdict")} for g, v in sets.items()
-        },
+        "sets": {g: {k: v[k] for k in _SET_DISTANCE} for g, v in sets.items()},
     }
+
+
+_SET_DISTANCE = ("fd", "images", "identities", "fd_floor", "fd_texture", "face_score", "verdict")
 
 
 # ------------------------------------------------------------------------ 5. training sets
