@@ -178,7 +178,11 @@ def test_server_killed_mid_run_then_restarted_the_rerun_resumes(server, models, 
     if not failed:
         print("server-restart: the first run hung after the server died; killed it")
     done = sorted(completed_shards(out))
-    assert 0 < len(done) < TOTAL, f"first run left {done}: the kill did not land mid-run"
+    # (under load, a first run that died before its first shard, e.g. an API call timing
+    # out with retries off, lands here too: its log says which)
+    assert 0 < len(done) < TOTAL, (
+        f"first run left {done}: the kill did not land mid-run\n{text[-2000:]}"
+    )
     provenance = out / "provenance"
     kept = {p.name: p.read_bytes() for p in provenance.glob("*.json")}
     # One per complete shard (written just after it; a killed run may miss its last).
